@@ -1,0 +1,109 @@
+//! Assembles the gRPC server, points.v1.PointsService plus grpc.health.v1 and
+//! server reflection, and runs it on a listener it is handed until a shutdown
+//! future completes. Taking the listener and the shutdown signal as arguments
+//! lets tests run the real server on port 0 and stop it at will.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::proto::v1::points_service_server::PointsServiceServer;
+use crate::service::PointsService;
+
+/// How the server behaves around its listener.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// After shutdown begins, how long in-flight calls get to finish before the
+    /// remaining connections are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The embedded descriptors could not be loaded for reflection (a build fault).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops
+/// accepting, reports NOT_SERVING on health, and gives in-flight calls
+/// `settings.shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    service: PointsService,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PointsServiceServer<PointsService>>()
+        .await;
+
+    let reflection_v1 = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+
+    let (shutdown_started_sender, shutdown_started) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health_reporter.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, finishing in-flight calls");
+        reporter
+            .set_not_serving::<PointsServiceServer<PointsService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        // The receiver lives as long as `serve` below; nothing to do if it is gone.
+        let _ = shutdown_started_sender.send(());
+    };
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PointsServiceServer::new(service));
+    let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    // tonic waits for every connection to close, however long that takes;
+    // bound it so a stuck client cannot hold shutdown hostage.
+    let grace_expired = async {
+        if shutdown_started.await.is_ok() {
+            tokio::time::sleep(settings.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = serving => result?,
+        () = grace_expired => tracing::warn!(
+            grace_ms = settings.shutdown_grace.as_millis() as u64,
+            "grace period over: dropping connections that are still open"
+        ),
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Reflection over everything a client may meet: points.v1, grpc.health.v1,
+/// and the google.rpc error details carried in error statuses.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}

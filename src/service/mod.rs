@@ -1,0 +1,182 @@
+//! The gRPC face of the ledger: validates each request, runs it against the
+//! ledger under its lock, and maps the outcome to protobuf replies or to
+//! statuses with error details. Holds no business rules of its own.
+
+mod status;
+mod validation;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+pub use status::ERROR_DOMAIN;
+pub use validation::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
+
+use crate::ledger::Ledger;
+use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
+use crate::proto::v1::{
+    AddTransactionRequest, AddTransactionResponse, GetBalancesRequest, GetBalancesResponse,
+    PayerPoints, SpendRequest, SpendResponse, Transaction,
+};
+
+/// `points.v1.PointsService` over one shared ledger. Cloning shares the ledger.
+#[derive(Debug, Clone, Default)]
+pub struct PointsService {
+    ledger: Arc<RwLock<Ledger>>,
+}
+
+impl PointsService {
+    /// A service over an empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, Status> {
+        self.ledger.read().map_err(|_| poisoned())
+    }
+
+    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, Status> {
+        self.ledger.write().map_err(|_| poisoned())
+    }
+}
+
+/// A panic while the ledger was being changed may have left it half-updated;
+/// refusing every later call (fail-stop) beats serving a state nobody vouches for.
+fn poisoned() -> Status {
+    status::internal("the ledger is unavailable after an internal error; restart the server")
+}
+
+#[tonic::async_trait]
+impl PointsServiceApi for PointsService {
+    async fn add_transaction(
+        &self,
+        request: Request<AddTransactionRequest>,
+    ) -> Result<Response<AddTransactionResponse>, Status> {
+        observed("AddTransaction", async {
+            let request = request.into_inner();
+            let transaction =
+                validation::transaction(&request).map_err(|bad| status::invalid_argument(&bad))?;
+            let recorded = self
+                .write_ledger()?
+                .add_transaction(transaction.payer, transaction.points, transaction.timestamp)
+                .map_err(|error| status::ledger_refusal(&error))?;
+            Ok(Response::new(AddTransactionResponse {
+                transaction: Some(Transaction {
+                    id: recorded.id,
+                    payer: recorded.payer,
+                    points: recorded.points,
+                    timestamp: Some(validation::to_proto_timestamp(recorded.timestamp)),
+                }),
+            }))
+        })
+        .await
+    }
+
+    async fn spend(
+        &self,
+        request: Request<SpendRequest>,
+    ) -> Result<Response<SpendResponse>, Status> {
+        observed("Spend", async {
+            let points = validation::spend(request.get_ref())
+                .map_err(|bad| status::invalid_argument(&bad))?;
+            let spent = self
+                .write_ledger()?
+                .spend(points)
+                .map_err(|error| status::ledger_refusal(&error))?;
+            Ok(Response::new(SpendResponse {
+                spent: spent
+                    .into_iter()
+                    .map(|entry| PayerPoints {
+                        payer: entry.payer,
+                        points: entry.points,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn get_balances(
+        &self,
+        request: Request<GetBalancesRequest>,
+    ) -> Result<Response<GetBalancesResponse>, Status> {
+        observed("GetBalances", async {
+            validation::balances(request.get_ref())
+                .map_err(|bad| status::invalid_argument(&bad))?;
+            let ledger = self.read_ledger()?;
+            let balances: HashMap<String, i64> = ledger
+                .balances()
+                .map(|(payer, points)| (payer.to_owned(), points))
+                .collect();
+            Ok(Response::new(GetBalancesResponse { balances }))
+        })
+        .await
+    }
+}
+
+/// Runs one RPC inside its own span and logs one line with the method, the
+/// outcome code and the latency. Refusals are the caller's business and are
+/// logged at INFO; only faults of the server itself are logged at ERROR.
+async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("rpc", method, code = tracing::field::Empty);
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    let _entered = span.enter();
+    match &result {
+        Ok(_) => {
+            span.record("code", "OK");
+            tracing::info!(latency_us, "rpc completed");
+        }
+        Err(status) => {
+            let code = code_name(status.code());
+            span.record("code", code);
+            match status.code() {
+                Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::ResourceExhausted
+                | Code::Cancelled
+                | Code::DeadlineExceeded => {
+                    tracing::info!(latency_us, message = status.message(), "rpc refused")
+                }
+                _ => tracing::error!(latency_us, message = status.message(), "rpc failed"),
+            }
+        }
+    }
+    result
+}
+
+/// The canonical UPPER_SNAKE_CASE name of a gRPC code, as operators know it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

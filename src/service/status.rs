@@ -1,0 +1,129 @@
+//! Turns refusals into gRPC statuses a person can read and a program can act
+//! on: a message with the numbers involved, a `google.rpc.ErrorInfo` whose
+//! reason is a stable UPPER_SNAKE_CASE name, and for invalid arguments a
+//! `google.rpc.BadRequest` naming each bad field.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::ledger::{ErrorKind, LedgerError};
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "points.v1.PointsService";
+
+/// One bad field of a request.
+#[derive(Debug, Clone)]
+pub struct FieldViolation {
+    /// The field's path in the request, as in the .proto (`timestamp.nanos`).
+    pub field: &'static str,
+    /// Stable UPPER_SNAKE_CASE name of the problem.
+    pub reason: &'static str,
+    /// What is wrong, for a person.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field` described by a ledger validation error.
+    pub fn from_ledger(field: &'static str, error: &LedgerError) -> Self {
+        Self {
+            field,
+            reason: error.reason(),
+            description: error.to_string(),
+        }
+    }
+}
+
+/// INVALID_ARGUMENT naming every bad field; the ErrorInfo carries the first
+/// violation's reason so a client can branch on it.
+pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
+    assert!(
+        !violations.is_empty(),
+        "an invalid request has at least one violation"
+    );
+    let message = violations
+        .iter()
+        .map(|violation| violation.description.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    for violation in violations {
+        details.add_bad_request_violation(violation.field, violation.description.clone());
+    }
+    let metadata = HashMap::from([("field".to_owned(), violations[0].field.to_owned())]);
+    details.set_error_info(violations[0].reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// The status for a command the ledger refused.
+pub fn ledger_refusal(error: &LedgerError) -> Status {
+    if error.kind() == ErrorKind::InvalidArgument {
+        return invalid_argument(&[FieldViolation::from_ledger(field_of(error), error)]);
+    }
+    let code = match error.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::OutOfRange => Code::OutOfRange,
+    };
+    let mut details = ErrorDetails::new();
+    details.set_error_info(error.reason(), ERROR_DOMAIN, metadata_of(error));
+    Status::with_error_details(code, error.to_string(), details)
+}
+
+/// INTERNAL for a fault of the server itself, never of the request.
+pub fn internal(message: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::Internal, message, details)
+}
+
+/// The request field a ledger validation error is about.
+fn field_of(error: &LedgerError) -> &'static str {
+    match error {
+        LedgerError::BlankPayer | LedgerError::PayerTooLong { .. } => "payer",
+        _ => "points",
+    }
+}
+
+/// The numbers behind a refusal, as ErrorInfo metadata.
+fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
+    let pairs: Vec<(&str, String)> = match error {
+        LedgerError::InsufficientPayerPoints {
+            payer,
+            requested,
+            available,
+        } => vec![
+            ("payer", payer.clone()),
+            ("requested", requested.to_string()),
+            ("available", available.to_string()),
+        ],
+        LedgerError::InsufficientPoints {
+            requested,
+            available,
+        } => vec![
+            ("requested", requested.to_string()),
+            ("available", available.to_string()),
+        ],
+        LedgerError::PayerBalanceOverflow {
+            payer,
+            balance,
+            points,
+        } => vec![
+            ("payer", payer.clone()),
+            ("balance", balance.to_string()),
+            ("points", points.to_string()),
+        ],
+        LedgerError::TotalOverflow { total, points } => {
+            vec![("total", total.to_string()), ("points", points.to_string())]
+        }
+        LedgerError::BlankPayer
+        | LedgerError::PayerTooLong { .. }
+        | LedgerError::ZeroPoints
+        | LedgerError::NonPositiveSpend { .. } => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
