@@ -1,6 +1,7 @@
 //! `points-server`: parses the configuration, binds the listener and serves
 //! until SIGINT or SIGTERM.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +16,13 @@ async fn main() -> ExitCode {
     telemetry::init();
     tracing::info!(?config, "starting points-server");
 
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("points-server: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -32,7 +40,7 @@ async fn main() -> ExitCode {
         listener,
         PointsService::new(),
         config.server_settings(),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     match result {
@@ -45,27 +53,17 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+/// Installs the SIGINT and SIGTERM handlers now, so that a signal arriving at
+/// any point after start-up stops the server cleanly rather than killing it,
+/// and returns a future that completes on the first of them.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+    })
 }
