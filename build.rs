@@ -12,10 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file_descriptor_set = protox::compile([proto_file], ["proto"])?;
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("points_descriptor.bin"),
-        file_descriptor_set.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("points_descriptor.bin"), file_descriptor_set.encode_to_vec())?;
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -25,9 +25,7 @@ pub struct Config {
 impl Config {
     /// The settings of the gRPC server.
     pub fn server_settings(&self) -> ServerSettings {
-        ServerSettings {
-            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-        }
+        ServerSettings { shutdown_grace: Duration::from_millis(self.shutdown_grace_ms) }
     }
 }
 

@@ -36,13 +36,8 @@ async fn main() -> ExitCode {
         Err(error) => tracing::warn!(%error, "listening, but the bound address is unknown"),
     }
 
-    let result = server::serve(
-        listener,
-        PointsService::new(),
-        config.server_settings(),
-        shutdown,
-    )
-    .await;
+    let result =
+        server::serve(listener, PointsService::new(), config.server_settings(), shutdown).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

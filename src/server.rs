@@ -23,9 +23,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self {
-            shutdown_grace: Duration::from_secs(10),
-        }
+        Self { shutdown_grace: Duration::from_secs(10) }
     }
 }
 
@@ -50,9 +48,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PointsServiceServer<PointsService>>()
-        .await;
+    health_reporter.set_serving::<PointsServiceServer<PointsService>>().await;
 
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -62,12 +58,8 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections, finishing in-flight calls");
-        reporter
-            .set_not_serving::<PointsServiceServer<PointsService>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        reporter.set_not_serving::<PointsServiceServer<PointsService>>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         // The receiver lives as long as `serve` below; nothing to do if it is gone.
         let _ = shutdown_started_sender.send(());
     };

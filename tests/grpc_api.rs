@@ -40,10 +40,7 @@ async fn add(client: &mut Client, payer: &str, points: i64, rfc3339: &str) -> Tr
 
 async fn spend(client: &mut Client, points: i64) -> Vec<(String, i64)> {
     client
-        .spend(SpendRequest {
-            points,
-            ..Default::default()
-        })
+        .spend(SpendRequest { points, ..Default::default() })
         .await
         .expect("spend accepted")
         .into_inner()
@@ -63,26 +60,18 @@ async fn balances(client: &mut Client) -> HashMap<String, i64> {
 }
 
 fn pairs(entries: &[(&str, i64)]) -> Vec<(String, i64)> {
-    entries
-        .iter()
-        .map(|&(payer, points)| (payer.to_owned(), points))
-        .collect()
+    entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()
 }
 
 fn map(entries: &[(&str, i64)]) -> HashMap<String, i64> {
-    entries
-        .iter()
-        .map(|&(payer, points)| (payer.to_owned(), points))
-        .collect()
+    entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()
 }
 
 /// Asserts the code, the ErrorInfo reason and domain, and returns the status.
 fn assert_refusal(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .expect("every error carries an ErrorInfo");
+    let info = details.error_info().expect("every error carries an ErrorInfo");
     assert_eq!(info.reason, reason, "status: {status:?}");
     assert_eq!(info.domain, ERROR_DOMAIN);
     assert!(!status.message().is_empty());
@@ -117,11 +106,7 @@ async fn example_a_spend_takes_oldest_points_first() {
     assert_eq!(last.id, 5);
     assert_eq!(
         spend(&mut client, 5000).await,
-        pairs(&[
-            ("DANNON", -100),
-            ("UNILEVER", -200),
-            ("MILLER COORS", -4700)
-        ])
+        pairs(&[("DANNON", -100), ("UNILEVER", -200), ("MILLER COORS", -4700)])
     );
     assert_eq!(
         balances(&mut client).await,
@@ -142,11 +127,7 @@ async fn example_b_out_of_order_arrival_matches_example_a() {
     add(&mut client, "DANNON", 300, "2020-10-31T10:00:00Z").await;
     assert_eq!(
         spend(&mut client, 5000).await,
-        pairs(&[
-            ("DANNON", -100),
-            ("UNILEVER", -200),
-            ("MILLER COORS", -4700)
-        ])
+        pairs(&[("DANNON", -100), ("UNILEVER", -200), ("MILLER COORS", -4700)])
     );
     assert_eq!(
         balances(&mut client).await,
@@ -161,20 +142,11 @@ async fn example_c_late_lot_resettles_within_its_payer() {
     let mut client = server.client().await;
     add(&mut client, "P", 100, "2024-01-03T00:00:00Z").await;
     add(&mut client, "Q", 100, "2024-01-02T00:00:00Z").await;
-    assert_eq!(
-        spend(&mut client, 150).await,
-        pairs(&[("Q", -100), ("P", -50)])
-    );
+    assert_eq!(spend(&mut client, 150).await, pairs(&[("Q", -100), ("P", -50)]));
     add(&mut client, "P", 30, "2024-01-01T00:00:00Z").await;
     add(&mut client, "R", 10, "2024-01-02T12:00:00Z").await;
-    assert_eq!(
-        spend(&mut client, 20).await,
-        pairs(&[("R", -10), ("P", -10)])
-    );
-    assert_eq!(
-        balances(&mut client).await,
-        map(&[("P", 70), ("Q", 0), ("R", 0)])
-    );
+    assert_eq!(spend(&mut client, 20).await, pairs(&[("R", -10), ("P", -10)]));
+    assert_eq!(balances(&mut client).await, map(&[("P", 70), ("Q", 0), ("R", 0)]));
 }
 
 /// Every INVALID_ARGUMENT case of AddTransaction names its field and changes nothing.
@@ -191,46 +163,31 @@ async fn add_transaction_fails_with_invalid_argument_for_each_bad_field() {
     let cases: Vec<(&str, AddTransactionRequest, &str, &str)> = vec![
         (
             "empty payer",
-            AddTransactionRequest {
-                payer: String::new(),
-                ..valid.clone()
-            },
+            AddTransactionRequest { payer: String::new(), ..valid.clone() },
             "payer",
             "PAYER_BLANK",
         ),
         (
             "whitespace payer",
-            AddTransactionRequest {
-                payer: " \t ".into(),
-                ..valid.clone()
-            },
+            AddTransactionRequest { payer: " \t ".into(), ..valid.clone() },
             "payer",
             "PAYER_BLANK",
         ),
         (
             "257-byte payer",
-            AddTransactionRequest {
-                payer: "X".repeat(257),
-                ..valid.clone()
-            },
+            AddTransactionRequest { payer: "X".repeat(257), ..valid.clone() },
             "payer",
             "PAYER_TOO_LONG",
         ),
         (
             "zero points",
-            AddTransactionRequest {
-                points: 0,
-                ..valid.clone()
-            },
+            AddTransactionRequest { points: 0, ..valid.clone() },
             "points",
             "POINTS_ZERO",
         ),
         (
             "missing timestamp",
-            AddTransactionRequest {
-                timestamp: None,
-                ..valid.clone()
-            },
+            AddTransactionRequest { timestamp: None, ..valid.clone() },
             "timestamp",
             "TIMESTAMP_MISSING",
         ),
@@ -266,19 +223,13 @@ async fn add_transaction_fails_with_invalid_argument_for_each_bad_field() {
         ),
         (
             "user_id set",
-            AddTransactionRequest {
-                user_id: "alice".into(),
-                ..valid.clone()
-            },
+            AddTransactionRequest { user_id: "alice".into(), ..valid.clone() },
             "user_id",
             "FIELD_NOT_SUPPORTED",
         ),
         (
             "request_id set",
-            AddTransactionRequest {
-                request_id: "r1".into(),
-                ..valid.clone()
-            },
+            AddTransactionRequest { request_id: "r1".into(), ..valid.clone() },
             "request_id",
             "FIELD_NOT_SUPPORTED",
         ),
@@ -324,35 +275,19 @@ async fn negative_transaction_fails_with_failed_precondition_when_payer_balance_
         .add_transaction(transaction("DANNON", -101, "2024-01-02T00:00:00Z"))
         .await
         .expect_err("DANNON holds only 100");
-    assert_refusal(
-        &status,
-        Code::FailedPrecondition,
-        "INSUFFICIENT_PAYER_POINTS",
-    );
+    assert_refusal(&status, Code::FailedPrecondition, "INSUFFICIENT_PAYER_POINTS");
     assert_eq!(
         status.message(),
         "insufficient points for payer \"DANNON\": requested 101, available 100"
     );
-    let metadata = status
-        .get_error_details()
-        .error_info()
-        .unwrap()
-        .metadata
-        .clone();
+    let metadata = status.get_error_details().error_info().unwrap().metadata.clone();
     assert_eq!(metadata.get("available").map(String::as_str), Some("100"));
     let status = client
         .add_transaction(transaction("NOBODY", -1, "2024-01-02T00:00:00Z"))
         .await
         .expect_err("an unknown payer holds nothing");
-    assert_refusal(
-        &status,
-        Code::FailedPrecondition,
-        "INSUFFICIENT_PAYER_POINTS",
-    );
-    assert_eq!(
-        balances(&mut client).await,
-        map(&[("DANNON", 100), ("UNILEVER", 500)])
-    );
+    assert_refusal(&status, Code::FailedPrecondition, "INSUFFICIENT_PAYER_POINTS");
+    assert_eq!(balances(&mut client).await, map(&[("DANNON", 100), ("UNILEVER", 500)]));
 }
 
 /// Spending more than the total is FAILED_PRECONDITION with the numbers, and changes nothing.
@@ -362,17 +297,11 @@ async fn spend_fails_with_failed_precondition_when_total_is_short() {
     let mut client = server.client().await;
     add(&mut client, "DANNON", 4300, "2024-01-01T00:00:00Z").await;
     let status = client
-        .spend(SpendRequest {
-            points: 5000,
-            ..Default::default()
-        })
+        .spend(SpendRequest { points: 5000, ..Default::default() })
         .await
         .expect_err("only 4300 available");
     assert_refusal(&status, Code::FailedPrecondition, "INSUFFICIENT_POINTS");
-    assert_eq!(
-        status.message(),
-        "insufficient points: requested 5000, available 4300"
-    );
+    assert_eq!(status.message(), "insufficient points: requested 5000, available 4300");
     assert_eq!(balances(&mut client).await, map(&[("DANNON", 4300)]));
 }
 
@@ -384,28 +313,19 @@ async fn spend_fails_with_invalid_argument_when_points_are_not_positive() {
     add(&mut client, "DANNON", 10, "2024-01-01T00:00:00Z").await;
     for points in [0, -1, i64::MIN] {
         let status = client
-            .spend(SpendRequest {
-                points,
-                ..Default::default()
-            })
+            .spend(SpendRequest { points, ..Default::default() })
             .await
             .expect_err("not positive");
         assert_refusal(&status, Code::InvalidArgument, "POINTS_NOT_POSITIVE");
         assert_eq!(bad_fields(&status), ["points"]);
     }
     let status = client
-        .spend(SpendRequest {
-            points: 1,
-            user_id: "bob".into(),
-            ..Default::default()
-        })
+        .spend(SpendRequest { points: 1, user_id: "bob".into(), ..Default::default() })
         .await
         .expect_err("user_id is not served yet");
     assert_refusal(&status, Code::InvalidArgument, "FIELD_NOT_SUPPORTED");
     let status = client
-        .get_balances(GetBalancesRequest {
-            user_id: "bob".into(),
-        })
+        .get_balances(GetBalancesRequest { user_id: "bob".into() })
         .await
         .expect_err("user_id is not served yet");
     assert_eq!(bad_fields(&status), ["user_id"]);
@@ -428,10 +348,7 @@ async fn add_transaction_fails_with_out_of_range_when_a_balance_would_overflow()
         .await
         .expect_err("total overflow");
     assert_refusal(&status, Code::OutOfRange, "TOTAL_OVERFLOW");
-    assert_eq!(
-        balances(&mut client).await,
-        map(&[("DANNON", i64::MAX - 10)])
-    );
+    assert_eq!(balances(&mut client).await, map(&[("DANNON", i64::MAX - 10)]));
 }
 
 /// Many tasks spending at once never take more than was there, and the total is conserved.
@@ -442,13 +359,7 @@ async fn concurrent_spends_conserve_the_total() {
     let payers = ["DANNON", "UNILEVER", "MILLER COORS", "KRAFT"];
     for (index, payer) in payers.iter().enumerate() {
         for day in 1..=25 {
-            add(
-                &mut client,
-                payer,
-                40,
-                &format!("2024-01-{day:02}T0{index}:00:00Z"),
-            )
-            .await;
+            add(&mut client, payer, 40, &format!("2024-01-{day:02}T0{index}:00:00Z")).await;
         }
     }
     let total: i64 = balances(&mut client).await.values().sum();
@@ -461,13 +372,7 @@ async fn concurrent_spends_conserve_the_total() {
                 let mut spent = 0i64;
                 for round in 0..20 {
                     let points = 1 + (task + round) % 13;
-                    match client
-                        .spend(SpendRequest {
-                            points,
-                            ..Default::default()
-                        })
-                        .await
-                    {
+                    match client.spend(SpendRequest { points, ..Default::default() }).await {
                         Ok(reply) => {
                             let reply = reply.into_inner();
                             let taken: i64 = reply.spent.iter().map(|entry| -entry.points).sum();
@@ -487,11 +392,7 @@ async fn concurrent_spends_conserve_the_total() {
     }
     let left: i64 = balances(&mut client).await.values().sum();
     assert!(left >= 0 && spent <= 4000);
-    assert_eq!(
-        left + spent,
-        4000,
-        "every point is either spent or still held"
-    );
+    assert_eq!(left + spent, 4000, "every point is either spent or still held");
 }
 
 /// Bytes that are not protobuf are refused without taking the server down.
@@ -500,21 +401,13 @@ async fn malformed_protobuf_is_refused_and_the_server_keeps_serving() {
     let server = TestServer::start().await;
     let channel = server.channel().await;
     for body in [vec![0xff; 16], vec![0x0a, 0x80], vec![0x12, 0x05, 0x01]] {
-        let status = call_raw(
-            channel.clone(),
-            "/points.v1.PointsService/AddTransaction",
-            body,
-        )
-        .await
-        .expect_err("garbage is not a request");
+        let status = call_raw(channel.clone(), "/points.v1.PointsService/AddTransaction", body)
+            .await
+            .expect_err("garbage is not a request");
         assert_ne!(status.code(), Code::Ok);
     }
     // A well-formed request through the same raw path still works.
-    let body = SpendRequest {
-        points: 1,
-        ..Default::default()
-    }
-    .encode_to_vec();
+    let body = SpendRequest { points: 1, ..Default::default() }.encode_to_vec();
     let status = call_raw(channel, "/points.v1.PointsService/Spend", body)
         .await
         .expect_err("nothing to spend yet");

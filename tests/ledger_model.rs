@@ -30,11 +30,7 @@ struct ReferenceLot {
 
 impl ReferenceLedger {
     fn credited(&self, payer: &str) -> i128 {
-        self.lots
-            .iter()
-            .filter(|lot| lot.payer == payer)
-            .map(|lot| i128::from(lot.points))
-            .sum()
+        self.lots.iter().filter(|lot| lot.payer == payer).map(|lot| i128::from(lot.points)).sum()
     }
 
     fn balance(&self, payer: &str) -> i128 {
@@ -42,10 +38,7 @@ impl ReferenceLedger {
     }
 
     fn total(&self) -> i128 {
-        self.payers_in_credit_order
-            .iter()
-            .map(|payer| self.balance(payer))
-            .sum()
+        self.payers_in_credit_order.iter().map(|payer| self.balance(payer)).sum()
     }
 
     /// Every lot with what is left of it, in global (timestamp, arrival) order.
@@ -76,9 +69,7 @@ impl ReferenceLedger {
             return Err(LedgerError::BlankPayer);
         }
         if payer.len() > MAX_PAYER_BYTES {
-            return Err(LedgerError::PayerTooLong {
-                length_bytes: payer.len(),
-            });
+            return Err(LedgerError::PayerTooLong { length_bytes: payer.len() });
         }
         if points == 0 {
             return Err(LedgerError::ZeroPoints);
@@ -94,10 +85,7 @@ impl ReferenceLedger {
             }
             let total = self.total();
             if total + i128::from(points) > i128::from(i64::MAX) {
-                return Err(LedgerError::TotalOverflow {
-                    total: total as i64,
-                    points,
-                });
+                return Err(LedgerError::TotalOverflow { total: total as i64, points });
             }
         } else if balance < -i128::from(points) {
             return Err(LedgerError::InsufficientPayerPoints {
@@ -109,11 +97,7 @@ impl ReferenceLedger {
         self.transactions_accepted += 1;
         let id = self.transactions_accepted;
         if points > 0 {
-            if !self
-                .payers_in_credit_order
-                .iter()
-                .any(|known| known == payer)
-            {
+            if !self.payers_in_credit_order.iter().any(|known| known == payer) {
                 self.payers_in_credit_order.push(payer.to_owned());
             }
             self.lots.push(ReferenceLot {
@@ -125,12 +109,7 @@ impl ReferenceLedger {
         } else {
             *self.debited_by_payer.entry(payer.to_owned()).or_default() -= i128::from(points);
         }
-        Ok(Transaction {
-            id,
-            payer: payer.to_owned(),
-            points,
-            timestamp,
-        })
+        Ok(Transaction { id, payer: payer.to_owned(), points, timestamp })
     }
 
     fn spend(&mut self, points: i64) -> Result<Vec<PayerPoints>, LedgerError> {
@@ -158,10 +137,9 @@ impl ReferenceLedger {
             *self.debited_by_payer.entry(lot.payer.clone()).or_default() += taken;
             match reply.iter_mut().find(|entry| entry.payer == lot.payer) {
                 Some(entry) => entry.points -= taken as i64,
-                None => reply.push(PayerPoints {
-                    payer: lot.payer.clone(),
-                    points: -(taken as i64),
-                }),
+                None => {
+                    reply.push(PayerPoints { payer: lot.payer.clone(), points: -(taken as i64) })
+                }
             }
         }
         assert_eq!(left, 0);
@@ -178,15 +156,8 @@ impl ReferenceLedger {
 
 #[derive(Debug, Clone)]
 enum Operation {
-    Add {
-        payer: String,
-        points: i64,
-        day: i64,
-        hour: i64,
-    },
-    Spend {
-        points: i64,
-    },
+    Add { payer: String, points: i64, day: i64, hour: i64 },
+    Spend { points: i64 },
 }
 
 fn payer_strategy() -> impl Strategy<Value = String> {

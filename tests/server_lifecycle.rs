@@ -20,22 +20,14 @@ async fn health_reports_serving_for_server_and_points_service() {
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "points.v1.PointsService"] {
         let reply = health
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
+            .check(HealthCheckRequest { service: service.to_owned() })
             .await
             .expect("health check")
             .into_inner();
-        assert_eq!(
-            reply.status(),
-            ServingStatus::Serving,
-            "service {service:?}"
-        );
+        assert_eq!(reply.status(), ServingStatus::Serving, "service {service:?}");
     }
     let unknown = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".to_owned(),
-        })
+        .check(HealthCheckRequest { service: "no.such.Service".to_owned() })
         .await
         .expect_err("unknown services are NOT_FOUND");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -57,18 +49,10 @@ async fn reflection_v1_describes_points_health_and_error_details() {
     };
     let requests = vec![
         ask(MessageRequest::ListServices(String::new())),
-        ask(MessageRequest::FileContainingSymbol(
-            "points.v1.PointsService".into(),
-        )),
-        ask(MessageRequest::FileContainingSymbol(
-            "grpc.health.v1.Health".into(),
-        )),
-        ask(MessageRequest::FileContainingSymbol(
-            "google.rpc.BadRequest".into(),
-        )),
-        ask(MessageRequest::FileContainingSymbol(
-            "google.rpc.ErrorInfo".into(),
-        )),
+        ask(MessageRequest::FileContainingSymbol("points.v1.PointsService".into())),
+        ask(MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into())),
+        ask(MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into())),
+        ask(MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into())),
     ];
     let mut replies = reflection
         .server_reflection_info(tokio_stream::iter(requests))
@@ -83,19 +67,11 @@ async fn reflection_v1_describes_points_health_and_error_details() {
     let Some(MessageResponse::ListServicesResponse(list)) = &responses[0].message_response else {
         panic!("expected a service list, got {:?}", responses[0]);
     };
-    let mut names: Vec<_> = list
-        .service
-        .iter()
-        .map(|service| service.name.as_str())
-        .collect();
+    let mut names: Vec<_> = list.service.iter().map(|service| service.name.as_str()).collect();
     names.sort();
     assert_eq!(
         names,
-        [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "points.v1.PointsService"
-        ]
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "points.v1.PointsService"]
     );
     for response in &responses[1..] {
         match &response.message_response {
@@ -152,9 +128,7 @@ async fn garbage_on_the_socket_does_not_take_the_server_down() {
         ];
         for payload in payloads {
             let mut stream = TcpStream::connect(address).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
             // The server may close the connection while we write: that is fine.
             let _ = stream.write_all(payload);
             let mut sink = Vec::new();
@@ -189,16 +163,8 @@ async fn sigterm_stops_the_server_cleanly_with_exit_code_zero() {
     let status = server.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
     // Well inside the 10 s grace period: an idle connection does not hold shutdown.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        server.log().contains("server stopped"),
-        "log:\n{}",
-        server.log()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(server.log().contains("server stopped"), "log:\n{}", server.log());
 }
 
 /// SIGINT (Ctrl-C) stops the real binary with exit code 0.
@@ -222,11 +188,7 @@ fn shutdown_is_bounded_by_the_grace_period() {
     server.signal("TERM");
     let status = server.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "shutdown took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
     drop(stalled);
 }
 
@@ -241,8 +203,5 @@ fn listening_on_a_busy_port_fails_with_a_clear_message() {
         .expect("run points-server");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("cannot listen on {address}")),
-        "stderr: {stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on {address}")), "stderr: {stderr}");
 }

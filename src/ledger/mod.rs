@@ -77,9 +77,7 @@ pub fn validate_payer(payer: &str) -> Result<(), LedgerError> {
         return Err(LedgerError::BlankPayer);
     }
     if payer.len() > MAX_PAYER_BYTES {
-        return Err(LedgerError::PayerTooLong {
-            length_bytes: payer.len(),
-        });
+        return Err(LedgerError::PayerTooLong { length_bytes: payer.len() });
     }
     Ok(())
 }
@@ -166,12 +164,7 @@ impl Ledger {
             self.total -= taken;
         }
         debug_assert!(self.total >= 0);
-        Ok(Transaction {
-            id,
-            payer: payer.to_owned(),
-            points,
-            timestamp,
-        })
+        Ok(Transaction { id, payer: payer.to_owned(), points, timestamp })
     }
 
     fn check_credit(
@@ -189,10 +182,7 @@ impl Ledger {
             });
         }
         if self.total.checked_add(points).is_none() {
-            return Err(LedgerError::TotalOverflow {
-                total: self.total,
-                points,
-            });
+            return Err(LedgerError::TotalOverflow { total: self.total, points });
         }
         Ok(())
     }
@@ -287,9 +277,7 @@ impl Ledger {
     /// Every payer ever credited with its balance (0 included), in the order
     /// payers were first credited.
     pub fn balances(&self) -> impl ExactSizeIterator<Item = (&str, i64)> {
-        self.payers
-            .iter()
-            .map(|payer| (&*payer.name, payer.balance()))
+        self.payers.iter().map(|payer| (&*payer.name, payer.balance()))
     }
 
     /// The sum of all payers' balances.
@@ -314,26 +302,16 @@ impl Ledger {
             if let Some(key) = payer.front_key()
                 && self.fronts.get(&key).map(|&i| i as usize) != Some(index)
             {
-                return Err(format!(
-                    "payer {:?} front {key:?} missing from fronts",
-                    payer.name
-                ));
+                return Err(format!("payer {:?} front {key:?} missing from fronts", payer.name));
             }
             if self.payer_by_name.get(&payer.name).map(|&i| i as usize) != Some(index) {
-                return Err(format!(
-                    "payer {:?} missing from the name index",
-                    payer.name
-                ));
+                return Err(format!("payer {:?} missing from the name index", payer.name));
             }
         }
         if total != i128::from(self.total) {
             return Err(format!("total {} != sum of balances {total}", self.total));
         }
-        let payers_with_points = self
-            .payers
-            .iter()
-            .filter(|payer| payer.balance() > 0)
-            .count();
+        let payers_with_points = self.payers.iter().filter(|payer| payer.balance() > 0).count();
         if self.fronts.len() != payers_with_points {
             return Err(format!(
                 "{} fronts for {payers_with_points} payers with points",

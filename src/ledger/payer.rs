@@ -58,10 +58,8 @@ impl Payer {
         assert!(points > 0, "a lot has positive points");
         let previous = self.lots.insert(key, points);
         assert!(previous.is_none(), "lot keys are unique (they hold the id)");
-        self.balance = self
-            .balance
-            .checked_add(points)
-            .expect("caller checked the balance for overflow");
+        self.balance =
+            self.balance.checked_add(points).expect("caller checked the balance for overflow");
         self.credited += i128::from(points);
 
         if let Some((front_key, _)) = self.front
@@ -85,10 +83,7 @@ impl Payer {
         };
         let mut steps = 0usize;
         loop {
-            assert!(
-                steps <= self.lots.len(),
-                "hand_back walks each lot at most once"
-            );
+            assert!(steps <= self.lots.len(), "hand_back walks each lot at most once");
             steps += 1;
             let original = self.lots[&cursor];
             let refill = (original - remaining).min(points);
@@ -112,9 +107,7 @@ impl Payer {
     /// Takes up to `points` from the front lot only, and returns how many were
     /// taken. Spends use this so that they can switch payers between lots.
     pub(super) fn take_from_front(&mut self, points: i64) -> i64 {
-        let (key, remaining) = self
-            .front
-            .expect("take_from_front needs a positive balance");
+        let (key, remaining) = self.front.expect("take_from_front needs a positive balance");
         assert!(points > 0);
         let taken = remaining.min(points);
         self.balance -= taken;
@@ -133,17 +126,11 @@ impl Payer {
 
     /// Takes `points` (at most the balance), oldest lots first.
     pub(super) fn debit(&mut self, points: i64) {
-        assert!(
-            0 < points && points <= self.balance,
-            "caller checked the balance"
-        );
+        assert!(0 < points && points <= self.balance, "caller checked the balance");
         let mut left = points;
         let mut steps = 0usize;
         while left > 0 {
-            assert!(
-                steps <= self.lots.len(),
-                "debit walks each lot at most once"
-            );
+            assert!(steps <= self.lots.len(), "debit walks each lot at most once");
             steps += 1;
             left -= self.take_from_front(left);
         }
@@ -163,10 +150,7 @@ impl Payer {
     pub(super) fn check_invariants(&self) -> Result<(), String> {
         let name = &self.name;
         if self.balance < 0 {
-            return Err(format!(
-                "payer {name:?} balance {} is negative",
-                self.balance
-            ));
+            return Err(format!("payer {name:?} balance {} is negative", self.balance));
         }
         if i128::from(self.balance) != self.credited - self.debited {
             return Err(format!(
@@ -181,11 +165,7 @@ impl Payer {
                 self.credited
             ));
         }
-        let remaining: i128 = self
-            .lots
-            .keys()
-            .map(|&key| i128::from(self.remaining_in(key)))
-            .sum();
+        let remaining: i128 = self.lots.keys().map(|&key| i128::from(self.remaining_in(key))).sum();
         if remaining != i128::from(self.balance) {
             return Err(format!(
                 "payer {name:?} remaining in lots {remaining} != balance {}",

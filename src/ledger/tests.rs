@@ -11,40 +11,27 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
 }
 
 fn add(ledger: &mut Ledger, payer: &str, points: i64, timestamp: &str) -> Transaction {
-    let transaction = ledger
-        .add_transaction(payer, points, at(timestamp))
-        .expect("test transaction is accepted");
-    ledger
-        .check_invariants()
-        .expect("invariants hold after add");
+    let transaction =
+        ledger.add_transaction(payer, points, at(timestamp)).expect("test transaction is accepted");
+    ledger.check_invariants().expect("invariants hold after add");
     transaction
 }
 
 fn spend(ledger: &mut Ledger, points: i64) -> Vec<(String, i64)> {
     let reply = ledger.spend(points).expect("test spend is accepted");
-    ledger
-        .check_invariants()
-        .expect("invariants hold after spend");
-    reply
-        .into_iter()
-        .map(|entry| (entry.payer, entry.points))
-        .collect()
+    ledger.check_invariants().expect("invariants hold after spend");
+    reply.into_iter().map(|entry| (entry.payer, entry.points)).collect()
 }
 
 fn balances(ledger: &Ledger) -> Vec<(String, i64)> {
-    let mut balances: Vec<_> = ledger
-        .balances()
-        .map(|(payer, points)| (payer.to_owned(), points))
-        .collect();
+    let mut balances: Vec<_> =
+        ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();
     balances.sort();
     balances
 }
 
 fn pairs(entries: &[(&str, i64)]) -> Vec<(String, i64)> {
-    entries
-        .iter()
-        .map(|&(payer, points)| (payer.to_owned(), points))
-        .collect()
+    entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()
 }
 
 /// Example A: transactions arrive in timestamp order.
@@ -58,11 +45,7 @@ fn example_a_spends_oldest_points_first() {
     add(&mut ledger, "DANNON", 1000, "2022-11-02T14:00:00Z");
     assert_eq!(
         spend(&mut ledger, 5000),
-        pairs(&[
-            ("DANNON", -100),
-            ("UNILEVER", -200),
-            ("MILLER COORS", -4700)
-        ])
+        pairs(&[("DANNON", -100), ("UNILEVER", -200), ("MILLER COORS", -4700)])
     );
     assert_eq!(
         balances(&ledger),
@@ -81,11 +64,7 @@ fn example_b_out_of_order_arrival_matches_example_a() {
     add(&mut ledger, "DANNON", 300, "2020-10-31T10:00:00Z");
     assert_eq!(
         spend(&mut ledger, 5000),
-        pairs(&[
-            ("DANNON", -100),
-            ("UNILEVER", -200),
-            ("MILLER COORS", -4700)
-        ])
+        pairs(&[("DANNON", -100), ("UNILEVER", -200), ("MILLER COORS", -4700)])
     );
     assert_eq!(
         balances(&ledger),
@@ -111,11 +90,7 @@ fn example_c_late_older_lot_resettles_within_its_payer() {
 fn ids_count_accepted_transactions_from_one() {
     let mut ledger = Ledger::new();
     assert_eq!(add(&mut ledger, "A", 5, "2024-01-02T00:00:00Z").id, 1);
-    assert!(
-        ledger
-            .add_transaction("A", -50, at("2024-01-02T00:00:00Z"))
-            .is_err()
-    );
+    assert!(ledger.add_transaction("A", -50, at("2024-01-02T00:00:00Z")).is_err());
     assert_eq!(add(&mut ledger, "A", -5, "2024-01-01T00:00:00Z").id, 2);
     assert_eq!(ledger.next_transaction_id(), 3);
 }
@@ -127,10 +102,7 @@ fn equal_timestamps_spend_in_arrival_order() {
     add(&mut ledger, "B", 10, "2024-01-01T00:00:00Z");
     add(&mut ledger, "A", 10, "2024-01-01T00:00:00Z");
     add(&mut ledger, "C", 10, "2024-01-01T00:00:00Z");
-    assert_eq!(
-        spend(&mut ledger, 25),
-        pairs(&[("B", -10), ("A", -10), ("C", -5)])
-    );
+    assert_eq!(spend(&mut ledger, 25), pairs(&[("B", -10), ("A", -10), ("C", -5)]));
 }
 
 /// A payer that comes back after another payer's lot is listed once, where it first appeared.
@@ -189,16 +161,10 @@ fn negative_transaction_over_balance_is_refused() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "A", 10, "2024-01-01T00:00:00Z");
     add(&mut ledger, "B", 100, "2024-01-01T00:00:00Z");
-    let error = ledger
-        .add_transaction("A", -11, at("2024-01-02T00:00:00Z"))
-        .unwrap_err();
+    let error = ledger.add_transaction("A", -11, at("2024-01-02T00:00:00Z")).unwrap_err();
     assert_eq!(
         error,
-        LedgerError::InsufficientPayerPoints {
-            payer: "A".into(),
-            requested: 11,
-            available: 10
-        }
+        LedgerError::InsufficientPayerPoints { payer: "A".into(), requested: 11, available: 10 }
     );
     assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(error.reason(), "INSUFFICIENT_PAYER_POINTS");
@@ -210,16 +176,10 @@ fn negative_transaction_over_balance_is_refused() {
 #[test]
 fn negative_transaction_for_unknown_payer_is_refused() {
     let mut ledger = Ledger::new();
-    let error = ledger
-        .add_transaction("NEW", -1, at("2024-01-01T00:00:00Z"))
-        .unwrap_err();
+    let error = ledger.add_transaction("NEW", -1, at("2024-01-01T00:00:00Z")).unwrap_err();
     assert_eq!(
         error,
-        LedgerError::InsufficientPayerPoints {
-            payer: "NEW".into(),
-            requested: 1,
-            available: 0
-        }
+        LedgerError::InsufficientPayerPoints { payer: "NEW".into(), requested: 1, available: 0 }
     );
     assert_eq!(ledger.balances().len(), 0);
 }
@@ -229,9 +189,7 @@ fn negative_transaction_for_unknown_payer_is_refused() {
 fn most_negative_points_are_refused_without_overflow() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "A", i64::MAX, "2024-01-01T00:00:00Z");
-    let error = ledger
-        .add_transaction("A", i64::MIN, at("2024-01-01T00:00:00Z"))
-        .unwrap_err();
+    let error = ledger.add_transaction("A", i64::MIN, at("2024-01-01T00:00:00Z")).unwrap_err();
     assert_eq!(
         error,
         LedgerError::InsufficientPayerPoints {
@@ -250,10 +208,7 @@ fn spend_over_total_is_refused() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "A", 4300, "2024-01-01T00:00:00Z");
     let error = ledger.spend(5000).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "insufficient points: requested 5000, available 4300"
-    );
+    assert_eq!(error.to_string(), "insufficient points: requested 5000, available 4300");
     assert_eq!(error.reason(), "INSUFFICIENT_POINTS");
     assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(balances(&ledger), pairs(&[("A", 4300)]));
@@ -265,10 +220,7 @@ fn spend_on_empty_ledger_is_refused() {
     let mut ledger = Ledger::new();
     assert_eq!(
         ledger.spend(1).unwrap_err(),
-        LedgerError::InsufficientPoints {
-            requested: 1,
-            available: 0
-        }
+        LedgerError::InsufficientPoints { requested: 1, available: 0 }
     );
 }
 
@@ -311,9 +263,7 @@ fn payer_names_are_validated() {
 #[test]
 fn zero_points_are_invalid() {
     let mut ledger = Ledger::new();
-    let error = ledger
-        .add_transaction("A", 0, at("2024-01-01T00:00:00Z"))
-        .unwrap_err();
+    let error = ledger.add_transaction("A", 0, at("2024-01-01T00:00:00Z")).unwrap_err();
     assert_eq!(error, LedgerError::ZeroPoints);
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     assert_eq!(ledger.next_transaction_id(), 1);
@@ -324,9 +274,7 @@ fn zero_points_are_invalid() {
 fn payer_balance_overflow_is_out_of_range() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "A", i64::MAX, "2024-01-01T00:00:00Z");
-    let error = ledger
-        .add_transaction("A", 1, at("2024-01-02T00:00:00Z"))
-        .unwrap_err();
+    let error = ledger.add_transaction("A", 1, at("2024-01-02T00:00:00Z")).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfRange);
     assert_eq!(error.reason(), "PAYER_BALANCE_OVERFLOW");
     assert_eq!(balances(&ledger), pairs(&[("A", i64::MAX)]));
@@ -337,16 +285,8 @@ fn payer_balance_overflow_is_out_of_range() {
 fn total_overflow_is_out_of_range() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "A", i64::MAX - 5, "2024-01-01T00:00:00Z");
-    let error = ledger
-        .add_transaction("B", 6, at("2024-01-02T00:00:00Z"))
-        .unwrap_err();
-    assert_eq!(
-        error,
-        LedgerError::TotalOverflow {
-            total: i64::MAX - 5,
-            points: 6
-        }
-    );
+    let error = ledger.add_transaction("B", 6, at("2024-01-02T00:00:00Z")).unwrap_err();
+    assert_eq!(error, LedgerError::TotalOverflow { total: i64::MAX - 5, points: 6 });
     assert_eq!(error.kind(), ErrorKind::OutOfRange);
     assert_eq!(balances(&ledger), pairs(&[("A", i64::MAX - 5)]));
     add(&mut ledger, "B", 5, "2024-01-02T00:00:00Z");

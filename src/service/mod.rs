@@ -90,10 +90,7 @@ impl PointsServiceApi for PointsService {
             Ok(Response::new(SpendResponse {
                 spent: spent
                     .into_iter()
-                    .map(|entry| PayerPoints {
-                        payer: entry.payer,
-                        points: entry.points,
-                    })
+                    .map(|entry| PayerPoints { payer: entry.payer, points: entry.points })
                     .collect(),
             }))
         })
@@ -108,10 +105,8 @@ impl PointsServiceApi for PointsService {
             validation::balances(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             let ledger = self.read_ledger()?;
-            let balances: HashMap<String, i64> = ledger
-                .balances()
-                .map(|(payer, points)| (payer.to_owned(), points))
-                .collect();
+            let balances: HashMap<String, i64> =
+                ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();
             Ok(Response::new(GetBalancesResponse { balances }))
         })
         .await

@@ -27,21 +27,14 @@ pub struct FieldViolation {
 impl FieldViolation {
     /// A violation of `field` described by a ledger validation error.
     pub fn from_ledger(field: &'static str, error: &LedgerError) -> Self {
-        Self {
-            field,
-            reason: error.reason(),
-            description: error.to_string(),
-        }
+        Self { field, reason: error.reason(), description: error.to_string() }
     }
 }
 
 /// INVALID_ARGUMENT naming every bad field; the ErrorInfo carries the first
 /// violation's reason so a client can branch on it.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
-    assert!(
-        !violations.is_empty(),
-        "an invalid request has at least one violation"
-    );
+    assert!(!violations.is_empty(), "an invalid request has at least one violation");
     let message = violations
         .iter()
         .map(|violation| violation.description.as_str())
@@ -89,27 +82,15 @@ fn field_of(error: &LedgerError) -> &'static str {
 /// The numbers behind a refusal, as ErrorInfo metadata.
 fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
     let pairs: Vec<(&str, String)> = match error {
-        LedgerError::InsufficientPayerPoints {
-            payer,
-            requested,
-            available,
-        } => vec![
+        LedgerError::InsufficientPayerPoints { payer, requested, available } => vec![
             ("payer", payer.clone()),
             ("requested", requested.to_string()),
             ("available", available.to_string()),
         ],
-        LedgerError::InsufficientPoints {
-            requested,
-            available,
-        } => vec![
-            ("requested", requested.to_string()),
-            ("available", available.to_string()),
-        ],
-        LedgerError::PayerBalanceOverflow {
-            payer,
-            balance,
-            points,
-        } => vec![
+        LedgerError::InsufficientPoints { requested, available } => {
+            vec![("requested", requested.to_string()), ("available", available.to_string())]
+        }
+        LedgerError::PayerBalanceOverflow { payer, balance, points } => vec![
             ("payer", payer.clone()),
             ("balance", balance.to_string()),
             ("points", points.to_string()),
@@ -122,8 +103,5 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
         | LedgerError::ZeroPoints
         | LedgerError::NonPositiveSpend { .. } => Vec::new(),
     };
-    pairs
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect()
+    pairs.into_iter().map(|(key, value)| (key.to_owned(), value)).collect()
 }

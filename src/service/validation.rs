@@ -43,11 +43,9 @@ pub fn transaction(
     reserved_field_is_empty("user_id", &request.user_id, &mut violations);
     reserved_field_is_empty("request_id", &request.request_id, &mut violations);
     match timestamp {
-        Some(timestamp) if violations.is_empty() => Ok(ValidTransaction {
-            payer: &request.payer,
-            points: request.points,
-            timestamp,
-        }),
+        Some(timestamp) if violations.is_empty() => {
+            Ok(ValidTransaction { payer: &request.payer, points: request.points, timestamp })
+        }
         _ => Err(violations),
     }
 }
@@ -60,22 +58,14 @@ pub fn spend(request: &SpendRequest) -> Result<i64, Vec<FieldViolation>> {
     }
     reserved_field_is_empty("user_id", &request.user_id, &mut violations);
     reserved_field_is_empty("request_id", &request.request_id, &mut violations);
-    if violations.is_empty() {
-        Ok(request.points)
-    } else {
-        Err(violations)
-    }
+    if violations.is_empty() { Ok(request.points) } else { Err(violations) }
 }
 
 /// Validates a GetBalances request.
 pub fn balances(request: &GetBalancesRequest) -> Result<(), Vec<FieldViolation>> {
     let mut violations = Vec::new();
     reserved_field_is_empty("user_id", &request.user_id, &mut violations);
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(violations)
-    }
+    if violations.is_empty() { Ok(()) } else { Err(violations) }
 }
 
 /// Converts a protobuf timestamp, refusing what RFC 3339 cannot express.
@@ -87,9 +77,7 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
             description: "timestamp is required".to_owned(),
         });
     };
-    let nanos = u32::try_from(timestamp.nanos)
-        .ok()
-        .filter(|&nanos| nanos <= 999_999_999);
+    let nanos = u32::try_from(timestamp.nanos).ok().filter(|&nanos| nanos <= 999_999_999);
     let Some(nanos) = nanos else {
         return Err(FieldViolation {
             field: "timestamp.nanos",

@@ -34,9 +34,8 @@ impl TestServer {
 
     /// Starts a server with the given settings.
     pub async fn start_with(settings: ServerSettings) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind an ephemeral port");
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
         let address = listener.local_addr().expect("bound address");
         let (shutdown, shutdown_received) = oneshot::channel::<()>();
         let task = tokio::spawn(points::server::serve(
@@ -47,11 +46,7 @@ impl TestServer {
                 let _ = shutdown_received.await;
             },
         ));
-        Self {
-            address,
-            shutdown: Some(shutdown),
-            task,
-        }
+        Self { address, shutdown: Some(shutdown), task }
     }
 
     /// The URI clients connect to.
@@ -125,17 +120,10 @@ impl ServerProcess {
             Ok(address) => address.parse().expect("the logged address parses"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "points-server did not report its address; log:\n{}",
-                    log.lock().unwrap()
-                );
+                panic!("points-server did not report its address; log:\n{}", log.lock().unwrap());
             }
         };
-        Self {
-            address,
-            child,
-            log,
-        }
+        Self { address, child, log }
     }
 
     /// The URI clients connect to.
@@ -145,9 +133,7 @@ impl ServerProcess {
 
     /// A generated points client.
     pub async fn client(&self) -> PointsServiceClient<Channel> {
-        PointsServiceClient::connect(self.uri())
-            .await
-            .expect("connect to points-server")
+        PointsServiceClient::connect(self.uri()).await.expect("connect to points-server")
     }
 
     /// Everything the server has logged so far.
@@ -173,10 +159,7 @@ impl ServerProcess {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "points-server did not exit within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("points-server did not exit within {timeout:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -193,10 +176,7 @@ impl Drop for ServerProcess {
 /// Parses an RFC 3339 time into a protobuf timestamp.
 pub fn timestamp(rfc3339: &str) -> Timestamp {
     let time = chrono::DateTime::parse_from_rfc3339(rfc3339).expect("valid RFC 3339");
-    Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
 }
 
 /// A gRPC codec that sends and receives raw bytes, for requests that are not
@@ -257,9 +237,7 @@ pub async fn call_raw(
     body: Vec<u8>,
 ) -> Result<Vec<u8>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
     grpc.unary(tonic::Request::new(body), path, RawBytesCodec)
         .await

@@ -21,9 +21,8 @@ fn tools_dir() -> PathBuf {
 
 /// Runs `command`, panicking with its output if it fails.
 fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}"));
+    let output =
+        command.output().unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}"));
     assert!(
         output.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -54,10 +53,7 @@ fn install_once(name: &str, marker_contents: &str, install: impl FnOnce(&Path)) 
 /// The virtualenv with the pinned Python packages.
 pub fn python_venv() -> PathBuf {
     install_once("venv", &PYTHON_PACKAGES.join("\n"), |venv| {
-        run(
-            Command::new("python3").arg("-m").arg("venv").arg(venv),
-            "creating a virtualenv",
-        );
+        run(Command::new("python3").arg("-m").arg("venv").arg(venv), "creating a virtualenv");
         run(
             Command::new(venv.join("bin/pip"))
                 .args(["install", "--quiet", "--disable-pip-version-check"])
@@ -80,13 +76,7 @@ pub fn buf() -> PathBuf {
         fs::create_dir_all(prefix).expect("create the npm prefix");
         run(
             Command::new("npm")
-                .args([
-                    "install",
-                    "--no-save",
-                    "--no-audit",
-                    "--no-fund",
-                    "--prefix",
-                ])
+                .args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"])
                 .arg(prefix)
                 .arg(BUF_PACKAGE),
             "npm install of buf",

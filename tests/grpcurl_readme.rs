@@ -1,0 +1,102 @@
+//! Interop: the real grpcurl binary, through reflection only, runs every
+//! grpcurl example in README.md against a fresh real server, in order, and
+//! must print exactly the output the README shows. This keeps the README
+//! honest and proves reflection works for a stock client (grpcurl 1.8.6 speaks
+//! only reflection v1alpha).
+
+mod common;
+
+use std::process::Command;
+
+use common::{ServerProcess, tools};
+
+/// One README example: a grpcurl command and the output shown after it.
+#[derive(Debug)]
+struct Example {
+    command: String,
+    expected: Option<Expected>,
+}
+
+#[derive(Debug)]
+enum Expected {
+    Json(serde_json::Value),
+    Text(String),
+}
+
+/// Reads the fenced blocks of README.md: each ```sh block holding a grpcurl
+/// command, with the ```json or ```text block right after it, if any.
+fn readme_examples() -> Vec<Example> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if let Some(language) = line.strip_prefix("```") {
+            let body: Vec<&str> =
+                lines.by_ref().take_while(|line| !line.starts_with("```")).collect();
+            blocks.push((language.to_owned(), body.join("\n")));
+        }
+    }
+    let mut examples = Vec::new();
+    for (index, (language, body)) in blocks.iter().enumerate() {
+        if language != "sh" || !body.starts_with("grpcurl ") {
+            continue;
+        }
+        assert!(!body.contains('\n'), "one grpcurl command per block: {body}");
+        let expected =
+            blocks.get(index + 1).and_then(|(language, output)| match language.as_str() {
+                "json" => Some(Expected::Json(
+                    serde_json::from_str(output)
+                        .unwrap_or_else(|error| panic!("README JSON {output}: {error}")),
+                )),
+                "text" => Some(Expected::Text(output.trim().to_owned())),
+                _ => None,
+            });
+        examples.push(Example { command: body.clone(), expected });
+    }
+    examples
+}
+
+/// Every grpcurl example in the README prints exactly what the README shows.
+#[test]
+fn readme_grpcurl_examples_print_exactly_what_the_readme_shows() {
+    let examples = readme_examples();
+    assert!(examples.len() >= 12, "README examples not found: {examples:?}");
+    let grpcurl = tools::grpcurl();
+    let tool_dir = grpcurl.parent().expect("grpcurl lives in a directory");
+    let path = format!("{}:{}", tool_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let server = ServerProcess::start(&[]);
+
+    for example in &examples {
+        let command = example.command.replace("localhost:50051", &server.address.to_string());
+        let output = Command::new("sh")
+            .args(["-c", &command])
+            .env("PATH", &path)
+            .output()
+            .expect("run grpcurl");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let context = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", example.command);
+        match &example.expected {
+            Some(Expected::Json(expected)) => {
+                // A failed call (the README shows its status, with a code) is
+                // printed on stderr, and grpcurl exits with 64 + the gRPC code.
+                let code = expected.get("code").and_then(serde_json::Value::as_i64).unwrap_or(0);
+                let (printed, expected_exit) =
+                    if code == 0 { (&stdout, 0) } else { (&stderr, 64 + code as i32) };
+                let actual: serde_json::Value = serde_json::from_str(printed)
+                    .unwrap_or_else(|error| panic!("output is not JSON ({error}): {context}"));
+                assert_eq!(&actual, expected, "{context}");
+                assert_eq!(output.status.code(), Some(expected_exit), "{context}");
+            }
+            Some(Expected::Text(expected)) => {
+                assert!(output.status.success(), "{context}");
+                assert_eq!(stdout.trim(), expected, "{context}");
+            }
+            None => {
+                assert!(output.status.success(), "{context}");
+                assert!(!stdout.trim().is_empty(), "{context}");
+            }
+        }
+    }
+}
