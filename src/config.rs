@@ -14,11 +14,17 @@ use crate::server::ServerSettings;
 #[command(name = "points-server", version, about, long_about = None)]
 pub struct Config {
     /// Address to serve gRPC on (host:port; a host name resolves to its first address).
-    #[arg(long, env = "POINTS_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen_address)]
+    #[arg(
+        long,
+        env = "POINTS_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051",
+        value_parser = parse_listen_address
+    )]
     pub listen: SocketAddr,
 
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
-    #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 }
 

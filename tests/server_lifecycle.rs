@@ -205,3 +205,27 @@ fn listening_on_a_busy_port_fails_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("cannot listen on {address}")), "stderr: {stderr}");
 }
+
+/// POINTS_LISTEN sets the listen address when --listen is not given.
+#[tokio::test]
+async fn points_listen_environment_variable_sets_the_address() {
+    let mut command = ServerProcess::command();
+    command.env("POINTS_LISTEN", "127.0.0.1:0");
+    let server = ServerProcess::spawn(command);
+    assert!(server.address.ip().is_loopback());
+    let mut client = server.client().await;
+    let reply = client.get_balances(GetBalancesRequest::default()).await;
+    assert!(reply.is_ok(), "{reply:?}");
+}
+
+/// A listen address that is not host:port is refused by the argument parser.
+#[test]
+fn malformed_listen_address_is_refused_at_start() {
+    let output = ServerProcess::command()
+        .args(["--listen", "not-an-address"])
+        .output()
+        .expect("run points-server");
+    assert_eq!(output.status.code(), Some(2), "clap exits 2 on a bad argument");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--listen"), "stderr: {stderr}");
+}

@@ -144,9 +144,9 @@ async fn observed<T>(
                 | Code::ResourceExhausted
                 | Code::Cancelled
                 | Code::DeadlineExceeded => {
-                    tracing::info!(latency_us, message = status.message(), "rpc refused")
+                    tracing::info!(latency_us, error = status.message(), "rpc refused")
                 }
-                _ => tracing::error!(latency_us, message = status.message(), "rpc failed"),
+                _ => tracing::error!(latency_us, error = status.message(), "rpc failed"),
             }
         }
     }

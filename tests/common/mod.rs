@@ -91,9 +91,19 @@ impl ServerProcess {
     /// Starts the binary with `args` (plus `--listen 127.0.0.1:0`) and waits
     /// until it logs the address it listens on.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_points-server"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let mut command = Self::command();
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Self::spawn(command)
+    }
+
+    /// A command for the binary, for tests that set its flags or environment themselves.
+    pub fn command() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_points-server"))
+    }
+
+    /// Spawns `command` and waits until the server logs the address it listens on.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
