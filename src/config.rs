@@ -3,10 +3,12 @@
 //! `cargo run --release` start a working server with no setup.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::durability::{FsyncPolicy, StoreOptions};
 use crate::server::ServerSettings;
 
 /// points-server: a loyalty-points ledger served over gRPC.
@@ -23,12 +25,48 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// Directory for the journal and snapshots; created if missing, locked while running.
+    #[arg(long, env = "POINTS_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Keep nothing on disk: everything is lost when the server stops (tests, demos).
+    #[arg(long, env = "POINTS_IN_MEMORY")]
+    pub in_memory: bool,
+
+    /// When a change is acknowledged: after fsync (always), or after the write reaches
+    /// the operating system (never: survives kill -9, not power loss).
+    #[arg(long, env = "POINTS_FSYNC", value_name = "POLICY", value_enum, default_value_t = FsyncPolicy::Always)]
+    pub fsync: FsyncPolicy,
+
+    /// Journal size in bytes past which a snapshot is written and older segments removed.
+    #[arg(
+        long,
+        env = "POINTS_SNAPSHOT_THRESHOLD_BYTES",
+        value_name = "BYTES",
+        default_value_t = 64 << 20,
+        value_parser = clap::value_parser!(u64).range(4096..)
+    )]
+    pub snapshot_threshold_bytes: u64,
+
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
     #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 }
 
 impl Config {
+    /// Where and how the ledger is stored.
+    pub fn store_options(&self) -> StoreOptions {
+        if self.in_memory {
+            StoreOptions::InMemory
+        } else {
+            StoreOptions::Durable {
+                data_dir: self.data_dir.clone(),
+                fsync: self.fsync,
+                snapshot_threshold_bytes: self.snapshot_threshold_bytes,
+            }
+        }
+    }
+
     /// The settings of the gRPC server.
     pub fn server_settings(&self) -> ServerSettings {
         ServerSettings { shutdown_grace: Duration::from_millis(self.shutdown_grace_ms) }

@@ -8,11 +8,14 @@
 //! - [`service`]: the gRPC face: validates requests, maps them to ledger
 //!   commands under the ledger's lock, and maps outcomes to replies or to
 //!   statuses with error details.
+//! - [`durability`]: the journal (group commit), snapshots and crash
+//!   recovery between the service and the ledger; in memory when asked.
 //! - [`proto`]: code generated from `proto/points/v1/points.proto`.
 //! - [`ledger`]: the pure core. Payers, lots and the exact spending rules;
 //!   no I/O, no async, no transport types.
 
 pub mod config;
+pub mod durability;
 pub mod ledger;
 pub mod proto;
 pub mod server;

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
+use std::sync::Arc;
+
 use points::config::Config;
+use points::durability::Store;
 use points::server;
 use points::service::PointsService;
 use points::telemetry;
@@ -23,10 +26,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let store = match Store::open(&config.store_options()) {
+        Ok((store, _recovery)) => Arc::new(store),
+        Err(error) => {
+            eprintln!("points-server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(address = %config.listen, %error, "cannot listen");
             eprintln!("points-server: cannot listen on {}: {error}", config.listen);
             return ExitCode::FAILURE;
         }
@@ -36,8 +45,15 @@ async fn main() -> ExitCode {
         Err(error) => tracing::warn!(%error, "listening, but the bound address is unknown"),
     }
 
-    let result =
-        server::serve(listener, PointsService::new(), config.server_settings(), shutdown).await;
+    let result = server::serve(
+        listener,
+        PointsService::new(Arc::clone(&store)),
+        config.server_settings(),
+        shutdown,
+    )
+    .await;
+    // In-flight calls are done: write out what is buffered and stop the threads.
+    store.close();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -50,6 +50,16 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PointsServiceServer<PointsService>>().await;
 
+    // A failed journal means fail-stop: tell load balancers and probes.
+    let store = std::sync::Arc::clone(service.store());
+    let reporter = health_reporter.clone();
+    let failure_watch = tokio::spawn(async move {
+        let reason = store.failed().await;
+        tracing::error!(%reason, "store failed: health is NOT_SERVING");
+        reporter.set_not_serving::<PointsServiceServer<PointsService>>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    });
+
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
@@ -87,6 +97,7 @@ pub async fn serve(
             "grace period over: dropping connections that are still open"
         ),
     }
+    failure_watch.abort();
     tracing::info!("server stopped");
     Ok(())
 }

@@ -198,7 +198,7 @@ fn listening_on_a_busy_port_fails_with_a_clear_message() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = busy.local_addr().expect("address").to_string();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_points-server"))
-        .args(["--listen", &address])
+        .args(["--listen", &address, "--in-memory"])
         .output()
         .expect("run points-server");
     assert!(!output.status.success());
@@ -210,7 +210,7 @@ fn listening_on_a_busy_port_fails_with_a_clear_message() {
 #[tokio::test]
 async fn points_listen_environment_variable_sets_the_address() {
     let mut command = ServerProcess::command();
-    command.env("POINTS_LISTEN", "127.0.0.1:0");
+    command.env("POINTS_LISTEN", "127.0.0.1:0").arg("--in-memory");
     let server = ServerProcess::spawn(command);
     assert!(server.address.ip().is_loopback());
     let mut client = server.client().await;

@@ -42,9 +42,32 @@ type PayerIndex = u32;
 
 /// Orders lots: by timestamp, then by arrival (the id), so keys are unique.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct LotKey {
+struct LotKey {
     timestamp: DateTime<Utc>,
     id: TransactionId,
+}
+
+/// A lot as a snapshot stores it: the transaction that credited it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lot {
+    /// When the points were earned.
+    pub timestamp: DateTime<Utc>,
+    /// The id of the crediting transaction.
+    pub id: TransactionId,
+    /// The points originally credited (positive).
+    pub points: i64,
+}
+
+/// One payer's full state, as exported for a snapshot and restored from one.
+/// Which points of the lots remain follows from the balance: always the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerState {
+    /// The payer's name.
+    pub name: String,
+    /// The payer's balance.
+    pub balance: i64,
+    /// Every lot ever credited to the payer, oldest first.
+    pub lots: Vec<Lot>,
 }
 
 /// A transaction as the ledger recorded it.
@@ -99,7 +122,8 @@ pub fn validate_spend_points(points: i64) -> Result<(), LedgerError> {
 }
 
 /// One user's points: payers, their lots, and the order spends take them in.
-#[derive(Debug)]
+/// Cloning copies the whole state (used to snapshot it without holding a lock).
+#[derive(Debug, Clone)]
 pub struct Ledger {
     payers: Vec<Payer>,
     payer_by_name: HashMap<Box<str>, PayerIndex>,
@@ -283,6 +307,81 @@ impl Ledger {
     /// The sum of all payers' balances.
     pub fn total(&self) -> i64 {
         self.total
+    }
+
+    /// The number of payers ever credited.
+    pub fn payer_count(&self) -> usize {
+        self.payers.len()
+    }
+
+    /// The number of lots ever credited.
+    pub fn lot_count(&self) -> usize {
+        self.payers.iter().map(|payer| payer.lots().len()).sum()
+    }
+
+    /// Every payer's state, in the order payers were first credited, for
+    /// snapshots. [`Ledger::restore`] rebuilds an identical ledger from it.
+    pub fn payer_states(&self) -> impl ExactSizeIterator<Item = PayerState> + '_ {
+        self.payers.iter().map(|payer| PayerState {
+            name: payer.name.to_string(),
+            balance: payer.balance(),
+            lots: payer
+                .lots()
+                .map(|(key, points)| Lot { timestamp: key.timestamp, id: key.id, points })
+                .collect(),
+        })
+    }
+
+    /// Rebuilds a ledger from the payer states [`Ledger::payer_states`]
+    /// exported, checking everything a damaged or forged snapshot could get
+    /// wrong: names, order, ids, amounts, and every invariant.
+    pub fn restore(
+        next_transaction_id: TransactionId,
+        payer_states: impl IntoIterator<Item = PayerState>,
+    ) -> Result<Self, String> {
+        let mut ledger = Self::new();
+        if next_transaction_id == 0 {
+            return Err("the next transaction id must be at least 1".to_owned());
+        }
+        ledger.next_transaction_id = next_transaction_id;
+        let mut total: i128 = 0;
+        for state in payer_states {
+            validate_payer(&state.name)
+                .map_err(|error| format!("payer {:?}: {error}", state.name))?;
+            if ledger.payer_by_name.contains_key(state.name.as_str()) {
+                return Err(format!("payer {:?} appears twice", state.name));
+            }
+            if let Some(lot) =
+                state.lots.iter().find(|lot| lot.id == 0 || lot.id >= next_transaction_id)
+            {
+                return Err(format!(
+                    "payer {:?}: lot id {} outside 1..{next_transaction_id}",
+                    state.name, lot.id
+                ));
+            }
+            let lots = state
+                .lots
+                .iter()
+                .map(|lot| (LotKey { timestamp: lot.timestamp, id: lot.id }, lot.points))
+                .collect();
+            let payer = Payer::restore(&state.name, state.balance, lots)?;
+            total += i128::from(payer.balance());
+            let index = ledger.insert_payer(&state.name);
+            if let Some(key) = payer.front_key() {
+                ledger.fronts.insert(key, index);
+            }
+            ledger.payers[index as usize] = payer;
+        }
+        ledger.total =
+            i64::try_from(total).map_err(|_| format!("total {total} passes i64::MAX"))?;
+        let mut ids: Vec<TransactionId> =
+            ledger.payers.iter().flat_map(|payer| payer.lots().map(|(key, _)| key.id)).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err("two lots share a transaction id".to_owned());
+        }
+        ledger.check_invariants()?;
+        Ok(ledger)
     }
 
     /// The id the next accepted transaction will get.

@@ -11,7 +11,7 @@ use std::ops::Bound;
 use super::LotKey;
 
 /// A payer's lots and remaining points.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Payer {
     pub(super) name: Box<str>,
     /// Every lot ever credited, with its original points. Used-up lots are
@@ -37,6 +37,49 @@ impl Payer {
             credited: 0,
             debited: 0,
         }
+    }
+
+    /// Rebuilds a payer from its lots and balance, as written by a snapshot:
+    /// the points used up are credited − balance, taken from the oldest lots.
+    /// `lots` must be sorted by key with positive points (checked).
+    pub(super) fn restore(
+        name: &str,
+        balance: i64,
+        lots: Vec<(LotKey, i64)>,
+    ) -> Result<Self, String> {
+        if lots.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(format!("payer {name:?}: lots are not in (timestamp, id) order"));
+        }
+        if let Some((key, points)) = lots.iter().find(|(_, points)| *points <= 0) {
+            return Err(format!("payer {name:?}: lot {key:?} has {points} points"));
+        }
+        let credited: i128 = lots.iter().map(|&(_, points)| i128::from(points)).sum();
+        if balance < 0 || i128::from(balance) > credited {
+            return Err(format!("payer {name:?}: balance {balance} outside 0..={credited}"));
+        }
+        let mut used_up = credited - i128::from(balance);
+        let mut front = None;
+        for &(key, points) in &lots {
+            if used_up < i128::from(points) {
+                // `used_up` < points <= i64::MAX here, so the cast is exact.
+                front = Some((key, points - used_up as i64));
+                break;
+            }
+            used_up -= i128::from(points);
+        }
+        Ok(Self {
+            name: name.into(),
+            lots: lots.into_iter().collect(),
+            front,
+            balance,
+            credited,
+            debited: credited - i128::from(balance),
+        })
+    }
+
+    /// Every lot with its original points, oldest first.
+    pub(super) fn lots(&self) -> impl ExactSizeIterator<Item = (LotKey, i64)> + '_ {
+        self.lots.iter().map(|(&key, &points)| (key, points))
     }
 
     pub(super) fn balance(&self) -> i64 {

@@ -317,3 +317,41 @@ fn late_lot_hands_points_back_across_several_lots() {
     assert_eq!(spend(&mut ledger, 20), pairs(&[("A", -15), ("B", -5)]));
     assert_eq!(balances(&ledger), pairs(&[("A", 20), ("B", 95)]));
 }
+
+/// Exporting payer states and restoring them gives a ledger that behaves identically.
+#[test]
+fn restore_from_payer_states_behaves_identically() {
+    let mut ledger = Ledger::new();
+    add(&mut ledger, "P", 100, "2024-01-03T00:00:00Z");
+    add(&mut ledger, "Q", 100, "2024-01-02T00:00:00Z");
+    spend(&mut ledger, 150);
+    add(&mut ledger, "P", 30, "2024-01-01T00:00:00Z");
+    add(&mut ledger, "R", 10, "2024-01-02T12:00:00Z");
+    let states: Vec<PayerState> = ledger.payer_states().collect();
+    let mut restored =
+        Ledger::restore(ledger.next_transaction_id(), states.clone()).expect("restores");
+    assert_eq!(restored.payer_states().collect::<Vec<_>>(), states);
+    assert_eq!(spend(&mut restored, 20), pairs(&[("R", -10), ("P", -10)]));
+    assert_eq!(spend(&mut ledger, 20), pairs(&[("R", -10), ("P", -10)]));
+    assert_eq!(add(&mut restored, "Q", 1, "2024-01-09T00:00:00Z").id, 5);
+}
+
+/// Restoring refuses states no ledger could have produced.
+#[test]
+fn restore_refuses_impossible_states() {
+    let lot = |id, points| Lot { timestamp: at("2024-01-01T00:00:00Z"), id, points };
+    let payer = |name: &str, balance, lots| PayerState { name: name.to_owned(), balance, lots };
+    let cases = [
+        (vec![payer("A", 11, vec![lot(1, 10)])], "balance above credits"),
+        (vec![payer("A", -1, vec![lot(1, 10)])], "negative balance"),
+        (vec![payer("A", 0, vec![lot(5, 10)])], "id not yet assigned"),
+        (vec![payer("A", 0, vec![lot(1, 0)])], "zero-point lot"),
+        (vec![payer("A", 0, vec![lot(2, 1), lot(1, 1)])], "lots out of order"),
+        (vec![payer("A", 0, vec![lot(1, 1)]), payer("A", 0, vec![lot(2, 1)])], "duplicate payer"),
+        (vec![payer("A", 0, vec![lot(1, 1)]), payer("B", 0, vec![lot(1, 1)])], "duplicate id"),
+        (vec![payer(" ", 0, vec![lot(1, 1)])], "blank payer"),
+    ];
+    for (states, case) in cases {
+        assert!(Ledger::restore(3, states).is_err(), "{case} must be refused");
+    }
+}

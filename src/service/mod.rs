@@ -7,7 +7,7 @@ mod validation;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Code, Request, Response, Status};
@@ -16,38 +16,29 @@ use tracing::Instrument;
 pub use status::ERROR_DOMAIN;
 pub use validation::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
 
-use crate::ledger::Ledger;
+use crate::durability::Store;
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
 use crate::proto::v1::{
     AddTransactionRequest, AddTransactionResponse, GetBalancesRequest, GetBalancesResponse,
     PayerPoints, SpendRequest, SpendResponse, Transaction,
 };
 
-/// `points.v1.PointsService` over one shared ledger. Cloning shares the ledger.
-#[derive(Debug, Clone, Default)]
+/// `points.v1.PointsService` over one store. Cloning shares the store.
+#[derive(Debug, Clone)]
 pub struct PointsService {
-    ledger: Arc<RwLock<Ledger>>,
+    store: Arc<Store>,
 }
 
 impl PointsService {
-    /// A service over an empty ledger.
-    pub fn new() -> Self {
-        Self::default()
+    /// A service over `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
     }
 
-    fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, Status> {
-        self.ledger.read().map_err(|_| poisoned())
+    /// The store behind the service.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
-
-    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, Status> {
-        self.ledger.write().map_err(|_| poisoned())
-    }
-}
-
-/// A panic while the ledger was being changed may have left it half-updated;
-/// refusing every later call (fail-stop) beats serving a state nobody vouches for.
-fn poisoned() -> Status {
-    status::internal("the ledger is unavailable after an internal error; restart the server")
 }
 
 #[tonic::async_trait]
@@ -61,9 +52,10 @@ impl PointsServiceApi for PointsService {
             let transaction =
                 validation::transaction(&request).map_err(|bad| status::invalid_argument(&bad))?;
             let recorded = self
-                .write_ledger()?
+                .store
                 .add_transaction(transaction.payer, transaction.points, transaction.timestamp)
-                .map_err(|error| status::ledger_refusal(&error))?;
+                .await
+                .map_err(|error| status::store_error(&error))?;
             Ok(Response::new(AddTransactionResponse {
                 transaction: Some(Transaction {
                     id: recorded.id,
@@ -83,10 +75,8 @@ impl PointsServiceApi for PointsService {
         observed("Spend", async {
             let points = validation::spend(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
-            let spent = self
-                .write_ledger()?
-                .spend(points)
-                .map_err(|error| status::ledger_refusal(&error))?;
+            let spent =
+                self.store.spend(points).await.map_err(|error| status::store_error(&error))?;
             Ok(Response::new(SpendResponse {
                 spent: spent
                     .into_iter()
@@ -104,9 +94,12 @@ impl PointsServiceApi for PointsService {
         observed("GetBalances", async {
             validation::balances(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
-            let ledger = self.read_ledger()?;
-            let balances: HashMap<String, i64> =
-                ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();
+            let balances: HashMap<String, i64> = self
+                .store
+                .balances()
+                .map_err(|error| status::store_error(&error))?
+                .into_iter()
+                .collect();
             Ok(Response::new(GetBalancesResponse { balances }))
         })
         .await

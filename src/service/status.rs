@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::durability::StoreError;
 use crate::ledger::{ErrorKind, LedgerError};
 
 /// The `ErrorInfo.domain` of every error this service returns.
@@ -64,11 +65,18 @@ pub fn ledger_refusal(error: &LedgerError) -> Status {
     Status::with_error_details(code, error.to_string(), details)
 }
 
-/// INTERNAL for a fault of the server itself, never of the request.
-pub fn internal(message: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(Code::Internal, message, details)
+/// The status for a store operation that did not happen: the ledger's
+/// refusal, or UNAVAILABLE when the store can no longer serve (its journal
+/// failed), so that callers retry elsewhere or later.
+pub fn store_error(error: &StoreError) -> Status {
+    match error {
+        StoreError::Refused(refusal) => ledger_refusal(refusal),
+        StoreError::Unavailable(reason) => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
+            Status::with_error_details(Code::Unavailable, reason.as_str(), details)
+        }
+    }
 }
 
 /// The request field a ledger validation error is about.

@@ -40,7 +40,7 @@ impl TestServer {
         let (shutdown, shutdown_received) = oneshot::channel::<()>();
         let task = tokio::spawn(points::server::serve(
             listener,
-            PointsService::new(),
+            PointsService::new(std::sync::Arc::new(points::durability::Store::in_memory())),
             settings,
             async move {
                 let _ = shutdown_received.await;
@@ -88,11 +88,18 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary with `args` (plus `--listen 127.0.0.1:0`) and waits
-    /// until it logs the address it listens on.
+    /// Starts the binary in memory with `args` (plus `--listen 127.0.0.1:0`)
+    /// and waits until it logs the address it listens on.
     pub fn start(args: &[&str]) -> Self {
         let mut command = Self::command();
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        command.args(["--listen", "127.0.0.1:0", "--in-memory"]).args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts the binary on `data_dir` with `args`.
+    pub fn start_durable(data_dir: &std::path::Path, args: &[&str]) -> Self {
+        let mut command = Self::command();
+        command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(args);
         Self::spawn(command)
     }
 
@@ -149,6 +156,11 @@ impl ServerProcess {
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (e.g. "TERM") to the process.

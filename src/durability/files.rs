@@ -1,0 +1,162 @@
+//! The data directory: its lock, the names of its files, their headers, and
+//! the fsyncs that make creating, renaming and removing files durable.
+//!
+//! Layout:
+//! - `LOCK`: held with flock by the running server;
+//! - `journal-<first sequence>.log`: journal segments, each a file header then
+//!   one frame per accepted command, numbered from the segment's first sequence;
+//! - `snapshot-<last sequence>.snap`: the whole ledger as of that sequence;
+//! - `*.tmp`: a snapshot being written; removed at start-up.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::OpenError;
+
+/// Every durable file starts with a 24-byte header:
+/// `magic (8) | format version (u32 LE) | base sequence (u64 LE) | CRC32C of the first 20 bytes (u32 LE)`.
+pub const FILE_HEADER_BYTES: usize = 24;
+/// The on-disk format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic of a journal segment.
+pub const JOURNAL_MAGIC: &[u8; 8] = b"PNTSJRNL";
+/// Magic of a snapshot.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PNTSSNAP";
+
+const LOCK_FILE: &str = "LOCK";
+
+/// The encoded header of a file of kind `magic` whose sequences start after
+/// (snapshot) or at (journal) `base_sequence`.
+pub fn encode_header(magic: &[u8; 8], base_sequence: u64) -> [u8; FILE_HEADER_BYTES] {
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    header[0..8].copy_from_slice(magic);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&base_sequence.to_le_bytes());
+    let checksum = crc32c::crc32c(&header[0..20]);
+    header[20..24].copy_from_slice(&checksum.to_le_bytes());
+    header
+}
+
+/// Checks a file's header and returns its base sequence.
+pub fn decode_header(path: &Path, data: &[u8], magic: &[u8; 8]) -> Result<u64, OpenError> {
+    let invalid = |reason: String| OpenError::Damaged { path: path.to_owned(), offset: 0, reason };
+    let Some(header) = data.get(..FILE_HEADER_BYTES) else {
+        return Err(invalid(format!("only {} bytes, shorter than the file header", data.len())));
+    };
+    if &header[0..8] != magic {
+        return Err(invalid("not a points file of this kind (wrong magic bytes)".to_owned()));
+    }
+    let checksum = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&header[0..20]) != checksum {
+        return Err(invalid("file header checksum mismatch".to_owned()));
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format version {version}; this build reads version {FORMAT_VERSION}"
+        )));
+    }
+    Ok(u64::from_le_bytes(header[12..20].try_into().expect("8 bytes")))
+}
+
+/// An I/O failure on `path`, with what was being done.
+pub fn io_error<'path>(
+    action: &'static str,
+    path: &'path Path,
+) -> impl FnOnce(io::Error) -> OpenError + 'path {
+    move |source| OpenError::Io { action, path: path.to_owned(), source }
+}
+
+/// The data directory, locked for this process for as long as this lives.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Holds the flock; released when the file is closed.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates the directory if needed and takes its lock, failing at once if
+    /// another process holds it.
+    pub fn lock(path: &Path) -> Result<Self, OpenError> {
+        fs::create_dir_all(path).map_err(io_error("create the data directory", path))?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open the lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked { path: path.to_owned(), lock: lock_path });
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(OpenError::Io { action: "lock", path: lock_path, source });
+            }
+        }
+        Ok(Self { path: path.to_owned(), _lock: lock })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of the journal segment whose first sequence is `first_sequence`.
+    pub fn journal_path(&self, first_sequence: u64) -> PathBuf {
+        self.path.join(format!("journal-{first_sequence:020}.log"))
+    }
+
+    /// The path of the snapshot that holds everything up to `last_sequence`.
+    pub fn snapshot_path(&self, last_sequence: u64) -> PathBuf {
+        self.path.join(format!("snapshot-{last_sequence:020}.snap"))
+    }
+
+    /// The journal segments and snapshots present, each sorted by sequence,
+    /// after removing leftover temporary files.
+    pub fn list(&self) -> Result<Listing, OpenError> {
+        let mut listing = Listing::default();
+        let entries = fs::read_dir(&self.path).map_err(io_error("list", &self.path))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &self.path))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                tracing::info!(file = %entry.path().display(), "removing an unfinished snapshot");
+                fs::remove_file(entry.path()).map_err(io_error("remove", &entry.path()))?;
+            } else if let Some(sequence) = sequence_in(name, "journal-", ".log") {
+                listing.journals.push((sequence, entry.path()));
+            } else if let Some(sequence) = sequence_in(name, "snapshot-", ".snap") {
+                listing.snapshots.push((sequence, entry.path()));
+            }
+        }
+        listing.journals.sort();
+        listing.snapshots.sort();
+        Ok(listing)
+    }
+
+    /// Makes creations, renames and removals in the directory durable.
+    pub fn sync(&self) -> io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+/// The durable files of a data directory.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// (first sequence, path) of each journal segment, oldest first.
+    pub journals: Vec<(u64, PathBuf)>,
+    /// (last sequence, path) of each snapshot, oldest first.
+    pub snapshots: Vec<(u64, PathBuf)>,
+}
+
+fn sequence_in(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
