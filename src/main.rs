@@ -26,6 +26,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A file size limit (ulimit -f) must surface as a write error, which the
+    // journal handles by failing stop, not kill the process mid-write.
+    let _file_size_limit_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
     let store = match Store::open(&config.store_options()) {
         Ok((store, _recovery)) => Arc::new(store),
         Err(error) => {

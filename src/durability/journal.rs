@@ -234,6 +234,10 @@ impl Journal {
         if let Some(reason) = &pending.failure {
             return Err(JournalFailed(Arc::clone(reason)));
         }
+        if pending.closing {
+            // The writer may already be gone: nobody would ever answer.
+            return Err(JournalFailed("the journal is closing".into()));
+        }
         pending.rotation = Some(done);
         let last_sequence = pending.last_sequence;
         drop(pending);

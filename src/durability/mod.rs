@@ -348,7 +348,7 @@ fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenE
         let mut sequence = *first_sequence;
         let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
             if sequence > last_sequence {
-                replay(&mut ledger, payload)
+                replay_payload(&mut ledger, payload)
                     .map_err(|reason| format!("cannot replay sequence {sequence}: {reason}"))?;
                 last_sequence = sequence;
                 recovery.records_replayed += 1;
@@ -398,10 +398,53 @@ fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenE
     Ok((ledger, segment, last_sequence, recovery))
 }
 
+/// Reads every journal record in `data_dir` in sequence order, without
+/// locking or changing anything (a torn tail is left in place and skipped).
+/// Records already folded into a snapshot and removed are not returned. For
+/// tests and offline inspection.
+pub fn read_journal(data_dir: &Path) -> Result<Vec<(u64, JournalRecord)>, OpenError> {
+    let mut journals: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(data_dir).map_err(files::io_error("list", data_dir))? {
+        let path = entry.map_err(files::io_error("list", data_dir))?.path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        if let Some(digits) =
+            name.strip_prefix("journal-").and_then(|rest| rest.strip_suffix(".log"))
+            && let Ok(sequence) = digits.parse()
+        {
+            journals.push((sequence, path));
+        }
+    }
+    journals.sort();
+    let mut records = Vec::new();
+    for (first_sequence, path) in journals {
+        let data = fs::read(&path).map_err(files::io_error("read", &path))?;
+        files::decode_header(&path, &data, files::JOURNAL_MAGIC)?;
+        let mut sequence = first_sequence;
+        frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
+            records.push((
+                sequence,
+                JournalRecord::decode(payload).map_err(|error| error.to_string())?,
+            ));
+            sequence += 1;
+            Ok(())
+        })
+        .map_err(|damage| OpenError::Damaged {
+            path: path.clone(),
+            offset: damage.offset,
+            reason: damage.reason,
+        })?;
+    }
+    Ok(records)
+}
+
+/// Decodes and applies one journal record.
+fn replay_payload(ledger: &mut Ledger, payload: &[u8]) -> Result<(), String> {
+    replay(ledger, JournalRecord::decode(payload).map_err(|error| error.to_string())?)
+}
+
 /// Applies one journal record; the command was accepted once, so it must be
 /// accepted again with the same outcome.
-fn replay(ledger: &mut Ledger, payload: &[u8]) -> Result<(), String> {
-    let record = JournalRecord::decode(payload).map_err(|error| error.to_string())?;
+pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> {
     match record.command {
         Some(Command::AddTransaction(add)) => {
             let timestamp = records::timestamp(add.timestamp_seconds, add.timestamp_nanos)?;
