@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::operations::{Operation, operation_strategy};
 use points::ledger::{Ledger, LedgerError, MAX_PAYER_BYTES, PayerPoints, Transaction};
 use proptest::prelude::*;
 
@@ -154,55 +157,20 @@ impl ReferenceLedger {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Operation {
-    Add { payer: String, points: i64, day: i64, hour: i64 },
-    Spend { points: i64 },
-}
-
-fn payer_strategy() -> impl Strategy<Value = String> {
-    prop_oneof![
-        20 => prop::sample::select(vec!["DANNON", "UNILEVER", "MILLER COORS", "P"]).prop_map(str::to_owned),
-        1 => Just(String::new()),
-        1 => Just("   ".to_owned()),
-        1 => Just("X".repeat(MAX_PAYER_BYTES + 1)),
-    ]
-}
-
-fn points_strategy() -> impl Strategy<Value = i64> {
-    prop_oneof![
-        12 => 1i64..200,
-        6 => -150i64..0,
-        1 => Just(0),
-        1 => (i64::MAX - 300)..=i64::MAX,
-        1 => Just(i64::MIN),
-    ]
-}
-
-fn operation_strategy() -> impl Strategy<Value = Operation> {
-    prop_oneof![
-        3 => (payer_strategy(), points_strategy(), 0i64..12, 0i64..3)
-            .prop_map(|(payer, points, day, hour)| Operation::Add { payer, points, day, hour }),
-        1 => prop_oneof![8 => 1i64..400, 1 => Just(0), 1 => -5i64..0, 1 => Just(i64::MAX)]
-            .prop_map(|points| Operation::Spend { points }),
-    ]
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     /// Every reply, every refusal and the balances after each step match the reference.
     #[test]
     fn ledger_matches_naive_reference_model(operations in prop::collection::vec(operation_strategy(), 1..250)) {
-        let epoch = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
         let mut ledger = Ledger::new();
         let mut reference = ReferenceLedger::default();
         for operation in &operations {
             match operation {
-                Operation::Add { payer, points, day, hour } => {
-                    let timestamp = epoch + TimeDelta::days(*day) + TimeDelta::hours(*hour);
-                    let actual = ledger.add_transaction(payer, *points, timestamp);
-                    let expected = reference.add_transaction(payer, *points, timestamp);
+                Operation::Add { payer, points, timestamp } => {
+                    let (points, timestamp) = (*points, *timestamp);
+                    let actual = ledger.add_transaction(payer, points, timestamp);
+                    let expected = reference.add_transaction(payer, points, timestamp);
                     prop_assert_eq!(actual, expected, "{:?}", operation);
                 }
                 Operation::Spend { points } => {

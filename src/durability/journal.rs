@@ -83,6 +83,9 @@ impl Segment {
     }
 
     fn write(&mut self, bytes: &[u8], fsync: FsyncPolicy) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         self.file.write_all(bytes)?;
         if fsync == FsyncPolicy::Always {
             self.file.sync_data()?;
@@ -101,14 +104,24 @@ pub struct SnapshotTrigger {
     pub requests: SyncSender<()>,
 }
 
+/// A snapshot's request to start a new segment at an exact point.
+struct Rotation {
+    /// Where in the pending bytes the old segment ends: frames appended after
+    /// the request go to the new segment, never the old one.
+    at_byte: usize,
+    /// The last sequence of the old segment.
+    after_sequence: u64,
+    /// Told when the new segment is in place.
+    done: mpsc::Sender<Result<(), String>>,
+}
+
 struct Pending {
     /// Frames appended but not yet taken by the writer.
     bytes: Vec<u8>,
     /// The sequence of the last frame appended.
     last_sequence: u64,
-    /// Set by a snapshot: switch to a new segment after writing what is
-    /// buffered, then report on this channel.
-    rotation: Option<mpsc::Sender<Result<(), String>>>,
+    /// Set by a snapshot: switch segments at a point in `bytes`.
+    rotation: Option<Rotation>,
     closing: bool,
     failure: Option<Arc<str>>,
 }
@@ -238,8 +251,9 @@ impl Journal {
             // The writer may already be gone: nobody would ever answer.
             return Err(JournalFailed("the journal is closing".into()));
         }
-        pending.rotation = Some(done);
         let last_sequence = pending.last_sequence;
+        let at_byte = pending.bytes.len();
+        pending.rotation = Some(Rotation { at_byte, after_sequence: last_sequence, done });
         drop(pending);
         self.shared.wake_writer.notify_one();
         Ok((last_sequence, finished))
@@ -287,30 +301,21 @@ impl Writer {
                 std::mem::swap(&mut pending.bytes, &mut batch);
                 (pending.last_sequence, pending.rotation.take(), pending.closing)
             };
-            if !batch.is_empty()
-                && let Err(error) = self.segment.write(&batch, self.fsync)
-            {
-                self.fail(format!(
-                    "cannot write the journal {}: {error}",
-                    self.segment.path.display()
-                ));
-                if let Some(done) = rotation {
-                    let _ = done.send(Err("the journal failed".to_owned()));
-                }
+            let written = match rotation {
+                None => self
+                    .segment
+                    .write(&batch, self.fsync)
+                    .map_err(|error| self.write_failure(&error)),
+                Some(rotation) => self.write_rotating(&batch, rotation),
+            };
+            if let Err(reason) = written {
+                self.fail(reason);
                 return;
             }
             batch.clear();
             batch.shrink_to(BATCH_BUFFER_KEEP_BYTES);
             self.durable_sender.send_replace(Durable::UpTo(last_sequence));
 
-            if let Some(done) = rotation {
-                let outcome = self.rotate(last_sequence + 1);
-                let _ = done.send(outcome.clone());
-                if let Err(reason) = outcome {
-                    self.fail(reason);
-                    return;
-                }
-            }
             self.maybe_request_snapshot();
             if closing {
                 if let Err(error) = self.segment.file.sync_all() {
@@ -319,6 +324,25 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Writes `batch` across a segment switch: the frames before the rotation
+    /// point end the old segment, the rest start the new one.
+    fn write_rotating(&mut self, batch: &[u8], rotation: Rotation) -> Result<(), String> {
+        let (old, new) = batch.split_at(rotation.at_byte);
+        let switched = self
+            .segment
+            .write(old, self.fsync)
+            .map_err(|error| self.write_failure(&error))
+            .and_then(|()| self.rotate(rotation.after_sequence + 1));
+        // The snapshot waits for this answer either way.
+        let _ = rotation.done.send(switched.clone());
+        switched?;
+        self.segment.write(new, self.fsync).map_err(|error| self.write_failure(&error))
+    }
+
+    fn write_failure(&self, error: &std::io::Error) -> String {
+        format!("cannot write the journal {}: {error}", self.segment.path.display())
     }
 
     /// Closes the current segment and starts a new one at `first_sequence`.

@@ -1,0 +1,53 @@
+//! Random ledger commands for property tests.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use points::ledger::MAX_PAYER_BYTES;
+use proptest::prelude::*;
+
+fn epoch() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").expect("valid").with_timezone(&Utc)
+}
+
+/// One command of a random sequence.
+#[derive(Debug, Clone)]
+pub enum Operation {
+    /// AddTransaction.
+    Add { payer: String, points: i64, timestamp: DateTime<Utc> },
+    /// Spend.
+    Spend { points: i64 },
+}
+
+fn payer_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        20 => prop::sample::select(vec!["DANNON", "UNILEVER", "MILLER COORS", "P"]).prop_map(str::to_owned),
+        1 => Just(String::new()),
+        1 => Just("   ".to_owned()),
+        1 => Just("X".repeat(MAX_PAYER_BYTES + 1)),
+    ]
+}
+
+fn points_strategy() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        12 => 1i64..200,
+        6 => -150i64..0,
+        1 => Just(0),
+        1 => (i64::MAX - 300)..=i64::MAX,
+        1 => Just(i64::MIN),
+    ]
+}
+
+/// Mostly valid commands over a few payers and a few days, so that ties,
+/// out-of-order arrivals and re-settlement are common; some invalid and
+/// overflowing ones.
+pub fn operation_strategy() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        3 => (payer_strategy(), points_strategy(), 0i64..12, 0i64..3)
+            .prop_map(|(payer, points, day, hour)| Operation::Add {
+                payer,
+                points,
+                timestamp: epoch() + TimeDelta::days(day) + TimeDelta::hours(hour),
+            }),
+        1 => prop_oneof![8 => 1i64..400, 1 => Just(0), 1 => -5i64..0, 1 => Just(i64::MAX)]
+            .prop_map(|points| Operation::Spend { points }),
+    ]
+}
