@@ -104,6 +104,14 @@ pub struct SnapshotTrigger {
     pub requests: SyncSender<()>,
 }
 
+/// A requested segment switch, as the snapshot sees it.
+pub struct RotationTicket {
+    /// The last sequence of the old segment.
+    pub last_sequence: u64,
+    /// Reports once the new segment is in place (or why it is not).
+    pub switched: mpsc::Receiver<Result<(), String>>,
+}
+
 /// A snapshot's request to start a new segment at an exact point.
 struct Rotation {
     /// Where in the pending bytes the old segment ends: frames appended after
@@ -235,13 +243,10 @@ impl Journal {
         }
     }
 
-    /// Asks the writer to start a new segment after everything appended so
-    /// far, and returns the last sequence of the old one with a channel that
-    /// reports when the switch is done. Call under the ledger's read lock so
-    /// that no command is appended in between.
-    pub fn request_rotation(
-        &self,
-    ) -> Result<(u64, mpsc::Receiver<Result<(), String>>), JournalFailed> {
+    /// Asks the writer to start a new segment right after everything appended
+    /// so far; `None` when the journal is closing. Call under the ledger's
+    /// read lock so that the ticket's sequence matches the ledger's state.
+    pub fn request_rotation(&self) -> Result<Option<RotationTicket>, JournalFailed> {
         let (done, finished) = mpsc::channel();
         let mut pending = self.shared.lock();
         if let Some(reason) = &pending.failure {
@@ -249,14 +254,14 @@ impl Journal {
         }
         if pending.closing {
             // The writer may already be gone: nobody would ever answer.
-            return Err(JournalFailed("the journal is closing".into()));
+            return Ok(None);
         }
         let last_sequence = pending.last_sequence;
         let at_byte = pending.bytes.len();
         pending.rotation = Some(Rotation { at_byte, after_sequence: last_sequence, done });
         drop(pending);
         self.shared.wake_writer.notify_one();
-        Ok((last_sequence, finished))
+        Ok(Some(RotationTicket { last_sequence, switched: finished }))
     }
 
     /// Writes and syncs everything buffered, then stops the writer thread.

@@ -498,9 +498,12 @@ fn take_snapshot(
     // exactly the state after `last_sequence`.
     let (last_sequence, rotated, copy) = {
         let ledger = ledger.read().map_err(|_| "the ledger lock is poisoned".to_owned())?;
-        let (last_sequence, rotated) =
-            journal.request_rotation().map_err(|failure| failure.to_string())?;
-        (last_sequence, rotated, ledger.clone())
+        let Some(ticket) = journal.request_rotation().map_err(|failure| failure.to_string())?
+        else {
+            tracing::info!("snapshot skipped: the store is closing");
+            return Ok(());
+        };
+        (ticket.last_sequence, ticket.switched, ledger.clone())
     };
     let copied_ms = started.elapsed().as_millis() as u64;
     rotated.recv().map_err(|_| "the journal writer stopped".to_owned())??;
