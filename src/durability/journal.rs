@@ -10,6 +10,10 @@
 //! command that arrived while the previous one was running: throughput grows
 //! with concurrency instead of being one fsync per call.
 //!
+//! The buffer holds at most one record per call waiting for its reply, so the
+//! server's concurrency bounds it; the writer's own batch buffer is trimmed
+//! back to 1 MiB after each batch.
+//!
 //! Any write or fsync error is final (fail-stop): the journal reports itself
 //! failed, every waiting and later command fails, and nothing is acknowledged
 //! that might not be on disk.
