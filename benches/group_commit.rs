@@ -17,11 +17,7 @@ fn group_commit(criterion: &mut Criterion) {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let data_dir = tempfile::tempdir().expect("temporary directory");
-    let options = StoreOptions::Durable {
-        data_dir: data_dir.path().to_owned(),
-        fsync: FsyncPolicy::Always,
-        snapshot_threshold_bytes: 64 << 20,
-    };
+    let options = StoreOptions::durable(data_dir.path(), FsyncPolicy::Always, 64 << 20);
     let (store, _) = Store::open(&options).expect("open");
     let store = Arc::new(store);
     let timestamp: DateTime<Utc> = DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
@@ -40,7 +36,7 @@ fn group_commit(criterion: &mut Criterion) {
                                 let payer = format!("PAYER {writer}");
                                 for _ in 0..TRANSACTIONS_PER_ITERATION / writers {
                                     store
-                                        .add_transaction(&payer, 1, timestamp)
+                                        .add_transaction("default", None, &payer, 1, timestamp)
                                         .await
                                         .expect("accepted");
                                 }

@@ -42,11 +42,18 @@ fn write_history(data_dir: &Path) {
         })];
         if step % 10 == 9 {
             ledger.spend(40).expect("enough points");
-            commands.push(Command::Spend(SpendRecord { points: 40 }));
+            commands.push(Command::Spend(SpendRecord { points: 40, spend_id: (step + 1) / 10 }));
         }
         for command in commands {
             frame_buffer.clear();
-            frame::encode_message(&JournalRecord { command: Some(command) }, &mut frame_buffer);
+            let record = JournalRecord {
+                command: Some(command),
+                // One user with all the history: the heaviest ledger to rebuild.
+                user_id: "default".to_owned(),
+                accepted_at_ms: 1_700_000_000_000,
+                ..JournalRecord::default()
+            };
+            frame::encode_message(&record, &mut frame_buffer);
             out.write_all(&frame_buffer).expect("write");
         }
     }
@@ -54,11 +61,7 @@ fn write_history(data_dir: &Path) {
 }
 
 fn options(data_dir: &Path, snapshot_threshold_bytes: u64) -> StoreOptions {
-    StoreOptions::Durable {
-        data_dir: data_dir.to_owned(),
-        fsync: FsyncPolicy::Always,
-        snapshot_threshold_bytes,
-    }
+    StoreOptions::durable(data_dir, FsyncPolicy::Always, snapshot_threshold_bytes)
 }
 
 fn open_and_close(options: &StoreOptions) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::durability::{FsyncPolicy, StoreOptions};
+use crate::durability::{FsyncPolicy, Storage, StoreOptions};
 use crate::server::ServerSettings;
 
 /// points-server: a loyalty-points ledger served over gRPC.
@@ -48,6 +48,16 @@ pub struct Config {
     )]
     pub snapshot_threshold_bytes: u64,
 
+    /// How long a request_id is remembered for safe retries (e.g. 24h, 90m, 3600s).
+    #[arg(
+        long,
+        env = "POINTS_REQUEST_ID_RETENTION",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = parse_retention
+    )]
+    pub request_id_retention: Duration,
+
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
     #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -56,15 +66,18 @@ pub struct Config {
 impl Config {
     /// Where and how the ledger is stored.
     pub fn store_options(&self) -> StoreOptions {
-        if self.in_memory {
-            StoreOptions::InMemory
+        let storage = if self.in_memory {
+            Storage::InMemory
         } else {
-            StoreOptions::Durable {
+            Storage::Durable {
                 data_dir: self.data_dir.clone(),
                 fsync: self.fsync,
                 snapshot_threshold_bytes: self.snapshot_threshold_bytes,
             }
-        }
+        };
+        let request_id_retention_ms =
+            i64::try_from(self.request_id_retention.as_millis()).unwrap_or(i64::MAX);
+        StoreOptions { storage, request_id_retention_ms }
     }
 
     /// The settings of the gRPC server.
@@ -79,4 +92,12 @@ fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
         .map_err(|error| format!("not a host:port address ({error})"))?
         .next()
         .ok_or_else(|| format!("{value} resolves to no address"))
+}
+
+fn parse_retention(value: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if retention < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(retention)
 }

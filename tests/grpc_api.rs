@@ -222,16 +222,28 @@ async fn add_transaction_fails_with_invalid_argument_for_each_bad_field() {
             "TIMESTAMP_OUT_OF_RANGE",
         ),
         (
-            "user_id set",
-            AddTransactionRequest { user_id: "alice".into(), ..valid.clone() },
+            "129-byte user_id",
+            AddTransactionRequest { user_id: "u".repeat(129), ..valid.clone() },
             "user_id",
-            "FIELD_NOT_SUPPORTED",
+            "USER_ID_INVALID",
         ),
         (
-            "request_id set",
-            AddTransactionRequest { request_id: "r1".into(), ..valid.clone() },
+            "user_id with a newline",
+            AddTransactionRequest { user_id: "a\nb".into(), ..valid.clone() },
+            "user_id",
+            "USER_ID_INVALID",
+        ),
+        (
+            "129-byte request_id",
+            AddTransactionRequest { request_id: "r".repeat(129), ..valid.clone() },
             "request_id",
-            "FIELD_NOT_SUPPORTED",
+            "REQUEST_ID_INVALID",
+        ),
+        (
+            "request_id with a tab",
+            AddTransactionRequest { request_id: "r\t1".into(), ..valid.clone() },
+            "request_id",
+            "REQUEST_ID_INVALID",
         ),
     ];
     for (case, request, field, reason) in cases {
@@ -320,14 +332,14 @@ async fn spend_fails_with_invalid_argument_when_points_are_not_positive() {
         assert_eq!(bad_fields(&status), ["points"]);
     }
     let status = client
-        .spend(SpendRequest { points: 1, user_id: "bob".into(), ..Default::default() })
+        .spend(SpendRequest { points: 1, user_id: "\u{7}".into(), ..Default::default() })
         .await
-        .expect_err("user_id is not served yet");
-    assert_refusal(&status, Code::InvalidArgument, "FIELD_NOT_SUPPORTED");
+        .expect_err("a control character is not a user id");
+    assert_refusal(&status, Code::InvalidArgument, "USER_ID_INVALID");
     let status = client
-        .get_balances(GetBalancesRequest { user_id: "bob".into() })
+        .get_balances(GetBalancesRequest { user_id: "b".repeat(129) })
         .await
-        .expect_err("user_id is not served yet");
+        .expect_err("too long a user id");
     assert_eq!(bad_fields(&status), ["user_id"]);
     assert_eq!(balances(&mut client).await, map(&[("DANNON", 10)]));
 }

@@ -238,6 +238,24 @@ impl Journal {
         }
     }
 
+    /// Blocks this (non-async) thread until `sequence` is durable, or the
+    /// journal fails. For background threads only.
+    pub fn wait_durable_blocking(&self, sequence: u64) -> Result<(), JournalFailed> {
+        // The writer publishes after every batch, so this polls a short while
+        // at most; each turn is bounded by a millisecond sleep.
+        loop {
+            match &*self.durable.borrow() {
+                Durable::UpTo(durable) if *durable >= sequence => return Ok(()),
+                Durable::Failed(reason) => return Err(JournalFailed(Arc::clone(reason))),
+                Durable::UpTo(_) => {}
+            }
+            if self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+                return Err(JournalFailed("the journal writer stopped".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Completes when the journal fails (never, while it is healthy).
     pub async fn failed(&self) -> JournalFailed {
         let mut durable = self.durable.clone();

@@ -19,25 +19,36 @@ pub mod journal;
 pub mod records;
 pub mod snapshot;
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use prost::Message;
 
-use crate::ledger::{Ledger, LedgerError, PayerPoints, Transaction};
+use crate::ledger::{
+    HistoryCursor, HistoryPage, Ledger, LedgerError, Outcome, Request, Spend, Transaction,
+};
 use files::DataDir;
 pub use journal::FsyncPolicy;
 use journal::{Journal, JournalFailed, Segment, SnapshotTrigger};
 use records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
+use snapshot::UserSnapshot;
 
-/// Where and how the store keeps its data.
+/// The user of calls that name none.
+pub const DEFAULT_USER: &str = "default";
+
+/// How often remembered request ids past their retention are released.
+const REQUEST_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where the store keeps its data.
 #[derive(Debug, Clone)]
-pub enum StoreOptions {
+pub enum Storage {
     /// No files at all: everything is lost when the process ends.
     InMemory,
     /// A journal and snapshots in a data directory.
@@ -49,6 +60,34 @@ pub enum StoreOptions {
         /// Journal segment size that triggers a snapshot.
         snapshot_threshold_bytes: u64,
     },
+}
+
+/// How the store keeps its data and remembers request ids.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Where the data lives.
+    pub storage: Storage,
+    /// How long a request id is remembered, in milliseconds.
+    pub request_id_retention_ms: i64,
+}
+
+impl StoreOptions {
+    /// In memory, with request ids remembered for 24 hours.
+    pub fn in_memory() -> Self {
+        Self { storage: Storage::InMemory, request_id_retention_ms: 24 * 3600 * 1000 }
+    }
+
+    /// In `data_dir`, with request ids remembered for 24 hours.
+    pub fn durable(data_dir: &Path, fsync: FsyncPolicy, snapshot_threshold_bytes: u64) -> Self {
+        Self {
+            storage: Storage::Durable {
+                data_dir: data_dir.to_owned(),
+                fsync,
+                snapshot_threshold_bytes,
+            },
+            request_id_retention_ms: 24 * 3600 * 1000,
+        }
+    }
 }
 
 /// Why the store could not open. Each names the file and what to do.
@@ -118,24 +157,43 @@ impl From<JournalFailed> for StoreError {
     }
 }
 
-/// The ledger with its durability: what the service calls.
+/// One user's ledger and the sequence of the last journal record applied to
+/// it (0 in memory), which snapshots and retries need.
+#[derive(Debug, Default)]
+struct UserLedger {
+    ledger: Ledger,
+    last_sequence: u64,
+}
+
+type Users = DashMap<Arc<str>, Arc<RwLock<UserLedger>>>;
+
+/// Every user's ledger with its durability: what the service calls. Each
+/// user has its own lock, so calls for different users never wait on each
+/// other; the journal is shared and keeps each user's commands in order.
 pub struct Store {
-    ledger: Arc<RwLock<Ledger>>,
+    users: Arc<Users>,
     /// `None` in memory-only mode.
     journal: Option<Arc<Journal>>,
-    snapshotter: Mutex<Option<JoinHandle<()>>>,
+    request_id_retention_ms: i64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropping it stops the request-id sweeper.
+    stop_sweeper: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Store").field("durable", &self.journal.is_some()).finish()
+        formatter
+            .debug_struct("Store")
+            .field("durable", &self.journal.is_some())
+            .field("users", &self.users.len())
+            .finish()
     }
 }
 
 /// What recovery found, for the start-up log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// The sequence of the snapshot loaded, if any.
+    /// The rotation sequence of the snapshot loaded, if any.
     pub snapshot_sequence: Option<u64>,
     /// Journal records replayed after the snapshot.
     pub records_replayed: u64,
@@ -146,91 +204,193 @@ pub struct Recovery {
 impl Store {
     /// A store that keeps nothing on disk.
     pub fn in_memory() -> Self {
-        Self { ledger: Arc::default(), journal: None, snapshotter: Mutex::new(None) }
+        Self::open(&StoreOptions::in_memory()).expect("an in-memory store always opens").0
     }
 
     /// Opens the store: in memory, or recovering the data directory (newest
     /// snapshot, then the journal after it) and starting the journal writer.
     pub fn open(options: &StoreOptions) -> Result<(Self, Recovery), OpenError> {
-        let StoreOptions::Durable { data_dir, fsync, snapshot_threshold_bytes } = options else {
-            return Ok((Self::in_memory(), Recovery::default()));
+        let retention_ms = options.request_id_retention_ms;
+        let Storage::Durable { data_dir, fsync, snapshot_threshold_bytes } = &options.storage
+        else {
+            let store = Self::assemble(Arc::default(), None, retention_ms, Vec::new());
+            return Ok((store, Recovery::default()));
         };
         let started = Instant::now();
         let data_dir = Arc::new(DataDir::lock(data_dir)?);
-        let (ledger, segment, last_sequence, recovery) = recover(&data_dir)?;
+        let recovered = recover(&data_dir)?;
+        let now_ms = Utc::now().timestamp_millis();
+        let users: Arc<Users> = Arc::new(DashMap::new());
+        let (mut transactions, mut spends) = (0, 0);
+        for (user_id, mut user) in recovered.users {
+            user.ledger.purge_requests(now_ms, retention_ms);
+            transactions += user.ledger.next_transaction_id() - 1;
+            spends += user.ledger.history_len() as u64 - (user.ledger.next_transaction_id() - 1);
+            users.insert(user_id.into(), Arc::new(RwLock::new(user)));
+        }
         tracing::info!(
             data_dir = %data_dir.path().display(),
-            snapshot_sequence = ?recovery.snapshot_sequence,
-            records_replayed = recovery.records_replayed,
-            last_sequence,
-            payers = ledger.payer_count(),
-            lots = ledger.lot_count(),
+            snapshot_sequence = ?recovered.recovery.snapshot_sequence,
+            records_replayed = recovered.recovery.records_replayed,
+            last_sequence = recovered.last_sequence,
+            users = users.len(),
+            transactions,
+            spends,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the ledger"
         );
 
-        let ledger = Arc::new(RwLock::new(ledger));
         let (requests, requested) = mpsc::sync_channel(1);
         let trigger = SnapshotTrigger { threshold_bytes: *snapshot_threshold_bytes, requests };
-        let journal =
-            Journal::start(Arc::clone(&data_dir), segment, last_sequence, *fsync, Some(trigger))
-                .map_err(files::io_error("start the journal writer for", data_dir.path()))?;
+        let journal = Journal::start(
+            Arc::clone(&data_dir),
+            recovered.segment,
+            recovered.last_sequence,
+            *fsync,
+            Some(trigger),
+        )
+        .map_err(files::io_error("start the journal writer for", data_dir.path()))?;
         let journal = Arc::new(journal);
         let snapshotter = {
-            let (ledger, journal) = (Arc::clone(&ledger), Arc::clone(&journal));
+            let (users, journal) = (Arc::clone(&users), Arc::clone(&journal));
             std::thread::Builder::new()
                 .name("snapshotter".to_owned())
                 .spawn(move || {
                     for () in requested {
-                        if let Err(reason) = take_snapshot(&ledger, &journal, &data_dir) {
+                        if let Err(reason) = take_snapshot(&users, &journal, &data_dir) {
                             tracing::error!(%reason, "snapshot failed; the journal still holds everything");
                         }
                     }
                 })
-                .map_err(|source| OpenError::Io { action: "start the snapshot thread for", path: PathBuf::new(), source })?
+                .map_err(|source| OpenError::Io {
+                    action: "start the snapshot thread for",
+                    path: PathBuf::new(),
+                    source,
+                })?
         };
-        let store =
-            Self { ledger, journal: Some(journal), snapshotter: Mutex::new(Some(snapshotter)) };
-        Ok((store, recovery))
+        let store = Self::assemble(users, Some(journal), retention_ms, vec![snapshotter]);
+        Ok((store, recovered.recovery))
     }
 
-    /// Records a transaction; see [`Ledger::add_transaction`]. Returns once
-    /// the change is durable.
+    fn assemble(
+        users: Arc<Users>,
+        journal: Option<Arc<Journal>>,
+        request_id_retention_ms: i64,
+        mut threads: Vec<JoinHandle<()>>,
+    ) -> Self {
+        let (stop_sweeper, stopped) = mpsc::channel::<()>();
+        let sweeper_users = Arc::clone(&users);
+        // A store that cannot start its sweeper still works; it only keeps
+        // expired request ids until their users write again.
+        match std::thread::Builder::new().name("request-id-sweeper".to_owned()).spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(REQUEST_SWEEP_INTERVAL)
+            {
+                let now_ms = Utc::now().timestamp_millis();
+                for user in collect_users(&sweeper_users) {
+                    if let Ok(mut user) = user.1.write() {
+                        user.ledger.purge_requests(now_ms, request_id_retention_ms);
+                    }
+                }
+            }
+        }) {
+            Ok(sweeper) => threads.push(sweeper),
+            Err(error) => tracing::warn!(%error, "cannot start the request-id sweeper"),
+        }
+        Self {
+            users,
+            journal,
+            request_id_retention_ms,
+            threads: Mutex::new(threads),
+            stop_sweeper: Mutex::new(Some(stop_sweeper)),
+        }
+    }
+
+    /// Records a transaction for `user_id`; see [`Ledger::execute_add_transaction`].
+    /// Returns once the change is durable.
     pub async fn add_transaction(
         &self,
+        user_id: &str,
+        request_id: Option<&str>,
         payer: &str,
         points: i64,
         timestamp: DateTime<Utc>,
     ) -> Result<Transaction, StoreError> {
         self.write(
-            |ledger| ledger.add_transaction(payer, points, timestamp),
-            |transaction| {
+            user_id,
+            request_id,
+            |ledger, request| ledger.execute_add_transaction(request, payer, points, timestamp),
+            |result| {
                 Command::AddTransaction(AddTransactionRecord {
-                    payer: transaction.payer.clone(),
-                    points: transaction.points,
-                    timestamp_seconds: transaction.timestamp.timestamp(),
-                    timestamp_nanos: transaction.timestamp.timestamp_subsec_nanos(),
-                    transaction_id: transaction.id,
+                    payer: payer.to_owned(),
+                    points,
+                    timestamp_seconds: timestamp.timestamp(),
+                    timestamp_nanos: timestamp.timestamp_subsec_nanos(),
+                    transaction_id: result.as_ref().map_or(0, |transaction| transaction.id),
                 })
             },
         )
         .await
     }
 
-    /// Spends points; see [`Ledger::spend`]. Returns once the change is durable.
-    pub async fn spend(&self, points: i64) -> Result<Vec<PayerPoints>, StoreError> {
-        self.write(|ledger| ledger.spend(points), |_| Command::Spend(SpendRecord { points })).await
+    /// Spends `user_id`'s points; see [`Ledger::execute_spend`]. Returns once
+    /// the change is durable.
+    pub async fn spend(
+        &self,
+        user_id: &str,
+        request_id: Option<&str>,
+        points: i64,
+    ) -> Result<Spend, StoreError> {
+        self.write(
+            user_id,
+            request_id,
+            |ledger, request| ledger.execute_spend(request, points),
+            |result| {
+                Command::Spend(SpendRecord {
+                    points,
+                    spend_id: result.as_ref().map_or(0, |spend| spend.id),
+                })
+            },
+        )
+        .await
     }
 
-    /// Every payer ever credited with its balance. Never waits for the disk.
-    pub fn balances(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let ledger = self.read_ledger()?;
-        Ok(ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect())
+    /// Every payer ever credited to `user_id` with its balance (none for an
+    /// unknown user). Never waits for the disk.
+    pub fn balances(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(user_id, |ledger| {
+            ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect()
+        })
     }
 
-    /// Runs `read` on the ledger; for tests and tools.
-    pub fn with_ledger<T>(&self, read: impl FnOnce(&Ledger) -> T) -> Result<T, StoreError> {
-        Ok(read(&*self.read_ledger()?))
+    /// A page of `user_id`'s history, or `None` if `cursor` is not a position
+    /// of it. An unknown user has an empty history.
+    pub fn history_page(
+        &self,
+        user_id: &str,
+        cursor: HistoryCursor,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, StoreError> {
+        self.read(user_id, |ledger| ledger.history_page(cursor, limit))
+    }
+
+    /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user).
+    pub fn read<T>(&self, user_id: &str, read: impl FnOnce(&Ledger) -> T) -> Result<T, StoreError> {
+        // After a journal failure the in-memory state may hold changes that a
+        // restart would not have: serve nothing rather than contradict it.
+        if let Some(journal) = &self.journal {
+            journal.check_healthy()?;
+        }
+        let user = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
+        match user {
+            Some(user) => Ok(read(&read_lock(&user)?.ledger)),
+            None => Ok(read(&Ledger::new())),
+        }
+    }
+
+    /// The number of users with a ledger.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
     }
 
     /// Completes when the store stops accepting changes because its journal
@@ -247,79 +407,127 @@ impl Store {
         if let Some(journal) = &self.journal {
             journal.close();
         }
+        drop(self.stop_sweeper.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
         // The snapshot thread ends once the journal writer, which holds the
         // other end of its request channel, has stopped.
-        let handle =
-            self.snapshotter.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("the snapshot thread panicked");
+        let threads = std::mem::take(
+            &mut *self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
         }
     }
 
-    /// Applies a command under the write lock, appends its record in the same
-    /// critical section (so journal order is apply order), then waits for
-    /// durability outside the lock so readers and other writers go on.
+    /// Executes a command under the user's write lock and, if it changed
+    /// anything or is a refusal to remember, appends its record in the same
+    /// critical section (so the journal has each user's commands in order);
+    /// then waits for durability outside the lock. A retry waits too, so that
+    /// it never acknowledges an original that is not yet on disk.
     async fn write<T>(
         &self,
-        apply: impl FnOnce(&mut Ledger) -> Result<T, LedgerError>,
-        record: impl FnOnce(&T) -> Command,
+        user_id: &str,
+        request_id: Option<&str>,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Outcome<T>,
+        command: impl FnOnce(&Result<T, LedgerError>) -> Command,
     ) -> Result<T, StoreError> {
-        let (outcome, sequence) = {
-            let mut ledger = self.write_ledger()?;
-            if let Some(journal) = &self.journal {
-                journal.check_healthy()?;
-            }
-            let outcome = apply(&mut ledger)?;
-            let sequence = match &self.journal {
-                Some(journal) => {
-                    Some(journal.append(&JournalRecord { command: Some(record(&outcome)) })?)
-                }
-                None => None,
-            };
-            (outcome, sequence)
-        };
-        if let (Some(journal), Some(sequence)) = (&self.journal, sequence) {
-            journal.wait_durable(sequence).await?;
-        }
-        Ok(outcome)
-    }
-
-    fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, StoreError> {
-        // After a journal failure the in-memory state may hold changes that a
-        // restart would not have: serve nothing rather than contradict it.
         if let Some(journal) = &self.journal {
             journal.check_healthy()?;
         }
-        self.ledger.read().map_err(|_| poisoned())
+        let user = self.user_for_write(user_id);
+        let now_ms = Utc::now().timestamp_millis();
+        let request =
+            request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
+        let (result, wait_for) = {
+            let mut user = write_lock(&user)?;
+            match execute(&mut user.ledger, request) {
+                Outcome::Repeated(result) => (result, user.last_sequence),
+                Outcome::Fresh(result) => {
+                    let remember = match &result {
+                        Ok(_) => true,
+                        Err(error) => request_id.is_some() && error.depends_on_state(),
+                    };
+                    let mut sequence = 0;
+                    if remember && let Some(journal) = &self.journal {
+                        sequence = journal.append(&JournalRecord {
+                            command: Some(command(&result)),
+                            user_id: user_id.to_owned(),
+                            request_id: request_id.unwrap_or_default().to_owned(),
+                            accepted_at_ms: now_ms,
+                            refused: result.is_err(),
+                        })?;
+                        user.last_sequence = sequence;
+                    }
+                    (result, sequence)
+                }
+            }
+        };
+        if let Some(journal) = &self.journal
+            && wait_for > 0
+        {
+            journal.wait_durable(wait_for).await?;
+        }
+        Ok(result?)
     }
 
-    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, StoreError> {
-        self.ledger.write().map_err(|_| poisoned())
+    fn user_for_write(&self, user_id: &str) -> Arc<RwLock<UserLedger>> {
+        if let Some(user) = self.users.get(user_id) {
+            return Arc::clone(user.value());
+        }
+        Arc::clone(self.users.entry(user_id.into()).or_default().value())
     }
 }
 
-/// A panic while the ledger was being changed may have left it half-updated;
-/// refusing every later call (fail-stop) beats serving a state nobody vouches for.
+fn collect_users(users: &Users) -> Vec<(Arc<str>, Arc<RwLock<UserLedger>>)> {
+    users.iter().map(|entry| (Arc::clone(entry.key()), Arc::clone(entry.value()))).collect()
+}
+
+fn read_lock(user: &RwLock<UserLedger>) -> Result<RwLockReadGuard<'_, UserLedger>, StoreError> {
+    user.read().map_err(|_| poisoned())
+}
+
+fn write_lock(user: &RwLock<UserLedger>) -> Result<RwLockWriteGuard<'_, UserLedger>, StoreError> {
+    user.write().map_err(|_| poisoned())
+}
+
+/// A panic while a ledger was being changed may have left it half-updated;
+/// refusing every later call to it (fail-stop) beats serving a state nobody
+/// vouches for.
 fn poisoned() -> StoreError {
     StoreError::Unavailable(
         "the ledger is unavailable after an internal error; restart the server".to_owned(),
     )
 }
 
-/// Rebuilds the ledger from the data directory and returns it with the
-/// segment to append to and the last sequence applied.
-fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenError> {
+/// What recovery rebuilt.
+struct Recovered {
+    users: HashMap<String, UserLedger>,
+    segment: Segment,
+    last_sequence: u64,
+    recovery: Recovery,
+}
+
+/// Rebuilds every user's ledger from the data directory: the newest snapshot,
+/// then each journal record after it that the snapshot does not already
+/// hold for its user.
+fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
     let listing = data_dir.list()?;
     let mut recovery = Recovery::default();
-    let (mut ledger, mut last_sequence) = match listing.snapshots.last() {
-        Some((sequence, path)) => {
-            recovery.snapshot_sequence = Some(*sequence);
-            (snapshot::read(path, *sequence)?, *sequence)
+    let mut users: HashMap<String, UserLedger> = HashMap::new();
+    let mut rotation_sequence = 0;
+    if let Some((sequence, path)) = listing.snapshots.last() {
+        recovery.snapshot_sequence = Some(*sequence);
+        rotation_sequence = *sequence;
+        for user in snapshot::read(path, *sequence)? {
+            users.insert(
+                user.user_id,
+                UserLedger { ledger: user.ledger, last_sequence: user.last_sequence },
+            );
         }
-        None => (Ledger::new(), 0),
-    };
+    }
+    // Everything up to the rotation sequence is in the snapshot.
+    let mut last_sequence = rotation_sequence;
 
     let mut append_to = None;
     for (index, (first_sequence, path)) in listing.journals.iter().enumerate() {
@@ -347,12 +555,17 @@ fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenE
         }
         let mut sequence = *first_sequence;
         let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
-            if sequence > last_sequence {
-                replay_payload(&mut ledger, payload)
-                    .map_err(|reason| format!("cannot replay sequence {sequence}: {reason}"))?;
-                last_sequence = sequence;
-                recovery.records_replayed += 1;
+            if sequence > rotation_sequence {
+                let record = JournalRecord::decode(payload).map_err(|error| error.to_string())?;
+                let user = users.entry(record.user_id.clone()).or_default();
+                if sequence > user.last_sequence {
+                    replay(&mut user.ledger, record)
+                        .map_err(|reason| format!("cannot replay sequence {sequence}: {reason}"))?;
+                    user.last_sequence = sequence;
+                    recovery.records_replayed += 1;
+                }
             }
+            last_sequence = last_sequence.max(sequence);
             sequence += 1;
             Ok(())
         })
@@ -379,11 +592,22 @@ fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenE
             append_to = Some((path.clone(), *first_sequence, valid_bytes as u64));
         }
     }
-    if cfg!(debug_assertions) {
-        ledger.check_invariants().map_err(|reason| OpenError::Inconsistent {
-            path: data_dir.path().to_owned(),
-            reason: format!("the recovered ledger breaks an invariant: {reason}"),
-        })?;
+    for (user_id, user) in &users {
+        if user.last_sequence > last_sequence {
+            return Err(OpenError::Inconsistent {
+                path: data_dir.path().to_owned(),
+                reason: format!(
+                    "user {user_id:?} includes sequence {} but the journal ends at {last_sequence}",
+                    user.last_sequence
+                ),
+            });
+        }
+        if cfg!(debug_assertions) {
+            user.ledger.check_invariants().map_err(|reason| OpenError::Inconsistent {
+                path: data_dir.path().to_owned(),
+                reason: format!("user {user_id:?} breaks an invariant after recovery: {reason}"),
+            })?;
+        }
     }
 
     let segment = match append_to {
@@ -395,7 +619,7 @@ fn recover(data_dir: &DataDir) -> Result<(Ledger, Segment, u64, Recovery), OpenE
         _ => Segment::create(data_dir, last_sequence + 1)
             .map_err(files::io_error("create a journal segment in", data_dir.path()))?,
     };
-    Ok((ledger, segment, last_sequence, recovery))
+    Ok(Recovered { users, segment, last_sequence, recovery })
 }
 
 /// Reads every journal record in `data_dir` in sequence order, without
@@ -437,37 +661,35 @@ pub fn read_journal(data_dir: &Path) -> Result<Vec<(u64, JournalRecord)>, OpenEr
     Ok(records)
 }
 
-/// Decodes and applies one journal record.
-fn replay_payload(ledger: &mut Ledger, payload: &[u8]) -> Result<(), String> {
-    replay(ledger, JournalRecord::decode(payload).map_err(|error| error.to_string())?)
-}
-
-/// Applies one journal record; the command was accepted once, so it must be
-/// accepted again with the same outcome.
+/// Executes one journal record again. It was executed once on the same
+/// state, so it must have the same outcome: the same id, or a refusal.
 pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> {
-    match record.command {
+    let request = (!record.request_id.is_empty())
+        .then_some((record.request_id.as_str(), record.accepted_at_ms));
+    let (outcome, recorded_id) = match record.command {
         Some(Command::AddTransaction(add)) => {
             let timestamp = records::timestamp(add.timestamp_seconds, add.timestamp_nanos)?;
-            let transaction = ledger
-                .add_transaction(&add.payer, add.points, timestamp)
-                .map_err(|error| format!("the ledger refused it: {error}"))?;
-            if transaction.id != add.transaction_id {
-                return Err(format!(
-                    "replay assigned id {}, the journal recorded id {}",
-                    transaction.id, add.transaction_id
-                ));
-            }
+            let result = ledger.replay_add_transaction(request, &add.payer, add.points, timestamp);
+            (result.map(|transaction| transaction.id), add.transaction_id)
         }
         Some(Command::Spend(spend)) => {
-            ledger
-                .spend(spend.points)
-                .map_err(|error| format!("the ledger refused it: {error}"))?;
+            (ledger.replay_spend(request, spend.points).map(|spend| spend.id), spend.spend_id)
         }
         None => {
             return Err("a record with an unknown command (written by a newer version?)".to_owned());
         }
+    };
+    match (outcome, record.refused) {
+        (Ok(id), false) if id == recorded_id => Ok(()),
+        (Ok(id), false) => {
+            Err(format!("replay assigned id {id}, the journal recorded id {recorded_id}"))
+        }
+        (Ok(id), true) => {
+            Err(format!("the command was refused, but replay accepted it as id {id}"))
+        }
+        (Err(_), true) => Ok(()),
+        (Err(error), false) => Err(format!("the ledger refused it: {error}")),
     }
-    Ok(())
 }
 
 /// Cuts a torn tail off the newest segment, like Redis's aof-load-truncated,
@@ -486,42 +708,50 @@ fn cut_torn_tail(path: &Path, offset: usize, length: usize, reason: &str) -> Res
     file.sync_all().map_err(files::io_error("sync", path))
 }
 
-/// Writes a snapshot of the current ledger, then removes the journal segments
-/// and older snapshots it covers.
-fn take_snapshot(
-    ledger: &RwLock<Ledger>,
-    journal: &Journal,
-    data_dir: &DataDir,
-) -> Result<(), String> {
+/// Writes a snapshot of every user, then removes the journal segments and
+/// older snapshots it covers.
+///
+/// No global lock: the journal is rotated at sequence R first, then each user
+/// is copied under its own lock with the sequence of its last record. Every
+/// record up to R is in its user's copy (it was applied before R was read);
+/// later ones may be, and recovery skips exactly those a user's copy holds.
+fn take_snapshot(users: &Users, journal: &Journal, data_dir: &DataDir) -> Result<(), String> {
     let started = Instant::now();
-    // Under the read lock no command is applied or appended, so the copy is
-    // exactly the state after `last_sequence`.
-    let (last_sequence, rotated, copy) = {
-        let ledger = ledger.read().map_err(|_| "the ledger lock is poisoned".to_owned())?;
-        let Some(ticket) = journal.request_rotation().map_err(|failure| failure.to_string())?
-        else {
-            tracing::info!("snapshot skipped: the store is closing");
-            return Ok(());
-        };
-        (ticket.last_sequence, ticket.switched, ledger.clone())
+    let Some(ticket) = journal.request_rotation().map_err(|failure| failure.to_string())? else {
+        tracing::info!("snapshot skipped: the store is closing");
+        return Ok(());
     };
+    let rotation_sequence = ticket.last_sequence;
+    let mut copies = Vec::with_capacity(users.len());
+    for (user_id, user) in collect_users(users) {
+        let user = user.read().map_err(|_| format!("user {user_id:?} is poisoned"))?;
+        copies.push(UserSnapshot {
+            user_id: user_id.to_string(),
+            last_sequence: user.last_sequence,
+            ledger: user.ledger.clone(),
+        });
+    }
     let copied_ms = started.elapsed().as_millis() as u64;
-    rotated.recv().map_err(|_| "the journal writer stopped".to_owned())??;
-    let size_bytes = snapshot::write(data_dir, last_sequence, &copy)
-        .map_err(|error| format!("cannot write snapshot {last_sequence}: {error}"))?;
-    drop(copy);
+    ticket.switched.recv().map_err(|_| "the journal writer stopped".to_owned())??;
+    // A copy may hold a record that is applied but not yet on disk; the
+    // snapshot must never get ahead of the journal.
+    let newest = copies.iter().map(|copy| copy.last_sequence).max().unwrap_or(0);
+    journal.wait_durable_blocking(newest).map_err(|failure| failure.to_string())?;
+    let size_bytes = snapshot::write(data_dir, rotation_sequence, &copies)
+        .map_err(|error| format!("cannot write snapshot {rotation_sequence}: {error}"))?;
+    drop(copies);
 
     let listing = data_dir.list().map_err(|error| error.to_string())?;
-    let covered_journals = listing.journals.iter().filter(|(first, _)| *first <= last_sequence);
+    let covered_journals = listing.journals.iter().filter(|(first, _)| *first <= rotation_sequence);
     let older_snapshots =
-        listing.snapshots.iter().filter(|(sequence, _)| *sequence < last_sequence);
+        listing.snapshots.iter().filter(|(sequence, _)| *sequence < rotation_sequence);
     for (_, path) in covered_journals.chain(older_snapshots) {
         fs::remove_file(path)
             .map_err(|error| format!("cannot remove {}: {error}", path.display()))?;
     }
     data_dir.sync().map_err(|error| format!("cannot sync the data directory: {error}"))?;
     tracing::info!(
-        last_sequence,
+        rotation_sequence,
         size_bytes,
         copy_ms = copied_ms,
         elapsed_ms = started.elapsed().as_millis() as u64,

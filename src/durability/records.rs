@@ -4,27 +4,43 @@
 
 use chrono::{DateTime, Utc};
 
-/// One accepted command, in the order it was applied. Replaying the journal
-/// applies the same commands to the same state and so rebuilds the ledger.
+use crate::ledger::{LedgerError, RequestParams};
+
+/// One executed command, in the order it was executed for its user.
+/// Replaying the journal executes the same commands on the same state and so
+/// rebuilds every user's ledger, including remembered request ids.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalRecord {
     /// The command.
     #[prost(oneof = "Command", tags = "1, 2")]
     pub command: Option<Command>,
+    /// The user whose ledger it changed ("default" for none given).
+    #[prost(string, tag = "3")]
+    pub user_id: String,
+    /// The caller's request id, empty if none.
+    #[prost(string, tag = "4")]
+    pub request_id: String,
+    /// When it was executed, in milliseconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "5")]
+    pub accepted_at_ms: i64,
+    /// The command was refused (recorded only with a request id, so that
+    /// retries get the same refusal); replay must refuse it too.
+    #[prost(bool, tag = "6")]
+    pub refused: bool,
 }
 
-/// A command that changed the ledger.
+/// A command that was executed.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Command {
-    /// An accepted AddTransaction.
+    /// AddTransaction.
     #[prost(message, tag = "1")]
     AddTransaction(AddTransactionRecord),
-    /// An accepted Spend.
+    /// Spend.
     #[prost(message, tag = "2")]
     Spend(SpendRecord),
 }
 
-/// An accepted transaction.
+/// An AddTransaction.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AddTransactionRecord {
     /// The payer.
@@ -39,26 +55,29 @@ pub struct AddTransactionRecord {
     /// The timestamp: nanoseconds within the second.
     #[prost(uint32, tag = "4")]
     pub timestamp_nanos: u32,
-    /// The id the ledger assigned; replay checks it gets the same one.
+    /// The id the ledger assigned (0 if refused); replay checks it.
     #[prost(uint64, tag = "5")]
     pub transaction_id: u64,
 }
 
-/// An accepted spend.
+/// A Spend.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SpendRecord {
     /// The points spent.
     #[prost(int64, tag = "1")]
     pub points: i64,
+    /// The id the ledger assigned (0 if refused); replay checks it.
+    #[prost(uint64, tag = "2")]
+    pub spend_id: u64,
 }
 
-/// One frame of a snapshot. A snapshot is a header, then for each payer a
-/// payer record followed by its lots in chunks, then a footer that proves the
-/// snapshot is complete and cross-checks its counts.
+/// One frame of a snapshot: a header, then for each user a user record
+/// followed by its payers, transactions, spends and requests in chunks, then
+/// a footer that proves the snapshot complete.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SnapshotRecord {
     /// The part.
-    #[prost(oneof = "SnapshotPart", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "SnapshotPart", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub part: Option<SnapshotPart>,
 }
 
@@ -68,71 +87,174 @@ pub enum SnapshotPart {
     /// The first frame.
     #[prost(message, tag = "1")]
     Header(SnapshotHeader),
-    /// Starts a payer; the lots that follow are its.
+    /// Starts a user; the parts up to the next user record are its.
     #[prost(message, tag = "2")]
-    Payer(PayerRecord),
-    /// Some of the current payer's lots, oldest first, as parallel columns.
+    User(UserRecord),
+    /// Some of the current user's payers.
     #[prost(message, tag = "3")]
-    Lots(LotsRecord),
-    /// The last frame.
+    Payers(PayersChunk),
+    /// Some of the current user's transactions, by id, as parallel columns.
     #[prost(message, tag = "4")]
+    Transactions(TransactionsChunk),
+    /// Some of the current user's spends, by id.
+    #[prost(message, tag = "5")]
+    Spends(SpendsChunk),
+    /// Some of the current user's remembered requests, oldest first.
+    #[prost(message, tag = "6")]
+    Requests(RequestsChunk),
+    /// The last frame.
+    #[prost(message, tag = "7")]
     Footer(SnapshotFooter),
 }
 
 /// What a snapshot covers.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SnapshotHeader {
-    /// The last journal sequence whose effect the snapshot includes.
+    /// Every journal record up to this sequence is in the snapshot; records
+    /// after it are in it only up to each user's own `last_sequence`.
     #[prost(uint64, tag = "1")]
-    pub last_sequence: u64,
-    /// The id the next transaction gets.
-    #[prost(uint64, tag = "2")]
-    pub next_transaction_id: u64,
+    pub rotation_sequence: u64,
 }
 
-/// A payer's name and balance.
+/// A user and how much of its state follows.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct PayerRecord {
-    /// The payer.
+pub struct UserRecord {
+    /// The user id.
     #[prost(string, tag = "1")]
-    pub name: String,
-    /// Its balance.
-    #[prost(int64, tag = "2")]
-    pub balance: i64,
-    /// How many lots follow in Lots records.
+    pub user_id: String,
+    /// The sequence of the last journal record applied to this user.
+    #[prost(uint64, tag = "2")]
+    pub last_sequence: u64,
+    /// Payers that follow.
     #[prost(uint64, tag = "3")]
-    pub lot_count: u64,
+    pub payer_count: u64,
+    /// Transactions that follow.
+    #[prost(uint64, tag = "4")]
+    pub transaction_count: u64,
+    /// Spends that follow.
+    #[prost(uint64, tag = "5")]
+    pub spend_count: u64,
+    /// Requests that follow.
+    #[prost(uint64, tag = "6")]
+    pub request_count: u64,
 }
 
-/// A chunk of lots; the four columns have one entry per lot.
+/// Payers as parallel columns.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct LotsRecord {
+pub struct PayersChunk {
+    /// Names.
+    #[prost(string, repeated, tag = "1")]
+    pub names: Vec<String>,
+    /// Balances.
+    #[prost(int64, repeated, tag = "2")]
+    pub balances: Vec<i64>,
+}
+
+/// Transactions as parallel columns.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TransactionsChunk {
+    /// Payer indices.
+    #[prost(uint32, repeated, tag = "1")]
+    pub payer_indices: Vec<u32>,
+    /// Points.
+    #[prost(sint64, repeated, tag = "2")]
+    pub points: Vec<i64>,
     /// Timestamp seconds since 1970-01-01T00:00:00Z.
-    #[prost(sint64, repeated, tag = "1")]
+    #[prost(sint64, repeated, tag = "3")]
     pub timestamp_seconds: Vec<i64>,
     /// Timestamp nanoseconds within the second.
-    #[prost(uint32, repeated, tag = "2")]
+    #[prost(uint32, repeated, tag = "4")]
     pub timestamp_nanos: Vec<u32>,
-    /// The crediting transaction ids.
-    #[prost(uint64, repeated, tag = "3")]
-    pub transaction_ids: Vec<u64>,
-    /// The points originally credited.
-    #[prost(int64, repeated, tag = "4")]
+}
+
+/// Spends; `taken_counts[i]` entries of the flat taken columns belong to spend i.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpendsChunk {
+    /// Points spent.
+    #[prost(int64, repeated, tag = "1")]
     pub points: Vec<i64>,
+    /// Transactions before each spend.
+    #[prost(uint64, repeated, tag = "2")]
+    pub transactions_before: Vec<u64>,
+    /// How many (payer, points) pairs each spend took.
+    #[prost(uint32, repeated, tag = "3")]
+    pub taken_counts: Vec<u32>,
+    /// Payer index of each pair.
+    #[prost(uint32, repeated, tag = "4")]
+    pub taken_payers: Vec<u32>,
+    /// Points of each pair.
+    #[prost(int64, repeated, tag = "5")]
+    pub taken_points: Vec<i64>,
+}
+
+/// Remembered requests.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestsChunk {
+    /// The requests.
+    #[prost(message, repeated, tag = "1")]
+    pub requests: Vec<RequestEntry>,
+}
+
+/// One remembered request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestEntry {
+    /// The request id.
+    #[prost(string, tag = "1")]
+    pub request_id: String,
+    /// When it was accepted, in milliseconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "2")]
+    pub accepted_at_ms: i64,
+    /// Its parameters.
+    #[prost(oneof = "RequestCommand", tags = "3, 4")]
+    pub command: Option<RequestCommand>,
+    /// The id it produced, or 0 if refused.
+    #[prost(uint64, tag = "5")]
+    pub outcome_id: u64,
+    /// Its refusal, if refused.
+    #[prost(message, optional, tag = "6")]
+    pub refusal: Option<RefusalRecord>,
+}
+
+/// The parameters of a remembered request. Its own oneof: a oneof's tags are
+/// fields of the message that holds it, so the journal's [`Command`] (tags 1
+/// and 2) cannot be reused here.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum RequestCommand {
+    /// AddTransaction.
+    #[prost(message, tag = "3")]
+    AddTransaction(AddTransactionRecord),
+    /// Spend.
+    #[prost(message, tag = "4")]
+    Spend(SpendRecord),
+}
+
+/// A remembered refusal: one of the state-dependent ledger errors.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefusalRecord {
+    /// Its reason (an ErrorInfo reason such as INSUFFICIENT_POINTS).
+    #[prost(string, tag = "1")]
+    pub reason: String,
+    /// The payer involved, if any.
+    #[prost(string, tag = "2")]
+    pub payer: String,
+    /// The first number of the refusal (requested, or balance/total).
+    #[prost(int64, tag = "3")]
+    pub first: i64,
+    /// The second number (available, or points).
+    #[prost(int64, tag = "4")]
+    pub second: i64,
+    /// A magnitude that may not fit i64 (the requested points of a negative
+    /// transaction can be 2^63).
+    #[prost(uint64, tag = "5")]
+    pub requested_magnitude: u64,
 }
 
 /// Totals that prove the snapshot complete.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SnapshotFooter {
-    /// Payers in the snapshot.
+    /// Users in the snapshot.
     #[prost(uint64, tag = "1")]
-    pub payer_count: u64,
-    /// Lots in the snapshot.
-    #[prost(uint64, tag = "2")]
-    pub lot_count: u64,
-    /// The sum of all balances.
-    #[prost(int64, tag = "3")]
-    pub total: i64,
+    pub user_count: u64,
 }
 
 /// Rebuilds a timestamp from its stored parts.
@@ -140,4 +262,82 @@ pub fn timestamp(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp(seconds, nanos)
         .filter(|_| nanos < 1_000_000_000)
         .ok_or_else(|| format!("invalid timestamp {seconds}s {nanos}ns"))
+}
+
+/// The stored form of a request's parameters.
+pub fn command_of(params: &RequestParams) -> RequestCommand {
+    match params {
+        RequestParams::AddTransaction { payer, points, timestamp } => {
+            RequestCommand::AddTransaction(AddTransactionRecord {
+                payer: payer.clone(),
+                points: *points,
+                timestamp_seconds: timestamp.timestamp(),
+                timestamp_nanos: timestamp.timestamp_subsec_nanos(),
+                transaction_id: 0,
+            })
+        }
+        RequestParams::Spend { points } => {
+            RequestCommand::Spend(SpendRecord { points: *points, spend_id: 0 })
+        }
+    }
+}
+
+/// A request's parameters from their stored form.
+pub fn params_of(command: &RequestCommand) -> Result<RequestParams, String> {
+    Ok(match command {
+        RequestCommand::AddTransaction(add) => RequestParams::AddTransaction {
+            payer: add.payer.clone(),
+            points: add.points,
+            timestamp: timestamp(add.timestamp_seconds, add.timestamp_nanos)?,
+        },
+        RequestCommand::Spend(spend) => RequestParams::Spend { points: spend.points },
+    })
+}
+
+/// The stored form of a remembered refusal.
+pub fn refusal_of(error: &LedgerError) -> RefusalRecord {
+    let mut record =
+        RefusalRecord { reason: error.reason().to_owned(), ..RefusalRecord::default() };
+    match error {
+        LedgerError::InsufficientPayerPoints { payer, requested, available } => {
+            record.payer = payer.clone();
+            record.requested_magnitude = *requested;
+            record.second = *available;
+        }
+        LedgerError::InsufficientPoints { requested, available } => {
+            (record.first, record.second) = (*requested, *available);
+        }
+        LedgerError::PayerBalanceOverflow { payer, balance, points } => {
+            record.payer = payer.clone();
+            (record.first, record.second) = (*balance, *points);
+        }
+        LedgerError::TotalOverflow { total, points } => {
+            (record.first, record.second) = (*total, *points);
+        }
+        _ => {}
+    }
+    record
+}
+
+/// A remembered refusal from its stored form.
+pub fn error_of(record: &RefusalRecord) -> Result<LedgerError, String> {
+    Ok(match record.reason.as_str() {
+        "INSUFFICIENT_PAYER_POINTS" => LedgerError::InsufficientPayerPoints {
+            payer: record.payer.clone(),
+            requested: record.requested_magnitude,
+            available: record.second,
+        },
+        "INSUFFICIENT_POINTS" => {
+            LedgerError::InsufficientPoints { requested: record.first, available: record.second }
+        }
+        "PAYER_BALANCE_OVERFLOW" => LedgerError::PayerBalanceOverflow {
+            payer: record.payer.clone(),
+            balance: record.first,
+            points: record.second,
+        },
+        "TOTAL_OVERFLOW" => {
+            LedgerError::TotalOverflow { total: record.first, points: record.second }
+        }
+        other => return Err(format!("unknown remembered refusal {other:?}")),
+    })
 }

@@ -1,10 +1,10 @@
-//! Snapshots: the whole ledger as of one journal sequence, so that start-up
-//! reads one compact file instead of replaying all history, and old journal
-//! segments can be removed.
+//! Snapshots: every user's whole ledger, so that start-up reads one compact
+//! file instead of replaying all history, and old journal segments can be
+//! removed.
 //!
 //! A snapshot is written to a temporary file, fsynced, renamed into place and
 //! the directory fsynced, so a snapshot under its final name is always
-//! complete; its footer and checksums prove it on reading.
+//! complete; its footer, counts and checksums prove it on reading.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -16,69 +16,46 @@ use super::OpenError;
 use super::files::{self, DataDir};
 use super::frame;
 use super::records::{
-    LotsRecord, PayerRecord, SnapshotFooter, SnapshotHeader, SnapshotPart, SnapshotRecord,
+    self, PayersChunk, RequestEntry, RequestsChunk, SnapshotFooter, SnapshotHeader, SnapshotPart,
+    SnapshotRecord, SpendsChunk, TransactionsChunk, UserRecord,
 };
-use crate::ledger::{Ledger, Lot, PayerState};
+use crate::ledger::{Ledger, LedgerState, RequestRecord, SpendRecord, TransactionRecord};
 
-/// Lots per Lots record: large enough to amortise framing, small enough to
-/// keep each frame far under the frame size limit (~100 KiB).
-const LOTS_PER_RECORD: usize = 4096;
+/// Items per chunk record: large enough to amortise framing, small enough to
+/// keep each frame far under the frame size limit.
+const ITEMS_PER_CHUNK: usize = 4096;
 
-/// Writes `ledger`, which reflects every journal record up to `last_sequence`,
-/// as a durable snapshot, and returns its size in bytes.
-pub fn write(data_dir: &DataDir, last_sequence: u64, ledger: &Ledger) -> std::io::Result<u64> {
-    let final_path = data_dir.snapshot_path(last_sequence);
+/// One user's state in a snapshot.
+#[derive(Debug, Clone)]
+pub struct UserSnapshot {
+    /// The user id.
+    pub user_id: String,
+    /// The last journal sequence applied to this user.
+    pub last_sequence: u64,
+    /// The user's ledger.
+    pub ledger: Ledger,
+}
+
+/// Writes the users as a durable snapshot named for `rotation_sequence` and
+/// returns its size in bytes.
+pub fn write(
+    data_dir: &DataDir,
+    rotation_sequence: u64,
+    users: &[UserSnapshot],
+) -> std::io::Result<u64> {
+    let final_path = data_dir.snapshot_path(rotation_sequence);
     let temporary_path = final_path.with_extension("snap.tmp");
     let file = File::create(&temporary_path)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&files::encode_header(files::SNAPSHOT_MAGIC, last_sequence))?;
-
-    let mut frame_buffer = Vec::new();
-    let mut put = |out: &mut BufWriter<File>, part: SnapshotPart| -> std::io::Result<()> {
-        frame_buffer.clear();
-        frame::encode_message(&SnapshotRecord { part: Some(part) }, &mut frame_buffer);
-        out.write_all(&frame_buffer)
-    };
-    put(
-        &mut out,
-        SnapshotPart::Header(SnapshotHeader {
-            last_sequence,
-            next_transaction_id: ledger.next_transaction_id(),
-        }),
-    )?;
-    let (mut payer_count, mut lot_count) = (0u64, 0u64);
-    for state in ledger.payer_states() {
-        payer_count += 1;
-        lot_count += state.lots.len() as u64;
-        put(
-            &mut out,
-            SnapshotPart::Payer(PayerRecord {
-                name: state.name,
-                balance: state.balance,
-                lot_count: state.lots.len() as u64,
-            }),
-        )?;
-        for chunk in state.lots.chunks(LOTS_PER_RECORD) {
-            put(
-                &mut out,
-                SnapshotPart::Lots(LotsRecord {
-                    timestamp_seconds: chunk.iter().map(|lot| lot.timestamp.timestamp()).collect(),
-                    timestamp_nanos: chunk
-                        .iter()
-                        .map(|lot| lot.timestamp.timestamp_subsec_nanos())
-                        .collect(),
-                    transaction_ids: chunk.iter().map(|lot| lot.id).collect(),
-                    points: chunk.iter().map(|lot| lot.points).collect(),
-                }),
-            )?;
-        }
+    let mut writer =
+        SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), frame: Vec::new() };
+    writer.out.write_all(&files::encode_header(files::SNAPSHOT_MAGIC, rotation_sequence))?;
+    writer.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }))?;
+    for user in users {
+        writer.user(user)?;
     }
-    put(
-        &mut out,
-        SnapshotPart::Footer(SnapshotFooter { payer_count, lot_count, total: ledger.total() }),
-    )?;
+    writer.put(SnapshotPart::Footer(SnapshotFooter { user_count: users.len() as u64 }))?;
 
-    let file = out.into_inner().map_err(|error| error.into_error())?;
+    let file = writer.out.into_inner().map_err(|error| error.into_error())?;
     file.sync_all()?;
     let size_bytes = file.metadata()?.len();
     drop(file);
@@ -87,8 +64,77 @@ pub fn write(data_dir: &DataDir, last_sequence: u64, ledger: &Ledger) -> std::io
     Ok(size_bytes)
 }
 
-/// Reads and fully checks the snapshot at `path`, named for `last_sequence`.
-pub fn read(path: &Path, last_sequence: u64) -> Result<Ledger, OpenError> {
+struct SnapshotWriter {
+    out: BufWriter<File>,
+    frame: Vec<u8>,
+}
+
+impl SnapshotWriter {
+    fn put(&mut self, part: SnapshotPart) -> std::io::Result<()> {
+        self.frame.clear();
+        frame::encode_message(&SnapshotRecord { part: Some(part) }, &mut self.frame);
+        self.out.write_all(&self.frame)
+    }
+
+    fn user(&mut self, user: &UserSnapshot) -> std::io::Result<()> {
+        let state = user.ledger.state();
+        self.put(SnapshotPart::User(UserRecord {
+            user_id: user.user_id.clone(),
+            last_sequence: user.last_sequence,
+            payer_count: state.payers.len() as u64,
+            transaction_count: state.transactions.len() as u64,
+            spend_count: state.spends.len() as u64,
+            request_count: state.requests.len() as u64,
+        }))?;
+        for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
+            self.put(SnapshotPart::Payers(PayersChunk {
+                names: chunk.iter().map(|(name, _)| name.clone()).collect(),
+                balances: chunk.iter().map(|&(_, balance)| balance).collect(),
+            }))?;
+        }
+        for chunk in state.transactions.chunks(ITEMS_PER_CHUNK) {
+            self.put(SnapshotPart::Transactions(TransactionsChunk {
+                payer_indices: chunk.iter().map(|record| record.payer_index).collect(),
+                points: chunk.iter().map(|record| record.points).collect(),
+                timestamp_seconds: chunk
+                    .iter()
+                    .map(|record| record.timestamp.timestamp())
+                    .collect(),
+                timestamp_nanos: chunk
+                    .iter()
+                    .map(|record| record.timestamp.timestamp_subsec_nanos())
+                    .collect(),
+            }))?;
+        }
+        for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
+            let taken = chunk.iter().flat_map(|spend| spend.taken.iter());
+            self.put(SnapshotPart::Spends(SpendsChunk {
+                points: chunk.iter().map(|spend| spend.points).collect(),
+                transactions_before: chunk.iter().map(|spend| spend.transactions_before).collect(),
+                taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
+                taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
+                taken_points: taken.map(|&(_, points)| points).collect(),
+            }))?;
+        }
+        for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
+            let requests = chunk
+                .iter()
+                .map(|request| RequestEntry {
+                    request_id: request.request_id.clone(),
+                    accepted_at_ms: request.accepted_at_ms,
+                    command: Some(records::command_of(&request.params)),
+                    outcome_id: *request.outcome.as_ref().unwrap_or(&0),
+                    refusal: request.outcome.as_ref().err().map(records::refusal_of),
+                })
+                .collect();
+            self.put(SnapshotPart::Requests(RequestsChunk { requests }))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and fully checks the snapshot at `path`, named for `rotation_sequence`.
+pub fn read(path: &Path, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, OpenError> {
     let data = fs::read(path).map_err(files::io_error("read", path))?;
     let damaged = |offset: usize, reason: String| OpenError::Damaged {
         path: path.to_owned(),
@@ -96,13 +142,12 @@ pub fn read(path: &Path, last_sequence: u64) -> Result<Ledger, OpenError> {
         reason,
     };
     let base = files::decode_header(path, &data, files::SNAPSHOT_MAGIC)?;
-    if base != last_sequence {
+    if base != rotation_sequence {
         return Err(damaged(
             0,
-            format!("header says sequence {base}, the name says {last_sequence}"),
+            format!("header says sequence {base}, the name says {rotation_sequence}"),
         ));
     }
-
     let mut reader = SnapshotReader::default();
     let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
         let record = SnapshotRecord::decode(payload).map_err(|error| error.to_string())?;
@@ -112,15 +157,17 @@ pub fn read(path: &Path, last_sequence: u64) -> Result<Ledger, OpenError> {
     if ending != frame::Ending::Clean {
         return Err(damaged(data.len(), format!("the snapshot is incomplete: {ending:?}")));
     }
-    reader.finish().map_err(|reason| damaged(data.len(), reason))
+    reader.finish(rotation_sequence).map_err(|reason| damaged(data.len(), reason))
 }
 
-/// Rebuilds payer states from snapshot records, checking their order.
+/// Rebuilds users from snapshot records, checking their order and counts.
 #[derive(Default)]
 struct SnapshotReader {
     header: Option<SnapshotHeader>,
-    payers: Vec<PayerState>,
-    lots_expected: u64,
+    /// Finished users.
+    users: Vec<UserSnapshot>,
+    /// The user being read, with the counts its record announced.
+    current: Option<(UserRecord, LedgerState)>,
     footer: Option<SnapshotFooter>,
 }
 
@@ -129,84 +176,140 @@ impl SnapshotReader {
         if self.footer.is_some() {
             return Err("data after the snapshot footer".to_owned());
         }
+        if self.header.is_none() && !matches!(part, SnapshotPart::Header(_)) {
+            return Err("the snapshot does not start with a header".to_owned());
+        }
         match part {
             SnapshotPart::Header(header) => {
                 if self.header.replace(header).is_some() {
                     return Err("a second snapshot header".to_owned());
                 }
             }
-            _ if self.header.is_none() => {
-                return Err("the snapshot does not start with a header".to_owned());
+            SnapshotPart::User(user) => {
+                self.finish_user()?;
+                self.current = Some((user, LedgerState::default()));
             }
-            SnapshotPart::Payer(payer) => {
-                self.check_lots_complete()?;
-                self.lots_expected = payer.lot_count;
-                self.payers.push(PayerState {
-                    name: payer.name,
-                    balance: payer.balance,
-                    lots: Vec::new(),
-                });
+            SnapshotPart::Payers(chunk) => {
+                let state = self.state()?;
+                if chunk.names.len() != chunk.balances.len() {
+                    return Err("payer columns of different lengths".to_owned());
+                }
+                state.payers.extend(chunk.names.into_iter().zip(chunk.balances));
             }
-            SnapshotPart::Lots(lots) => {
-                let payer = self.payers.last_mut().ok_or("lots before any payer")?;
-                let count = lots.points.len();
-                if lots.timestamp_seconds.len() != count
-                    || lots.timestamp_nanos.len() != count
-                    || lots.transaction_ids.len() != count
+            SnapshotPart::Transactions(chunk) => {
+                let state = self.state()?;
+                let count = chunk.points.len();
+                if [
+                    chunk.payer_indices.len(),
+                    chunk.timestamp_seconds.len(),
+                    chunk.timestamp_nanos.len(),
+                ]
+                .iter()
+                .any(|&length| length != count)
                 {
-                    return Err("lot columns of different lengths".to_owned());
+                    return Err("transaction columns of different lengths".to_owned());
                 }
                 for index in 0..count {
-                    payer.lots.push(Lot {
-                        timestamp: super::records::timestamp(
-                            lots.timestamp_seconds[index],
-                            lots.timestamp_nanos[index],
+                    state.transactions.push(TransactionRecord {
+                        payer_index: chunk.payer_indices[index],
+                        points: chunk.points[index],
+                        timestamp: records::timestamp(
+                            chunk.timestamp_seconds[index],
+                            chunk.timestamp_nanos[index],
                         )?,
-                        id: lots.transaction_ids[index],
-                        points: lots.points[index],
+                    });
+                }
+            }
+            SnapshotPart::Spends(chunk) => {
+                let state = self.state()?;
+                let count = chunk.points.len();
+                let pairs: usize = chunk.taken_counts.iter().map(|&count| count as usize).sum();
+                if chunk.transactions_before.len() != count
+                    || chunk.taken_counts.len() != count
+                    || chunk.taken_payers.len() != pairs
+                    || chunk.taken_points.len() != pairs
+                {
+                    return Err("spend columns of different lengths".to_owned());
+                }
+                let mut taken = chunk.taken_payers.into_iter().zip(chunk.taken_points);
+                for index in 0..count {
+                    state.spends.push(SpendRecord {
+                        points: chunk.points[index],
+                        transactions_before: chunk.transactions_before[index],
+                        taken: taken.by_ref().take(chunk.taken_counts[index] as usize).collect(),
+                    });
+                }
+            }
+            SnapshotPart::Requests(chunk) => {
+                let state = self.state()?;
+                for entry in chunk.requests {
+                    let command = entry.command.as_ref().ok_or("a request without parameters")?;
+                    let outcome = match &entry.refusal {
+                        Some(refusal) => Err(records::error_of(refusal)?),
+                        None => Ok(entry.outcome_id),
+                    };
+                    state.requests.push(RequestRecord {
+                        request_id: entry.request_id,
+                        params: records::params_of(command)?,
+                        outcome,
+                        accepted_at_ms: entry.accepted_at_ms,
                     });
                 }
             }
             SnapshotPart::Footer(footer) => {
-                self.check_lots_complete()?;
+                self.finish_user()?;
                 self.footer = Some(footer);
             }
         }
         Ok(())
     }
 
-    fn check_lots_complete(&self) -> Result<(), String> {
-        match self.payers.last() {
-            Some(payer) if payer.lots.len() as u64 != self.lots_expected => Err(format!(
-                "payer {:?} has {} lots, its record says {}",
-                payer.name,
-                payer.lots.len(),
-                self.lots_expected
-            )),
-            _ => Ok(()),
-        }
+    fn state(&mut self) -> Result<&mut LedgerState, String> {
+        self.current
+            .as_mut()
+            .map(|(_, state)| state)
+            .ok_or_else(|| "user data before any user".to_owned())
     }
 
-    fn finish(self) -> Result<Ledger, String> {
+    fn finish_user(&mut self) -> Result<(), String> {
+        let Some((user, state)) = self.current.take() else { return Ok(()) };
+        let counts = (
+            state.payers.len(),
+            state.transactions.len(),
+            state.spends.len(),
+            state.requests.len(),
+        );
+        let announced =
+            (user.payer_count, user.transaction_count, user.spend_count, user.request_count);
+        if (counts.0 as u64, counts.1 as u64, counts.2 as u64, counts.3 as u64) != announced {
+            return Err(format!(
+                "user {:?} holds {counts:?} items, its record says {announced:?}",
+                user.user_id
+            ));
+        }
+        let ledger = Ledger::restore(state)
+            .map_err(|reason| format!("user {:?}: {reason}", user.user_id))?;
+        self.users.push(UserSnapshot {
+            user_id: user.user_id,
+            last_sequence: user.last_sequence,
+            ledger,
+        });
+        Ok(())
+    }
+
+    fn finish(self, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, String> {
         let header = self.header.ok_or("the snapshot has no header")?;
         let footer = self.footer.ok_or("the snapshot has no footer: it is incomplete")?;
-        let lot_count: u64 = self.payers.iter().map(|payer| payer.lots.len() as u64).sum();
-        if footer.payer_count != self.payers.len() as u64 || footer.lot_count != lot_count {
+        if header.rotation_sequence != rotation_sequence {
+            return Err(format!("the header says sequence {}", header.rotation_sequence));
+        }
+        if footer.user_count != self.users.len() as u64 {
             return Err(format!(
-                "the footer counts {} payers and {} lots, the snapshot holds {} and {lot_count}",
-                footer.payer_count,
-                footer.lot_count,
-                self.payers.len()
+                "the footer counts {} users, the snapshot holds {}",
+                footer.user_count,
+                self.users.len()
             ));
         }
-        let ledger = Ledger::restore(header.next_transaction_id, self.payers)?;
-        if ledger.total() != footer.total {
-            return Err(format!(
-                "the footer total {} != restored total {}",
-                footer.total,
-                ledger.total()
-            ));
-        }
-        Ok(ledger)
+        Ok(self.users)
     }
 }

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// An amount would leave the range the ledger can represent exactly.
     OutOfRange,
+    /// A request id was already used for a different command.
+    AlreadyExists,
 }
 
 /// A refused command, with the numbers a person needs to understand why.
@@ -68,6 +70,15 @@ pub enum LedgerError {
         /// The points being added.
         points: i64,
     },
+    /// The request id was already used with different parameters.
+    #[error(
+        "request_id {request_id:?} was already used for a different request; use a new \
+         request_id for a new request, and the same parameters to retry"
+    )]
+    RequestIdReused {
+        /// The reused request id.
+        request_id: String,
+    },
     /// Crediting would push the user's total past `i64::MAX`.
     #[error(
         "total points would pass the maximum of {max}: total {total}, adding {points}",
@@ -93,7 +104,16 @@ impl LedgerError {
                 ErrorKind::FailedPrecondition
             }
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
+            Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
         }
+    }
+
+    /// Whether the refusal depends on the ledger's state (rather than on the
+    /// request alone): such a refusal of a request with a request id is
+    /// remembered, so that its retries get the same answer even after the
+    /// state has changed.
+    pub fn depends_on_state(&self) -> bool {
+        matches!(self.kind(), ErrorKind::FailedPrecondition | ErrorKind::OutOfRange)
     }
 
     /// A stable UPPER_SNAKE_CASE name for this refusal that clients can branch on.
@@ -107,6 +127,7 @@ impl LedgerError {
             Self::InsufficientPoints { .. } => "INSUFFICIENT_POINTS",
             Self::PayerBalanceOverflow { .. } => "PAYER_BALANCE_OVERFLOW",
             Self::TotalOverflow { .. } => "TOTAL_OVERFLOW",
+            Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
         }
     }
 }

@@ -14,13 +14,20 @@
 //! - No balance goes negative or past `i64::MAX`; a refused command changes
 //!   nothing.
 //!
+//! - With a request id, a retried command gets its original outcome instead
+//!   of being applied twice (see [`requests`]).
+//! - Every accepted transaction and spend is kept in arrival order (see
+//!   [`history`]).
+//!
 //! Cost: O(log n) per lot a command touches, never O(ledger size). Each payer
 //! keeps its lots in order with a *front* (its oldest lot with points left),
 //! and the ledger keeps every payer's front in one ordered map, so a spend
 //! repeatedly takes from the oldest front.
 
 mod error;
+mod history;
 mod payer;
+mod requests;
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +36,10 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 pub use error::{ErrorKind, LedgerError};
+pub use history::{HistoryCursor, SpendRecord, TransactionRecord};
 use payer::Payer;
+use requests::RequestLog;
+pub use requests::{MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
 
 /// The longest payer name accepted, in bytes of UTF-8.
 pub const MAX_PAYER_BYTES: usize = 256;
@@ -47,29 +57,6 @@ struct LotKey {
     id: TransactionId,
 }
 
-/// A lot as a snapshot stores it: the transaction that credited it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lot {
-    /// When the points were earned.
-    pub timestamp: DateTime<Utc>,
-    /// The id of the crediting transaction.
-    pub id: TransactionId,
-    /// The points originally credited (positive).
-    pub points: i64,
-}
-
-/// One payer's full state, as exported for a snapshot and restored from one.
-/// Which points of the lots remain follows from the balance: always the newest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PayerState {
-    /// The payer's name.
-    pub name: String,
-    /// The payer's balance.
-    pub balance: i64,
-    /// Every lot ever credited to the payer, oldest first.
-    pub lots: Vec<Lot>,
-}
-
 /// A transaction as the ledger recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
@@ -81,6 +68,96 @@ pub struct Transaction {
     pub points: i64,
     /// When the points were earned, as given by the caller.
     pub timestamp: DateTime<Utc>,
+}
+
+/// Identifies a spend; assigned in arrival order starting at 1.
+pub type SpendId = u64;
+
+/// An accepted spend, as its reply reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    /// Assigned in arrival order, starting at 1 (a sequence of its own).
+    pub id: SpendId,
+    /// The points spent.
+    pub points: i64,
+    /// Each payer once, in the order its points were first taken, with the
+    /// points taken as a negative number.
+    pub spent: Vec<PayerPoints>,
+}
+
+/// One entry of a user's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryEntry {
+    /// A transaction, with what is left of it now if it is a lot (0 for a
+    /// negative transaction).
+    Transaction {
+        /// The transaction.
+        transaction: Transaction,
+        /// Points of this lot not yet used up.
+        remaining_points: i64,
+    },
+    /// A spend.
+    Spend(Spend),
+}
+
+/// A page of history and where the next one starts (`None` at the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The entries, in arrival order.
+    pub entries: Vec<HistoryEntry>,
+    /// The cursor of the next page, if there is more.
+    pub next: Option<HistoryCursor>,
+}
+
+/// The identity of a command for request-id matching, with the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The caller's request id (not empty).
+    pub id: &'a str,
+    /// Now, in milliseconds since 1970-01-01T00:00:00Z.
+    pub now_ms: i64,
+    /// How long a request id is remembered, in milliseconds.
+    pub retention_ms: i64,
+}
+
+/// What executing a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The command was executed now: applied, or refused.
+    Fresh(Result<T, LedgerError>),
+    /// A retry of a remembered request: its original outcome; nothing changed.
+    Repeated(Result<T, LedgerError>),
+}
+
+impl<T> Outcome<T> {
+    /// Maps the accepted value, keeping fresh or repeated.
+    pub fn map<U>(self, convert: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Fresh(result) => Outcome::Fresh(result.map(convert)),
+            Outcome::Repeated(result) => Outcome::Repeated(result.map(convert)),
+        }
+    }
+
+    /// The result, fresh or repeated.
+    pub fn into_result(self) -> Result<T, LedgerError> {
+        match self {
+            Outcome::Fresh(result) | Outcome::Repeated(result) => result,
+        }
+    }
+}
+
+/// A ledger's whole state in plain records, as snapshots store it;
+/// [`Ledger::restore`] rebuilds the ledger from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    /// (name, balance) of each payer, in the order first credited.
+    pub payers: Vec<(String, i64)>,
+    /// Every transaction, by id.
+    pub transactions: Vec<TransactionRecord>,
+    /// Every spend, by id.
+    pub spends: Vec<SpendRecord>,
+    /// The remembered requests, oldest first.
+    pub requests: Vec<RequestRecord>,
 }
 
 /// Points attributed to one payer, as in a spend's reply.
@@ -121,8 +198,9 @@ pub fn validate_spend_points(points: i64) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// One user's points: payers, their lots, and the order spends take them in.
-/// Cloning copies the whole state (used to snapshot it without holding a lock).
+/// One user's points: payers, their lots, the order spends take them in,
+/// the history, and the remembered request ids. Cloning copies the whole state
+/// (used to snapshot it without holding a lock).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     payers: Vec<Payer>,
@@ -131,7 +209,11 @@ pub struct Ledger {
     /// holds the oldest remaining points of the whole ledger.
     fronts: BTreeMap<LotKey, PayerIndex>,
     total: i64,
-    next_transaction_id: TransactionId,
+    /// Every accepted transaction; the id is the index plus one.
+    transactions: Vec<TransactionRecord>,
+    /// Every accepted spend; the id is the index plus one.
+    spends: Vec<SpendRecord>,
+    requests: RequestLog,
 }
 
 impl Default for Ledger {
@@ -148,7 +230,9 @@ impl Ledger {
             payer_by_name: HashMap::new(),
             fronts: BTreeMap::new(),
             total: 0,
-            next_transaction_id: 1,
+            transactions: Vec::new(),
+            spends: Vec::new(),
+            requests: RequestLog::default(),
         }
     }
 
@@ -174,20 +258,22 @@ impl Ledger {
         }
 
         // Checks passed: from here on nothing can fail.
-        let id = self.next_transaction_id;
-        self.next_transaction_id += 1;
+        let id = self.next_transaction_id();
         let key = LotKey { timestamp, id };
-        if points > 0 {
+        let index = if points > 0 {
             let index = existing.unwrap_or_else(|| self.insert_payer(payer));
             self.update_payer(index, |payer| payer.credit(key, points));
             self.total += points;
+            index
         } else {
             let index = existing.expect("check_debit refuses unknown payers");
             let taken = -points;
             self.update_payer(index, |payer| payer.debit(taken));
             self.total -= taken;
-        }
+            index
+        };
         debug_assert!(self.total >= 0);
+        self.transactions.push(TransactionRecord { payer_index: index, points, timestamp });
         Ok(Transaction { id, payer: payer.to_owned(), points, timestamp })
     }
 
@@ -264,7 +350,7 @@ impl Ledger {
     ///
     /// Refused, changing nothing, when `points` is not positive or is more than
     /// the total.
-    pub fn spend(&mut self, points: i64) -> Result<Vec<PayerPoints>, LedgerError> {
+    pub fn spend(&mut self, points: i64) -> Result<Spend, LedgerError> {
         validate_spend_points(points)?;
         if points > self.total {
             return Err(LedgerError::InsufficientPoints {
@@ -287,15 +373,191 @@ impl Ledger {
         }
         self.total -= points;
         debug_assert!(self.total >= 0);
+        self.spends.push(SpendRecord {
+            points,
+            transactions_before: self.transactions.len() as u64,
+            taken: taken_by_payer.entries,
+        });
+        Ok(self.spend_reply(self.spends.len() - 1))
+    }
 
-        Ok(taken_by_payer
-            .entries
-            .into_iter()
-            .map(|(index, taken)| PayerPoints {
-                payer: self.payers[index as usize].name.to_string(),
-                points: -taken,
-            })
-            .collect())
+    /// The reply of the spend at `index`, rebuilt from the history.
+    fn spend_reply(&self, index: usize) -> Spend {
+        let record = &self.spends[index];
+        Spend {
+            id: index as SpendId + 1,
+            points: record.points,
+            spent: record
+                .taken
+                .iter()
+                .map(|&(payer, taken)| PayerPoints {
+                    payer: self.payers[payer as usize].name.to_string(),
+                    points: -taken,
+                })
+                .collect(),
+        }
+    }
+
+    /// The transaction with `id` (which must exist), rebuilt from the history.
+    fn transaction(&self, id: TransactionId) -> Transaction {
+        let record = &self.transactions[id as usize - 1];
+        Transaction {
+            id,
+            payer: self.payers[record.payer_index as usize].name.to_string(),
+            points: record.points,
+            timestamp: record.timestamp,
+        }
+    }
+
+    /// Records a transaction once per request id: a retry with the same id
+    /// and parameters gets the original outcome, a reuse with other
+    /// parameters is refused with [`LedgerError::RequestIdReused`].
+    pub fn execute_add_transaction(
+        &mut self,
+        request: Option<Request<'_>>,
+        payer: &str,
+        points: i64,
+        timestamp: DateTime<Utc>,
+    ) -> Outcome<Transaction> {
+        let params = RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
+        match request.map(|request| self.remembered(request, &params)) {
+            Some(Some(outcome)) => outcome.map(|id| self.transaction(id)),
+            _ => Outcome::Fresh(self.replay_add_transaction(
+                request.map(|request| (request.id, request.now_ms)),
+                payer,
+                points,
+                timestamp,
+            )),
+        }
+    }
+
+    /// Spends once per request id; see [`Ledger::execute_add_transaction`].
+    pub fn execute_spend(&mut self, request: Option<Request<'_>>, points: i64) -> Outcome<Spend> {
+        let params = RequestParams::Spend { points };
+        match request.map(|request| self.remembered(request, &params)) {
+            Some(Some(outcome)) => outcome.map(|id| self.spend_reply(id as usize - 1)),
+            _ => Outcome::Fresh(
+                self.replay_spend(request.map(|request| (request.id, request.now_ms)), points),
+            ),
+        }
+    }
+
+    /// The remembered outcome of `request`, as ids, if it is a retry (or a
+    /// refusal if the id was reused); `None` if the request is new.
+    fn remembered(&mut self, request: Request<'_>, params: &RequestParams) -> Option<Outcome<u64>> {
+        self.requests.purge(request.now_ms, request.retention_ms);
+        let (remembered_params, outcome) =
+            self.requests.get(request.id, request.now_ms, request.retention_ms)?;
+        if remembered_params != params {
+            return Some(Outcome::Fresh(Err(LedgerError::RequestIdReused {
+                request_id: request.id.to_owned(),
+            })));
+        }
+        Some(Outcome::Repeated(outcome.clone()))
+    }
+
+    /// Records a transaction without looking the request id up, remembering
+    /// it if given as (id, accepted at ms): what the journal replays, where
+    /// every record is a command that was executed.
+    pub fn replay_add_transaction(
+        &mut self,
+        request: Option<(&str, i64)>,
+        payer: &str,
+        points: i64,
+        timestamp: DateTime<Utc>,
+    ) -> Result<Transaction, LedgerError> {
+        let result = self.add_transaction(payer, points, timestamp);
+        if let Some((request_id, accepted_at_ms)) = request {
+            let params =
+                RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
+            self.remember(
+                request_id,
+                accepted_at_ms,
+                params,
+                result.as_ref().map(|transaction| transaction.id),
+            );
+        }
+        result
+    }
+
+    /// Spends without looking the request id up; see [`Ledger::replay_add_transaction`].
+    pub fn replay_spend(
+        &mut self,
+        request: Option<(&str, i64)>,
+        points: i64,
+    ) -> Result<Spend, LedgerError> {
+        let result = self.spend(points);
+        if let Some((request_id, accepted_at_ms)) = request {
+            let params = RequestParams::Spend { points };
+            self.remember(
+                request_id,
+                accepted_at_ms,
+                params,
+                result.as_ref().map(|spend| spend.id),
+            );
+        }
+        result
+    }
+
+    fn remember(
+        &mut self,
+        request_id: &str,
+        accepted_at_ms: i64,
+        params: RequestParams,
+        outcome: Result<u64, &LedgerError>,
+    ) {
+        // Refusals that depend on the request alone are refused again anyway.
+        if let Err(error) = outcome
+            && !error.depends_on_state()
+        {
+            return;
+        }
+        self.requests.insert(RequestRecord {
+            request_id: request_id.to_owned(),
+            params,
+            outcome: outcome.map_err(Clone::clone),
+            accepted_at_ms,
+        });
+    }
+
+    /// Forgets request ids accepted `retention_ms` or more before `now_ms`.
+    pub fn purge_requests(&mut self, now_ms: i64, retention_ms: i64) {
+        self.requests.purge(now_ms, retention_ms);
+    }
+
+    /// How many request ids are remembered.
+    pub fn remembered_request_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Up to `limit` history entries from `cursor`, in arrival order, or
+    /// `None` if `cursor` is not a position of this history.
+    pub fn history_page(&self, cursor: HistoryCursor, limit: usize) -> Option<HistoryPage> {
+        if !history::is_valid(cursor, &self.transactions, &self.spends) {
+            return None;
+        }
+        let mut cursor = cursor;
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        let total = (self.transactions.len() + self.spends.len()) as u64;
+        while entries.len() < limit && cursor.transactions + cursor.spends < total {
+            if history::next_is_spend(cursor, &self.spends) {
+                entries.push(HistoryEntry::Spend(self.spend_reply(cursor.spends as usize)));
+                cursor.spends += 1;
+            } else {
+                cursor.transactions += 1;
+                let transaction = self.transaction(cursor.transactions);
+                let remaining_points = if transaction.points > 0 {
+                    let key = LotKey { timestamp: transaction.timestamp, id: transaction.id };
+                    let payer = self.transactions[transaction.id as usize - 1].payer_index;
+                    self.payers[payer as usize].remaining_in(key)
+                } else {
+                    0
+                };
+                entries.push(HistoryEntry::Transaction { transaction, remaining_points });
+            }
+        }
+        let next = (cursor.transactions + cursor.spends < total).then_some(cursor);
+        Some(HistoryPage { entries, next })
     }
 
     /// Every payer ever credited with its balance (0 included), in the order
@@ -319,54 +581,46 @@ impl Ledger {
         self.payers.iter().map(|payer| payer.lots().len()).sum()
     }
 
-    /// Every payer's state, in the order payers were first credited, for
-    /// snapshots. [`Ledger::restore`] rebuilds an identical ledger from it.
-    pub fn payer_states(&self) -> impl ExactSizeIterator<Item = PayerState> + '_ {
-        self.payers.iter().map(|payer| PayerState {
-            name: payer.name.to_string(),
-            balance: payer.balance(),
-            lots: payer
-                .lots()
-                .map(|(key, points)| Lot { timestamp: key.timestamp, id: key.id, points })
-                .collect(),
-        })
+    /// The ledger's whole state as plain records, for snapshots.
+    pub fn state(&self) -> LedgerState {
+        LedgerState {
+            payers: self.balances().map(|(name, balance)| (name.to_owned(), balance)).collect(),
+            transactions: self.transactions.clone(),
+            spends: self.spends.clone(),
+            requests: self.requests.records().collect(),
+        }
     }
 
-    /// Rebuilds a ledger from the payer states [`Ledger::payer_states`]
-    /// exported, checking everything a damaged or forged snapshot could get
-    /// wrong: names, order, ids, amounts, and every invariant.
-    pub fn restore(
-        next_transaction_id: TransactionId,
-        payer_states: impl IntoIterator<Item = PayerState>,
-    ) -> Result<Self, String> {
+    /// Rebuilds a ledger from [`Ledger::state`], checking everything a
+    /// damaged or forged snapshot could get wrong: names, indices, amounts,
+    /// history order, and every invariant.
+    pub fn restore(state: LedgerState) -> Result<Self, String> {
         let mut ledger = Self::new();
-        if next_transaction_id == 0 {
-            return Err("the next transaction id must be at least 1".to_owned());
-        }
-        ledger.next_transaction_id = next_transaction_id;
-        let mut total: i128 = 0;
-        for state in payer_states {
-            validate_payer(&state.name)
-                .map_err(|error| format!("payer {:?}: {error}", state.name))?;
-            if ledger.payer_by_name.contains_key(state.name.as_str()) {
-                return Err(format!("payer {:?} appears twice", state.name));
-            }
-            if let Some(lot) =
-                state.lots.iter().find(|lot| lot.id == 0 || lot.id >= next_transaction_id)
-            {
+        let payer_count = state.payers.len();
+        let mut lots_by_payer: Vec<Vec<(LotKey, i64)>> = vec![Vec::new(); payer_count];
+        for (index, record) in state.transactions.iter().enumerate() {
+            let id = index as TransactionId + 1;
+            if record.payer_index as usize >= payer_count || record.points == 0 {
                 return Err(format!(
-                    "payer {:?}: lot id {} outside 1..{next_transaction_id}",
-                    state.name, lot.id
+                    "transaction {id} names payer {} of {payer_count}",
+                    record.payer_index
                 ));
             }
-            let lots = state
-                .lots
-                .iter()
-                .map(|lot| (LotKey { timestamp: lot.timestamp, id: lot.id }, lot.points))
-                .collect();
-            let payer = Payer::restore(&state.name, state.balance, lots)?;
+            if record.points > 0 {
+                lots_by_payer[record.payer_index as usize]
+                    .push((LotKey { timestamp: record.timestamp, id }, record.points));
+            }
+        }
+        let mut total: i128 = 0;
+        for ((name, balance), mut lots) in state.payers.into_iter().zip(lots_by_payer) {
+            validate_payer(&name).map_err(|error| format!("payer {name:?}: {error}"))?;
+            if ledger.payer_by_name.contains_key(name.as_str()) {
+                return Err(format!("payer {name:?} appears twice"));
+            }
+            lots.sort_unstable_by_key(|&(key, _)| key);
+            let payer = Payer::restore(&name, balance, lots)?;
             total += i128::from(payer.balance());
-            let index = ledger.insert_payer(&state.name);
+            let index = ledger.insert_payer(&name);
             if let Some(key) = payer.front_key() {
                 ledger.fronts.insert(key, index);
             }
@@ -374,11 +628,38 @@ impl Ledger {
         }
         ledger.total =
             i64::try_from(total).map_err(|_| format!("total {total} passes i64::MAX"))?;
-        let mut ids: Vec<TransactionId> =
-            ledger.payers.iter().flat_map(|payer| payer.lots().map(|(key, _)| key.id)).collect();
-        ids.sort_unstable();
-        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
-            return Err("two lots share a transaction id".to_owned());
+        let mut previous_transactions_before = 0;
+        for (index, spend) in state.spends.iter().enumerate() {
+            let taken: i128 = spend.taken.iter().map(|&(_, points)| i128::from(points)).sum();
+            let bad_payer = spend
+                .taken
+                .iter()
+                .any(|&(payer, points)| payer as usize >= payer_count || points <= 0);
+            if taken != i128::from(spend.points)
+                || bad_payer
+                || spend.transactions_before < previous_transactions_before
+                || spend.transactions_before > state.transactions.len() as u64
+            {
+                return Err(format!("spend {} is inconsistent with the history", index + 1));
+            }
+            previous_transactions_before = spend.transactions_before;
+        }
+        ledger.transactions = state.transactions;
+        ledger.spends = state.spends;
+        for request in state.requests {
+            let limit = match request.params {
+                RequestParams::AddTransaction { .. } => ledger.transactions.len() as u64,
+                RequestParams::Spend { .. } => ledger.spends.len() as u64,
+            };
+            if let Ok(id) = request.outcome
+                && !(1..=limit).contains(&id)
+            {
+                return Err(format!(
+                    "request {:?} refers to id {id} of {limit}",
+                    request.request_id
+                ));
+            }
+            ledger.requests.insert(request);
         }
         ledger.check_invariants()?;
         Ok(ledger)
@@ -386,7 +667,12 @@ impl Ledger {
 
     /// The id the next accepted transaction will get.
     pub fn next_transaction_id(&self) -> TransactionId {
-        self.next_transaction_id
+        self.transactions.len() as TransactionId + 1
+    }
+
+    /// The number of transactions and spends in the history.
+    pub fn history_len(&self) -> usize {
+        self.transactions.len() + self.spends.len()
     }
 
     /// Checks every invariant in O(lots): each payer's balance equals its
@@ -419,6 +705,24 @@ impl Ledger {
         }
         if self.payer_by_name.len() != self.payers.len() {
             return Err("name index and payers differ in size".to_owned());
+        }
+        let mut net_by_payer = vec![0i128; self.payers.len()];
+        for record in &self.transactions {
+            net_by_payer[record.payer_index as usize] += i128::from(record.points);
+        }
+        for spend in &self.spends {
+            for &(payer, taken) in &spend.taken {
+                net_by_payer[payer as usize] -= i128::from(taken);
+            }
+        }
+        for (payer, net) in self.payers.iter().zip(net_by_payer) {
+            if net != i128::from(payer.balance()) {
+                return Err(format!(
+                    "payer {:?}: history nets {net} but the balance is {}",
+                    payer.name,
+                    payer.balance()
+                ));
+            }
         }
         Ok(())
     }

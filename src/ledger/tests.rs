@@ -20,7 +20,7 @@ fn add(ledger: &mut Ledger, payer: &str, points: i64, timestamp: &str) -> Transa
 fn spend(ledger: &mut Ledger, points: i64) -> Vec<(String, i64)> {
     let reply = ledger.spend(points).expect("test spend is accepted");
     ledger.check_invariants().expect("invariants hold after spend");
-    reply.into_iter().map(|entry| (entry.payer, entry.points)).collect()
+    reply.spent.into_iter().map(|entry| (entry.payer, entry.points)).collect()
 }
 
 fn balances(ledger: &Ledger) -> Vec<(String, i64)> {
@@ -318,40 +318,172 @@ fn late_lot_hands_points_back_across_several_lots() {
     assert_eq!(balances(&ledger), pairs(&[("A", 20), ("B", 95)]));
 }
 
-/// Exporting payer states and restoring them gives a ledger that behaves identically.
+/// Exporting the state and restoring it gives a ledger that behaves identically.
 #[test]
-fn restore_from_payer_states_behaves_identically() {
+fn restore_from_state_behaves_identically() {
     let mut ledger = Ledger::new();
     add(&mut ledger, "P", 100, "2024-01-03T00:00:00Z");
     add(&mut ledger, "Q", 100, "2024-01-02T00:00:00Z");
     spend(&mut ledger, 150);
     add(&mut ledger, "P", 30, "2024-01-01T00:00:00Z");
     add(&mut ledger, "R", 10, "2024-01-02T12:00:00Z");
-    let states: Vec<PayerState> = ledger.payer_states().collect();
-    let mut restored =
-        Ledger::restore(ledger.next_transaction_id(), states.clone()).expect("restores");
-    assert_eq!(restored.payer_states().collect::<Vec<_>>(), states);
+    let request = Request { id: "r-1", now_ms: 1_000, retention_ms: 10_000 };
+    ledger.execute_spend(Some(request), 1_000_000).into_result().unwrap_err();
+    let state = ledger.state();
+    let mut restored = Ledger::restore(state.clone()).expect("restores");
+    assert_eq!(restored.state(), state);
     assert_eq!(spend(&mut restored, 20), pairs(&[("R", -10), ("P", -10)]));
     assert_eq!(spend(&mut ledger, 20), pairs(&[("R", -10), ("P", -10)]));
     assert_eq!(add(&mut restored, "Q", 1, "2024-01-09T00:00:00Z").id, 5);
+    // The remembered refusal survived too.
+    let retry = restored.execute_spend(Some(request), 1_000_000);
+    assert!(matches!(retry, Outcome::Repeated(Err(LedgerError::InsufficientPoints { .. }))));
 }
 
 /// Restoring refuses states no ledger could have produced.
 #[test]
 fn restore_refuses_impossible_states() {
-    let lot = |id, points| Lot { timestamp: at("2024-01-01T00:00:00Z"), id, points };
-    let payer = |name: &str, balance, lots| PayerState { name: name.to_owned(), balance, lots };
+    let transaction = |payer_index, points| TransactionRecord {
+        payer_index,
+        points,
+        timestamp: at("2024-01-01T00:00:00Z"),
+    };
+    let state =
+        |payers: &[(&str, i64)], transactions: Vec<TransactionRecord>, spends: Vec<SpendRecord>| {
+            LedgerState {
+                payers: payers.iter().map(|&(name, balance)| (name.to_owned(), balance)).collect(),
+                transactions,
+                spends,
+                requests: Vec::new(),
+            }
+        };
+    let spend =
+        |points, taken: Vec<(u32, i64)>| SpendRecord { points, transactions_before: 1, taken };
     let cases = [
-        (vec![payer("A", 11, vec![lot(1, 10)])], "balance above credits"),
-        (vec![payer("A", -1, vec![lot(1, 10)])], "negative balance"),
-        (vec![payer("A", 0, vec![lot(5, 10)])], "id not yet assigned"),
-        (vec![payer("A", 0, vec![lot(1, 0)])], "zero-point lot"),
-        (vec![payer("A", 0, vec![lot(2, 1), lot(1, 1)])], "lots out of order"),
-        (vec![payer("A", 0, vec![lot(1, 1)]), payer("A", 0, vec![lot(2, 1)])], "duplicate payer"),
-        (vec![payer("A", 0, vec![lot(1, 1)]), payer("B", 0, vec![lot(1, 1)])], "duplicate id"),
-        (vec![payer(" ", 0, vec![lot(1, 1)])], "blank payer"),
+        (state(&[("A", 11)], vec![transaction(0, 10)], vec![]), "balance above credits"),
+        (state(&[("A", -1)], vec![transaction(0, 10)], vec![]), "negative balance"),
+        (state(&[("A", 0)], vec![transaction(1, 10)], vec![]), "unknown payer index"),
+        (state(&[("A", 0)], vec![transaction(0, 0)], vec![]), "zero-point transaction"),
+        (
+            state(&[("A", 1), ("A", 1)], vec![transaction(0, 1), transaction(1, 1)], vec![]),
+            "duplicate payer",
+        ),
+        (state(&[(" ", 1)], vec![transaction(0, 1)], vec![]), "blank payer"),
+        (state(&[("A", 10)], vec![transaction(0, 10)], vec![]), "fine"),
+        (
+            state(&[("A", 5)], vec![transaction(0, 10)], vec![spend(5, vec![(0, 4)])]),
+            "spend does not add up",
+        ),
+        (state(&[("A", 5)], vec![transaction(0, 10)], vec![]), "balance disagrees with history"),
     ];
-    for (states, case) in cases {
-        assert!(Ledger::restore(3, states).is_err(), "{case} must be refused");
+    for (state, case) in cases {
+        assert_eq!(Ledger::restore(state).is_ok(), case == "fine", "{case}");
     }
+}
+
+fn request(id: &str, now_ms: i64) -> Request<'_> {
+    Request { id, now_ms, retention_ms: 1_000 }
+}
+
+/// A retry with the same request id and parameters gets the original reply and changes nothing.
+#[test]
+fn retried_request_returns_the_original_outcome_once() {
+    let mut ledger = Ledger::new();
+    let timestamp = at("2024-01-01T00:00:00Z");
+    let first = ledger.execute_add_transaction(Some(request("a", 0)), "A", 10, timestamp);
+    let Outcome::Fresh(Ok(transaction)) = first else { panic!("{first:?}") };
+    let again = ledger.execute_add_transaction(Some(request("a", 500)), "A", 10, timestamp);
+    assert_eq!(again, Outcome::Repeated(Ok(transaction)));
+    let spent = ledger.execute_spend(Some(request("s", 0)), 4);
+    let Outcome::Fresh(Ok(original)) = spent else { panic!("{spent:?}") };
+    assert_eq!(ledger.execute_spend(Some(request("s", 900)), 4), Outcome::Repeated(Ok(original)));
+    assert_eq!(ledger.total(), 6);
+    assert_eq!(ledger.history_len(), 2);
+}
+
+/// A refusal is remembered too: its retry gets the same error even once it would succeed.
+#[test]
+fn retried_refusal_returns_the_same_error_after_the_state_changed() {
+    let mut ledger = Ledger::new();
+    let refused = ledger.execute_spend(Some(request("s", 0)), 5).into_result().unwrap_err();
+    add(&mut ledger, "A", 10, "2024-01-01T00:00:00Z");
+    assert_eq!(ledger.execute_spend(Some(request("s", 10)), 5), Outcome::Repeated(Err(refused)));
+    assert_eq!(ledger.total(), 10);
+}
+
+/// The same request id with other parameters is refused as reused, and changes nothing.
+#[test]
+fn reused_request_id_with_other_parameters_is_refused() {
+    let mut ledger = Ledger::new();
+    let timestamp = at("2024-01-01T00:00:00Z");
+    ledger
+        .execute_add_transaction(Some(request("a", 0)), "A", 10, timestamp)
+        .into_result()
+        .unwrap();
+    for outcome in [
+        ledger.execute_add_transaction(Some(request("a", 1)), "A", 11, timestamp),
+        ledger.execute_add_transaction(Some(request("a", 1)), "B", 10, timestamp),
+        ledger.execute_spend(Some(request("a", 1)), 10).map(|_| unreachable_transaction()),
+    ] {
+        assert_eq!(
+            outcome,
+            Outcome::Fresh(Err(LedgerError::RequestIdReused { request_id: "a".into() }))
+        );
+    }
+    assert_eq!(ledger.total(), 10);
+}
+
+fn unreachable_transaction() -> Transaction {
+    panic!("a reused request id must not spend")
+}
+
+/// After the retention a request id is forgotten: the same call applies again.
+#[test]
+fn request_ids_are_forgotten_after_the_retention() {
+    let mut ledger = Ledger::new();
+    let timestamp = at("2024-01-01T00:00:00Z");
+    ledger
+        .execute_add_transaction(Some(request("a", 0)), "A", 10, timestamp)
+        .into_result()
+        .unwrap();
+    assert_eq!(ledger.remembered_request_count(), 1);
+    let later = ledger.execute_add_transaction(Some(request("a", 1_000)), "A", 10, timestamp);
+    assert!(matches!(later, Outcome::Fresh(Ok(Transaction { id: 2, .. }))), "{later:?}");
+    ledger.purge_requests(5_000, 1_000);
+    assert_eq!(ledger.remembered_request_count(), 0);
+}
+
+/// History pages walk transactions and spends in arrival order with remaining points.
+#[test]
+fn history_pages_list_entries_in_arrival_order() {
+    let mut ledger = Ledger::new();
+    add(&mut ledger, "P", 100, "2024-01-03T00:00:00Z");
+    spend(&mut ledger, 30);
+    spend(&mut ledger, 10);
+    add(&mut ledger, "P", 50, "2024-01-01T00:00:00Z");
+    add(&mut ledger, "P", -5, "2024-01-05T00:00:00Z");
+    let mut cursor = HistoryCursor::default();
+    let mut entries = Vec::new();
+    for _ in 0..10 {
+        let page = ledger.history_page(cursor, 2).expect("valid cursor");
+        assert!(page.entries.len() <= 2);
+        entries.extend(page.entries);
+        match page.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    let summary: Vec<String> = entries
+        .iter()
+        .map(|entry| match entry {
+            HistoryEntry::Transaction { transaction, remaining_points } => {
+                format!("t{} {} left {remaining_points}", transaction.id, transaction.points)
+            }
+            HistoryEntry::Spend(spend) => format!("s{} {}", spend.id, spend.points),
+        })
+        .collect();
+    // 45 points were debited from P; they now count against the older 50-point lot.
+    assert_eq!(summary, ["t1 100 left 100", "s1 30", "s2 10", "t2 50 left 5", "t3 -5 left 0"]);
+    assert!(ledger.history_page(HistoryCursor { transactions: 9, spends: 0 }, 1).is_none());
+    assert!(ledger.history_page(HistoryCursor { transactions: 0, spends: 1 }, 1).is_none());
 }

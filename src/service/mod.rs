@@ -2,6 +2,7 @@
 //! ledger under its lock, and maps the outcome to protobuf replies or to
 //! statuses with error details. Holds no business rules of its own.
 
+mod page_token;
 mod status;
 mod validation;
 
@@ -14,13 +15,18 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 pub use status::ERROR_DOMAIN;
-pub use validation::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
+pub use validation::{
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TIMESTAMP_SECONDS, MAX_USER_ID_BYTES,
+    MIN_TIMESTAMP_SECONDS,
+};
 
 use crate::durability::Store;
+use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
 use crate::proto::v1::{
-    AddTransactionRequest, AddTransactionResponse, GetBalancesRequest, GetBalancesResponse,
-    PayerPoints, SpendRequest, SpendResponse, Transaction,
+    self, AddTransactionRequest, AddTransactionResponse, GetBalancesRequest, GetBalancesResponse,
+    ListTransactionsRequest, ListTransactionsResponse, PayerPoints, SpendRequest, SpendResponse,
+    Transaction, TransactionEntry,
 };
 
 /// `points.v1.PointsService` over one store. Cloning shares the store.
@@ -53,7 +59,13 @@ impl PointsServiceApi for PointsService {
                 validation::transaction(&request).map_err(|bad| status::invalid_argument(&bad))?;
             let recorded = self
                 .store
-                .add_transaction(transaction.payer, transaction.points, transaction.timestamp)
+                .add_transaction(
+                    transaction.user_id,
+                    transaction.request_id,
+                    transaction.payer,
+                    transaction.points,
+                    transaction.timestamp,
+                )
                 .await
                 .map_err(|error| status::store_error(&error))?;
             Ok(Response::new(AddTransactionResponse {
@@ -73,15 +85,16 @@ impl PointsServiceApi for PointsService {
         request: Request<SpendRequest>,
     ) -> Result<Response<SpendResponse>, Status> {
         observed("Spend", async {
-            let points = validation::spend(request.get_ref())
+            let spend = validation::spend(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
-            let spent =
-                self.store.spend(points).await.map_err(|error| status::store_error(&error))?;
+            let spent = self
+                .store
+                .spend(spend.user_id, spend.request_id, spend.points)
+                .await
+                .map_err(|error| status::store_error(&error))?;
             Ok(Response::new(SpendResponse {
-                spent: spent
-                    .into_iter()
-                    .map(|entry| PayerPoints { payer: entry.payer, points: entry.points })
-                    .collect(),
+                spent: payer_points(spent.spent),
+                spend_id: spent.id,
             }))
         })
         .await
@@ -92,11 +105,11 @@ impl PointsServiceApi for PointsService {
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
-            validation::balances(request.get_ref())
+            let user_id = validation::balances(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             let balances: HashMap<String, i64> = self
                 .store
-                .balances()
+                .balances(user_id)
                 .map_err(|error| status::store_error(&error))?
                 .into_iter()
                 .collect();
@@ -104,6 +117,61 @@ impl PointsServiceApi for PointsService {
         })
         .await
     }
+
+    async fn list_transactions(
+        &self,
+        request: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsResponse>, Status> {
+        observed("ListTransactions", async {
+            let page = validation::page(request.get_ref())
+                .map_err(|bad| status::invalid_argument(&bad))?;
+            let history = self
+                .store
+                .history_page(page.user_id, page.cursor, page.page_size)
+                .map_err(|error| status::store_error(&error))?
+                .ok_or_else(|| status::invalid_argument(&[validation::invalid_page_token()]))?;
+            let entries = history
+                .entries
+                .into_iter()
+                .map(|entry| v1::HistoryEntry {
+                    entry: Some(match entry {
+                        HistoryEntry::Transaction { transaction, remaining_points } => {
+                            v1::history_entry::Entry::Transaction(TransactionEntry {
+                                id: transaction.id,
+                                payer: transaction.payer,
+                                points: transaction.points,
+                                timestamp: Some(validation::to_proto_timestamp(
+                                    transaction.timestamp,
+                                )),
+                                remaining_points,
+                            })
+                        }
+                        HistoryEntry::Spend(spend) => {
+                            v1::history_entry::Entry::Spend(v1::SpendEntry {
+                                id: spend.id,
+                                points: spend.points,
+                                spent: payer_points(spend.spent),
+                            })
+                        }
+                    }),
+                })
+                .collect();
+            let next_page_token = history
+                .next
+                .map(|cursor| page_token::encode(page.user_id, cursor))
+                .unwrap_or_default();
+            Ok(Response::new(ListTransactionsResponse { entries, next_page_token }))
+        })
+        .await
+    }
+}
+
+/// Spend amounts in their protobuf form.
+fn payer_points(spent: Vec<ledger::PayerPoints>) -> Vec<PayerPoints> {
+    spent
+        .into_iter()
+        .map(|entry| PayerPoints { payer: entry.payer, points: entry.points })
+        .collect()
 }
 
 /// Runs one RPC inside its own span and logs one line with the method, the

@@ -59,6 +59,7 @@ pub fn ledger_refusal(error: &LedgerError) -> Status {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::OutOfRange => Code::OutOfRange,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
     };
     let mut details = ErrorDetails::new();
     details.set_error_info(error.reason(), ERROR_DOMAIN, metadata_of(error));
@@ -106,6 +107,7 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
         LedgerError::TotalOverflow { total, points } => {
             vec![("total", total.to_string()), ("points", points.to_string())]
         }
+        LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
         LedgerError::BlankPayer
         | LedgerError::PayerTooLong { .. }
         | LedgerError::ZeroPoints

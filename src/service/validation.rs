@@ -4,9 +4,13 @@
 
 use chrono::{DateTime, Utc};
 
+use super::page_token;
 use super::status::FieldViolation;
-use crate::ledger;
-use crate::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest};
+use crate::durability::DEFAULT_USER;
+use crate::ledger::{self, HistoryCursor, MAX_REQUEST_ID_BYTES};
+use crate::proto::v1::{
+    AddTransactionRequest, GetBalancesRequest, ListTransactionsRequest, SpendRequest,
+};
 
 /// Earliest accepted timestamp, 0001-01-01T00:00:00Z, in Unix seconds (the
 /// range of google.protobuf.Timestamp and RFC 3339).
@@ -14,12 +18,37 @@ pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
 /// Latest accepted second, 9999-12-31T23:59:59Z, in Unix seconds.
 pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
+/// The longest user id accepted, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+/// Entries per ListTransactions page when the request asks for none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// The most entries per ListTransactions page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
 /// A transaction that passed validation.
 #[derive(Debug)]
 pub struct ValidTransaction<'request> {
+    pub user_id: &'request str,
+    pub request_id: Option<&'request str>,
     pub payer: &'request str,
     pub points: i64,
     pub timestamp: DateTime<Utc>,
+}
+
+/// A spend that passed validation.
+#[derive(Debug)]
+pub struct ValidSpend<'request> {
+    pub user_id: &'request str,
+    pub request_id: Option<&'request str>,
+    pub points: i64,
+}
+
+/// A history page request that passed validation.
+#[derive(Debug)]
+pub struct ValidPage<'request> {
+    pub user_id: &'request str,
+    pub cursor: HistoryCursor,
+    pub page_size: usize,
 }
 
 /// Validates every field of an AddTransaction request.
@@ -40,32 +69,83 @@ pub fn transaction(
             None
         }
     };
-    reserved_field_is_empty("user_id", &request.user_id, &mut violations);
-    reserved_field_is_empty("request_id", &request.request_id, &mut violations);
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
     match timestamp {
-        Some(timestamp) if violations.is_empty() => {
-            Ok(ValidTransaction { payer: &request.payer, points: request.points, timestamp })
-        }
+        Some(timestamp) if violations.is_empty() => Ok(ValidTransaction {
+            user_id,
+            request_id,
+            payer: &request.payer,
+            points: request.points,
+            timestamp,
+        }),
         _ => Err(violations),
     }
 }
 
-/// Validates every field of a Spend request and returns the points to spend.
-pub fn spend(request: &SpendRequest) -> Result<i64, Vec<FieldViolation>> {
+/// Validates every field of a Spend request.
+pub fn spend(request: &SpendRequest) -> Result<ValidSpend<'_>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
     if let Err(error) = ledger::validate_spend_points(request.points) {
         violations.push(FieldViolation::from_ledger("points", &error));
     }
-    reserved_field_is_empty("user_id", &request.user_id, &mut violations);
-    reserved_field_is_empty("request_id", &request.request_id, &mut violations);
-    if violations.is_empty() { Ok(request.points) } else { Err(violations) }
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    if violations.is_empty() {
+        Ok(ValidSpend { user_id, request_id, points: request.points })
+    } else {
+        Err(violations)
+    }
 }
 
-/// Validates a GetBalances request.
-pub fn balances(request: &GetBalancesRequest) -> Result<(), Vec<FieldViolation>> {
+/// Validates a GetBalances request and returns the user.
+pub fn balances(request: &GetBalancesRequest) -> Result<&str, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    reserved_field_is_empty("user_id", &request.user_id, &mut violations);
-    if violations.is_empty() { Ok(()) } else { Err(violations) }
+    let user_id = user_id(&request.user_id, &mut violations);
+    if violations.is_empty() { Ok(user_id) } else { Err(violations) }
+}
+
+/// Validates a ListTransactions request: the user, the page size, and that
+/// the page token was issued for this user.
+pub fn page(request: &ListTransactionsRequest) -> Result<ValidPage<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let page_size = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size if size < 0 => {
+            violations.push(FieldViolation {
+                field: "page_size",
+                reason: "PAGE_SIZE_NEGATIVE",
+                description: format!("page_size must not be negative, got {size}"),
+            });
+            0
+        }
+        size => (size as usize).min(MAX_PAGE_SIZE),
+    };
+    let cursor = if request.page_token.is_empty() {
+        HistoryCursor::default()
+    } else {
+        page_token::decode(user_id, &request.page_token).unwrap_or_else(|| {
+            violations.push(invalid_page_token());
+            HistoryCursor::default()
+        })
+    };
+    if violations.is_empty() {
+        Ok(ValidPage { user_id, cursor, page_size })
+    } else {
+        Err(violations)
+    }
+}
+
+/// The violation for a page token this server did not issue for the user.
+pub fn invalid_page_token() -> FieldViolation {
+    FieldViolation {
+        field: "page_token",
+        reason: "PAGE_TOKEN_INVALID",
+        description: "page_token is not a next_page_token this server issued for this user_id; \
+                      start again with an empty page_token"
+            .to_owned(),
+    }
 }
 
 /// Converts a protobuf timestamp, refusing what RFC 3339 cannot express.
@@ -103,15 +183,48 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
     }
 }
 
-/// user_id and request_id are part of the contract but not served yet:
-/// refusing them beats silently ignoring a caller who relies on them.
-fn reserved_field_is_empty(field: &'static str, value: &str, violations: &mut Vec<FieldViolation>) {
-    if !value.is_empty() {
+/// The user a call is for: "default" when empty; at most
+/// [`MAX_USER_ID_BYTES`] bytes with no control characters (they end up in
+/// logs and file contents).
+fn user_id<'request>(value: &'request str, violations: &mut Vec<FieldViolation>) -> &'request str {
+    if value.is_empty() {
+        return DEFAULT_USER;
+    }
+    if let Some(problem) = identifier_problem(value, MAX_USER_ID_BYTES) {
         violations.push(FieldViolation {
-            field,
-            reason: "FIELD_NOT_SUPPORTED",
-            description: format!("{field} is not supported yet; leave it empty"),
+            field: "user_id",
+            reason: "USER_ID_INVALID",
+            description: format!("user_id {problem}"),
         });
+    }
+    value
+}
+
+/// The request id of a call, if any (AIP-155).
+fn request_id<'request>(
+    value: &'request str,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<&'request str> {
+    if value.is_empty() {
+        return None;
+    }
+    if let Some(problem) = identifier_problem(value, MAX_REQUEST_ID_BYTES) {
+        violations.push(FieldViolation {
+            field: "request_id",
+            reason: "REQUEST_ID_INVALID",
+            description: format!("request_id {problem}"),
+        });
+    }
+    Some(value)
+}
+
+fn identifier_problem(value: &str, max_bytes: usize) -> Option<String> {
+    if value.len() > max_bytes {
+        Some(format!("is {} bytes long; at most {max_bytes} bytes are allowed", value.len()))
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters".to_owned())
+    } else {
+        None
     }
 }
 

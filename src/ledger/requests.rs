@@ -1,0 +1,127 @@
+//! Request ids (AIP-155): a retried command with the same request id and the
+//! same parameters gets the original outcome instead of being applied again.
+//!
+//! Each remembered request keeps its parameters (to tell a retry from a
+//! reuse), its outcome (the id it produced, or the refusal), and when it was
+//! accepted. Entries are dropped in acceptance order once older than the
+//! retention, so memory is bounded by the request rate times the retention.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::LedgerError;
+
+/// The longest request id accepted, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// What a request asked for; a retry must ask for the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestParams {
+    /// AddTransaction.
+    AddTransaction {
+        /// The payer.
+        payer: String,
+        /// The points.
+        points: i64,
+        /// The timestamp.
+        timestamp: DateTime<Utc>,
+    },
+    /// Spend.
+    Spend {
+        /// The points.
+        points: i64,
+    },
+}
+
+/// A remembered request, as stored in snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The caller's request id.
+    pub request_id: String,
+    /// What it asked for.
+    pub params: RequestParams,
+    /// The id of the transaction or spend it produced, or its refusal.
+    pub outcome: Result<u64, LedgerError>,
+    /// When it was accepted, in milliseconds since 1970-01-01T00:00:00Z.
+    pub accepted_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Remembered {
+    params: RequestParams,
+    outcome: Result<u64, LedgerError>,
+    accepted_at_ms: i64,
+}
+
+/// The remembered requests of one user.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RequestLog {
+    by_id: HashMap<Arc<str>, Remembered>,
+    /// (accepted at, id) in acceptance order, for dropping expired entries.
+    by_age: VecDeque<(i64, Arc<str>)>,
+}
+
+impl RequestLog {
+    /// The remembered request `request_id`, if still within `retention_ms` of `now_ms`.
+    pub(super) fn get(
+        &self,
+        request_id: &str,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Option<(&RequestParams, &Result<u64, LedgerError>)> {
+        self.by_id
+            .get(request_id)
+            .filter(|entry| now_ms < entry.accepted_at_ms.saturating_add(retention_ms))
+            .map(|entry| (&entry.params, &entry.outcome))
+    }
+
+    /// Remembers a request, replacing an expired one with the same id.
+    pub(super) fn insert(&mut self, record: RequestRecord) {
+        let id: Arc<str> = record.request_id.into();
+        self.by_age.push_back((record.accepted_at_ms, Arc::clone(&id)));
+        let remembered = Remembered {
+            params: record.params,
+            outcome: record.outcome,
+            accepted_at_ms: record.accepted_at_ms,
+        };
+        self.by_id.insert(id, remembered);
+    }
+
+    /// Drops every request accepted `retention_ms` or more before `now_ms`.
+    /// Amortised O(1) per request ever remembered.
+    pub(super) fn purge(&mut self, now_ms: i64, retention_ms: i64) {
+        while let Some((accepted_at_ms, _)) = self.by_age.front() {
+            if now_ms < accepted_at_ms.saturating_add(retention_ms) {
+                break;
+            }
+            let (accepted_at_ms, id) = self.by_age.pop_front().expect("front exists");
+            // The id may have been reused after expiring: drop only this entry.
+            if self.by_id.get(&id).is_some_and(|entry| entry.accepted_at_ms == accepted_at_ms) {
+                self.by_id.remove(&id);
+            }
+        }
+        if self.by_id.is_empty() {
+            self.by_age.shrink_to(64);
+        }
+    }
+
+    /// How many requests are remembered.
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Every remembered request, oldest first, for snapshots.
+    pub(super) fn records(&self) -> impl Iterator<Item = RequestRecord> + '_ {
+        self.by_age.iter().filter_map(|(accepted_at_ms, id)| {
+            let entry = self.by_id.get(id)?;
+            (entry.accepted_at_ms == *accepted_at_ms).then(|| RequestRecord {
+                request_id: id.to_string(),
+                params: entry.params.clone(),
+                outcome: entry.outcome.clone(),
+                accepted_at_ms: entry.accepted_at_ms,
+            })
+        })
+    }
+}
