@@ -10,59 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{ServerProcess, timestamp};
+use common::ServerProcess;
+use common::client::{add, balances, spend, transaction as request};
 use points::durability::records::Command;
 use points::durability::{read_journal, replay};
 use points::ledger::Ledger;
 use points::proto::v1::points_service_client::PointsServiceClient;
-use points::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest, Transaction};
+use points::proto::v1::{GetBalancesRequest, SpendRequest, Transaction};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-type Client = PointsServiceClient<Channel>;
-
-fn request(payer: &str, points: i64, rfc3339: &str) -> AddTransactionRequest {
-    AddTransactionRequest {
-        payer: payer.to_owned(),
-        points,
-        timestamp: Some(timestamp(rfc3339)),
-        ..Default::default()
-    }
-}
-
-async fn add(client: &mut Client, payer: &str, points: i64, rfc3339: &str) -> Transaction {
-    client
-        .add_transaction(request(payer, points, rfc3339))
-        .await
-        .expect("transaction accepted")
-        .into_inner()
-        .transaction
-        .expect("reply carries the transaction")
-}
-
-async fn spend(client: &mut Client, points: i64) -> Vec<(String, i64)> {
-    client
-        .spend(SpendRequest { points, ..Default::default() })
-        .await
-        .expect("spend accepted")
-        .into_inner()
-        .spent
-        .into_iter()
-        .map(|entry| (entry.payer, entry.points))
-        .collect()
-}
-
-async fn balances(client: &mut Client) -> HashMap<String, i64> {
-    client
-        .get_balances(GetBalancesRequest::default())
-        .await
-        .expect("balances")
-        .into_inner()
-        .balances
-}
 
 fn journal_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)

@@ -6,58 +6,13 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::client::{add, balances, spend, transaction};
 use common::{TestServer, call_raw, timestamp};
-use points::proto::v1::points_service_client::PointsServiceClient;
-use points::proto::v1::{
-    AddTransactionRequest, GetBalancesRequest, PayerPoints, SpendRequest, Transaction,
-};
+use points::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest};
 use points::service::ERROR_DOMAIN;
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-type Client = PointsServiceClient<Channel>;
-
-fn transaction(payer: &str, points: i64, rfc3339: &str) -> AddTransactionRequest {
-    AddTransactionRequest {
-        payer: payer.to_owned(),
-        points,
-        timestamp: Some(timestamp(rfc3339)),
-        ..Default::default()
-    }
-}
-
-async fn add(client: &mut Client, payer: &str, points: i64, rfc3339: &str) -> Transaction {
-    client
-        .add_transaction(transaction(payer, points, rfc3339))
-        .await
-        .expect("transaction accepted")
-        .into_inner()
-        .transaction
-        .expect("reply carries the transaction")
-}
-
-async fn spend(client: &mut Client, points: i64) -> Vec<(String, i64)> {
-    client
-        .spend(SpendRequest { points, ..Default::default() })
-        .await
-        .expect("spend accepted")
-        .into_inner()
-        .spent
-        .into_iter()
-        .map(|PayerPoints { payer, points }| (payer, points))
-        .collect()
-}
-
-async fn balances(client: &mut Client) -> HashMap<String, i64> {
-    client
-        .get_balances(GetBalancesRequest::default())
-        .await
-        .expect("balances")
-        .into_inner()
-        .balances
-}
 
 fn pairs(entries: &[(&str, i64)]) -> Vec<(String, i64)> {
     entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()

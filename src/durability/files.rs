@@ -118,23 +118,11 @@ impl DataDir {
     /// The journal segments and snapshots present, each sorted by sequence,
     /// after removing leftover temporary files.
     pub fn list(&self) -> Result<Listing, OpenError> {
-        let mut listing = Listing::default();
-        let entries = fs::read_dir(&self.path).map_err(io_error("list", &self.path))?;
-        for entry in entries {
-            let entry = entry.map_err(io_error("list", &self.path))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".tmp") {
-                tracing::info!(file = %entry.path().display(), "removing an unfinished snapshot");
-                fs::remove_file(entry.path()).map_err(io_error("remove", &entry.path()))?;
-            } else if let Some(sequence) = sequence_in(name, "journal-", ".log") {
-                listing.journals.push((sequence, entry.path()));
-            } else if let Some(sequence) = sequence_in(name, "snapshot-", ".snap") {
-                listing.snapshots.push((sequence, entry.path()));
-            }
+        let listing = list(&self.path)?;
+        for path in &listing.temporary {
+            tracing::info!(file = %path.display(), "removing an unfinished snapshot");
+            fs::remove_file(path).map_err(io_error("remove", path))?;
         }
-        listing.journals.sort();
-        listing.snapshots.sort();
         Ok(listing)
     }
 
@@ -149,8 +137,30 @@ impl DataDir {
 pub struct Listing {
     /// (first sequence, path) of each journal segment, oldest first.
     pub journals: Vec<(u64, PathBuf)>,
-    /// (last sequence, path) of each snapshot, oldest first.
+    /// (rotation sequence, path) of each snapshot, oldest first.
     pub snapshots: Vec<(u64, PathBuf)>,
+    /// Unfinished snapshots.
+    pub temporary: Vec<PathBuf>,
+}
+
+/// Lists the files of the data directory at `path` without changing anything.
+pub fn list(path: &Path) -> Result<Listing, OpenError> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(path).map_err(io_error("list", path))? {
+        let entry = entry.map_err(io_error("list", path))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            listing.temporary.push(entry.path());
+        } else if let Some(sequence) = sequence_in(name, "journal-", ".log") {
+            listing.journals.push((sequence, entry.path()));
+        } else if let Some(sequence) = sequence_in(name, "snapshot-", ".snap") {
+            listing.snapshots.push((sequence, entry.path()));
+        }
+    }
+    listing.journals.sort();
+    listing.snapshots.sort();
+    Ok(listing)
 }
 
 fn sequence_in(name: &str, prefix: &str, suffix: &str) -> Option<u64> {

@@ -542,19 +542,7 @@ fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
                 ),
             });
         }
-        let data = fs::read(path).map_err(files::io_error("read", path))?;
-        let header_sequence = files::decode_header(path, &data, files::JOURNAL_MAGIC)?;
-        if header_sequence != *first_sequence {
-            return Err(OpenError::Damaged {
-                path: path.clone(),
-                offset: 0,
-                reason: format!(
-                    "header says sequence {header_sequence}, the name says {first_sequence}"
-                ),
-            });
-        }
-        let mut sequence = *first_sequence;
-        let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
+        let (length, ending) = scan_segment(path, *first_sequence, |sequence, payload| {
             if sequence > rotation_sequence {
                 let record = JournalRecord::decode(payload).map_err(|error| error.to_string())?;
                 let user = users.entry(record.user_id.clone()).or_default();
@@ -566,16 +554,10 @@ fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
                 }
             }
             last_sequence = last_sequence.max(sequence);
-            sequence += 1;
             Ok(())
-        })
-        .map_err(|damage| OpenError::Damaged {
-            path: path.clone(),
-            offset: damage.offset,
-            reason: damage.reason,
         })?;
 
-        let mut valid_bytes = data.len();
+        let mut valid_bytes = length;
         if let frame::Ending::Torn { offset, reason } = ending {
             if !is_last {
                 return Err(OpenError::Damaged {
@@ -584,8 +566,8 @@ fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
                     reason: format!("{reason} in a journal segment that is not the newest"),
                 });
             }
-            cut_torn_tail(path, offset, data.len(), reason)?;
-            recovery.torn_bytes_cut = (data.len() - offset) as u64;
+            cut_torn_tail(path, offset, length, reason)?;
+            recovery.torn_bytes_cut = (length - offset) as u64;
             valid_bytes = offset;
         }
         if is_last {
@@ -627,38 +609,50 @@ fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
 /// Records already folded into a snapshot and removed are not returned. For
 /// tests and offline inspection.
 pub fn read_journal(data_dir: &Path) -> Result<Vec<(u64, JournalRecord)>, OpenError> {
-    let mut journals: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in fs::read_dir(data_dir).map_err(files::io_error("list", data_dir))? {
-        let path = entry.map_err(files::io_error("list", data_dir))?.path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-        if let Some(digits) =
-            name.strip_prefix("journal-").and_then(|rest| rest.strip_suffix(".log"))
-            && let Ok(sequence) = digits.parse()
-        {
-            journals.push((sequence, path));
-        }
-    }
-    journals.sort();
     let mut records = Vec::new();
-    for (first_sequence, path) in journals {
-        let data = fs::read(&path).map_err(files::io_error("read", &path))?;
-        files::decode_header(&path, &data, files::JOURNAL_MAGIC)?;
-        let mut sequence = first_sequence;
-        frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
+    for (first_sequence, path) in files::list(data_dir)?.journals {
+        scan_segment(&path, first_sequence, |sequence, payload| {
             records.push((
                 sequence,
                 JournalRecord::decode(payload).map_err(|error| error.to_string())?,
             ));
-            sequence += 1;
             Ok(())
-        })
-        .map_err(|damage| OpenError::Damaged {
-            path: path.clone(),
-            offset: damage.offset,
-            reason: damage.reason,
         })?;
     }
     Ok(records)
+}
+
+/// Reads the journal segment at `path`, checks its header against the first
+/// sequence its name gives, and hands each record's sequence and payload to
+/// `visit`. Returns the file's length and how its records ended.
+fn scan_segment(
+    path: &Path,
+    first_sequence: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(usize, frame::Ending), OpenError> {
+    let data = fs::read(path).map_err(files::io_error("read", path))?;
+    let header_sequence = files::decode_header(path, &data, files::JOURNAL_MAGIC)?;
+    if header_sequence != first_sequence {
+        return Err(OpenError::Damaged {
+            path: path.to_owned(),
+            offset: 0,
+            reason: format!(
+                "header says sequence {header_sequence}, the name says {first_sequence}"
+            ),
+        });
+    }
+    let mut sequence = first_sequence;
+    let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
+        visit(sequence, payload)?;
+        sequence += 1;
+        Ok(())
+    })
+    .map_err(|damage| OpenError::Damaged {
+        path: path.to_owned(),
+        offset: damage.offset,
+        reason: damage.reason,
+    })?;
+    Ok((data.len(), ending))
 }
 
 /// Executes one journal record again. It was executed once on the same

@@ -3,6 +3,7 @@
 //! for malformed requests, and self-installing external tools.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod client;
 pub mod operations;
 pub mod tools;
 
