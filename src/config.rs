@@ -58,6 +58,63 @@ pub struct Config {
     )]
     pub request_id_retention: Duration,
 
+    /// TOML file of clients allowed to call, with their token hashes and roles
+    /// (see README). Without it, only loopback addresses may be served.
+    #[arg(long, env = "POINTS_TOKENS_FILE", value_name = "PATH")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without any authentication. Anyone who can
+    /// reach the port can then credit and spend points.
+    #[arg(long, env = "POINTS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "POINTS_MAX_REQUEST_BYTES", value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_request_bytes: u32,
+
+    /// Most PointsService calls in progress at once, across all connections;
+    /// calls beyond it are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "POINTS_MAX_CONCURRENT_CALLS", value_name = "CALLS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_calls: u32,
+
+    /// Longest a call may run, in milliseconds; a client's shorter deadline wins.
+    #[arg(long, env = "POINTS_MAX_CALL_DURATION_MS", value_name = "MS", default_value_t = 30_000)]
+    pub max_call_duration_ms: u64,
+
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    #[arg(long, env = "POINTS_MAX_STREAMS_PER_CONNECTION", value_name = "STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// Interval of HTTP/2 keepalive pings on idle connections, in milliseconds.
+    #[arg(
+        long,
+        env = "POINTS_HTTP2_KEEPALIVE_INTERVAL_MS",
+        value_name = "MS",
+        default_value_t = 30_000
+    )]
+    pub http2_keepalive_interval_ms: u64,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed, in milliseconds.
+    #[arg(
+        long,
+        env = "POINTS_HTTP2_KEEPALIVE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
+    pub http2_keepalive_timeout_ms: u64,
+
+    /// Most users the server holds; a write for a new user beyond it is refused.
+    #[arg(long, env = "POINTS_MAX_USERS", value_name = "USERS", default_value_t = StoreOptions::DEFAULT_MAX_USERS)]
+    pub max_users: usize,
+
+    /// Most payers per user; crediting a new payer beyond it is refused.
+    #[arg(long, env = "POINTS_MAX_PAYERS_PER_USER", value_name = "PAYERS",
+          default_value_t = StoreOptions::DEFAULT_MAX_PAYERS_PER_USER)]
+    pub max_payers_per_user: usize,
+
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
     #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -77,12 +134,39 @@ impl Config {
         };
         let request_id_retention_ms =
             i64::try_from(self.request_id_retention.as_millis()).unwrap_or(i64::MAX);
-        StoreOptions { storage, request_id_retention_ms }
+        StoreOptions {
+            storage,
+            request_id_retention_ms,
+            max_users: self.max_users,
+            max_payers_per_user: self.max_payers_per_user,
+        }
+    }
+
+    /// Protected mode (after Redis's): without a tokens file the server only
+    /// serves loopback addresses, unless told explicitly to run open.
+    pub fn check_protected_mode(&self) -> Result<(), String> {
+        if self.tokens_file.is_some() || self.insecure_no_auth || self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve {} without authentication: anyone who can reach it could credit \
+             and spend points. Pass --tokens-file PATH (POINTS_TOKENS_FILE) listing the clients \
+             allowed to call (see the README's security section), or, only on a network you \
+             trust, --insecure-no-auth",
+            self.listen
+        ))
     }
 
     /// The settings of the gRPC server.
     pub fn server_settings(&self) -> ServerSettings {
-        ServerSettings { shutdown_grace: Duration::from_millis(self.shutdown_grace_ms) }
+        ServerSettings {
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            max_request_bytes: self.max_request_bytes as usize,
+            max_call_duration: Duration::from_millis(self.max_call_duration_ms),
+            max_streams_per_connection: self.max_streams_per_connection,
+            http2_keepalive_interval: Duration::from_millis(self.http2_keepalive_interval_ms),
+            http2_keepalive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`telemetry`]: log and trace set-up.
 //! - [`server`]: assembles the tonic server (the points service, health,
 //!   reflection) on a given listener, with a bounded graceful shutdown.
+//! - [`auth`]: who may call what: bearer tokens with roles and users.
 //! - [`service`]: the gRPC face: validates requests, maps them to ledger
 //!   commands under the ledger's lock, and maps outcomes to replies or to
 //!   statuses with error details.
@@ -14,6 +15,7 @@
 //! - [`ledger`]: the pure core. Payers, lots and the exact spending rules;
 //!   no I/O, no async, no transport types.
 
+pub mod auth;
 pub mod config;
 pub mod durability;
 pub mod ledger;

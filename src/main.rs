@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::sync::Arc;
 
+use points::auth::Authenticator;
 use points::config::Config;
 use points::durability::Store;
 use points::server;
-use points::service::PointsService;
+use points::service::{Access, PointsService};
 use points::telemetry;
 
 #[tokio::main]
@@ -18,6 +19,25 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init();
     tracing::info!(?config, "starting points-server");
+    if let Err(message) = config.check_protected_mode() {
+        eprintln!("points-server: {message}");
+        return ExitCode::FAILURE;
+    }
+    let access = match &config.tokens_file {
+        Some(path) => match Authenticator::from_file(path) {
+            Ok(authenticator) => Access::Tokens(Arc::new(authenticator)),
+            Err(error) => {
+                eprintln!("points-server: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            if config.insecure_no_auth {
+                tracing::warn!("serving without authentication (--insecure-no-auth)");
+            }
+            Access::Open
+        }
+    };
 
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
@@ -51,7 +71,11 @@ async fn main() -> ExitCode {
 
     let result = server::serve(
         listener,
-        PointsService::new(Arc::clone(&store)),
+        PointsService::with_limits(
+            Arc::clone(&store),
+            access,
+            config.max_concurrent_calls as usize,
+        ),
         config.server_settings(),
         shutdown,
     )

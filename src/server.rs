@@ -13,17 +13,35 @@ use tonic::transport::Server;
 use crate::proto::v1::points_service_server::PointsServiceServer;
 use crate::service::PointsService;
 
-/// How the server behaves around its listener.
+/// How the server behaves around its listener: the limits that keep one
+/// client from exhausting it, and shutdown.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// After shutdown begins, how long in-flight calls get to finish before the
     /// remaining connections are dropped.
     pub shutdown_grace: Duration,
+    /// Largest request message decoded; larger ones are refused unread.
+    pub max_request_bytes: usize,
+    /// Longest a call may run; a client's shorter grpc-timeout wins.
+    pub max_call_duration: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Interval of HTTP/2 keepalive pings.
+    pub http2_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub http2_keepalive_timeout: Duration,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { shutdown_grace: Duration::from_secs(10) }
+        Self {
+            shutdown_grace: Duration::from_secs(10),
+            max_request_bytes: 64 * 1024,
+            max_call_duration: Duration::from_secs(30),
+            max_streams_per_connection: 256,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -74,11 +92,18 @@ pub async fn serve(
         let _ = shutdown_started_sender.send(());
     };
 
+    let points =
+        PointsServiceServer::new(service).max_decoding_message_size(settings.max_request_bytes);
     let router = Server::builder()
+        .timeout(settings.max_call_duration)
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PointsServiceServer::new(service));
+        .add_service(points);
     let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
     // tonic waits for every connection to close, however long that takes;

@@ -40,7 +40,7 @@ fn user_operation_strategy() -> impl Strategy<Value = UserOperation> {
 fn refusal(error: StoreError) -> LedgerError {
     match error {
         StoreError::Refused(refusal) => refusal,
-        StoreError::Unavailable(reason) => panic!("store unavailable: {reason}"),
+        other => panic!("the store did not serve: {other}"),
     }
 }
 

@@ -62,22 +62,38 @@ pub enum Storage {
     },
 }
 
-/// How the store keeps its data and remembers request ids.
+/// How the store keeps its data, remembers request ids, and bounds memory.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Where the data lives.
     pub storage: Storage,
     /// How long a request id is remembered, in milliseconds.
     pub request_id_retention_ms: i64,
+    /// The most users with a ledger; a write for a new user past it is refused.
+    pub max_users: usize,
+    /// The most payers one user may have; crediting a new payer past it is refused.
+    pub max_payers_per_user: usize,
 }
 
 impl StoreOptions {
-    /// In memory, with request ids remembered for 24 hours.
+    /// Request ids remembered for 24 hours.
+    pub const DEFAULT_REQUEST_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;
+    /// The default limit of users.
+    pub const DEFAULT_MAX_USERS: usize = 1_000_000;
+    /// The default limit of payers per user.
+    pub const DEFAULT_MAX_PAYERS_PER_USER: usize = 10_000;
+
+    /// In memory, with the default retention and limits.
     pub fn in_memory() -> Self {
-        Self { storage: Storage::InMemory, request_id_retention_ms: 24 * 3600 * 1000 }
+        Self {
+            storage: Storage::InMemory,
+            request_id_retention_ms: Self::DEFAULT_REQUEST_ID_RETENTION_MS,
+            max_users: Self::DEFAULT_MAX_USERS,
+            max_payers_per_user: Self::DEFAULT_MAX_PAYERS_PER_USER,
+        }
     }
 
-    /// In `data_dir`, with request ids remembered for 24 hours.
+    /// In `data_dir`, with the default retention and limits.
     pub fn durable(data_dir: &Path, fsync: FsyncPolicy, snapshot_threshold_bytes: u64) -> Self {
         Self {
             storage: Storage::Durable {
@@ -85,7 +101,7 @@ impl StoreOptions {
                 fsync,
                 snapshot_threshold_bytes,
             },
-            request_id_retention_ms: 24 * 3600 * 1000,
+            ..Self::in_memory()
         }
     }
 }
@@ -145,6 +161,14 @@ pub enum StoreError {
     /// The ledger refused the command; nothing changed.
     #[error(transparent)]
     Refused(#[from] LedgerError),
+    /// A limit of the server would be passed; nothing changed.
+    #[error("{message}")]
+    LimitReached {
+        /// Stable UPPER_SNAKE_CASE name of the limit.
+        reason: &'static str,
+        /// What was refused and why.
+        message: String,
+    },
     /// The store cannot serve: the journal failed (fail-stop) or the ledger
     /// was left unusable by an internal error.
     #[error("{0}")]
@@ -175,6 +199,8 @@ pub struct Store {
     /// `None` in memory-only mode.
     journal: Option<Arc<Journal>>,
     request_id_retention_ms: i64,
+    max_users: usize,
+    max_payers_per_user: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Dropping it stops the request-id sweeper.
     stop_sweeper: Mutex<Option<mpsc::Sender<()>>>,
@@ -213,7 +239,7 @@ impl Store {
         let retention_ms = options.request_id_retention_ms;
         let Storage::Durable { data_dir, fsync, snapshot_threshold_bytes } = &options.storage
         else {
-            let store = Self::assemble(Arc::default(), None, retention_ms, Vec::new());
+            let store = Self::assemble(Arc::default(), None, options, Vec::new());
             return Ok((store, Recovery::default()));
         };
         let started = Instant::now();
@@ -268,16 +294,17 @@ impl Store {
                     source,
                 })?
         };
-        let store = Self::assemble(users, Some(journal), retention_ms, vec![snapshotter]);
+        let store = Self::assemble(users, Some(journal), options, vec![snapshotter]);
         Ok((store, recovered.recovery))
     }
 
     fn assemble(
         users: Arc<Users>,
         journal: Option<Arc<Journal>>,
-        request_id_retention_ms: i64,
+        options: &StoreOptions,
         mut threads: Vec<JoinHandle<()>>,
     ) -> Self {
+        let request_id_retention_ms = options.request_id_retention_ms;
         let (stop_sweeper, stopped) = mpsc::channel::<()>();
         let sweeper_users = Arc::clone(&users);
         // A store that cannot start its sweeper still works; it only keeps
@@ -301,6 +328,8 @@ impl Store {
             users,
             journal,
             request_id_retention_ms,
+            max_users: options.max_users,
+            max_payers_per_user: options.max_payers_per_user,
             threads: Mutex::new(threads),
             stop_sweeper: Mutex::new(Some(stop_sweeper)),
         }
@@ -316,10 +345,20 @@ impl Store {
         points: i64,
         timestamp: DateTime<Utc>,
     ) -> Result<Transaction, StoreError> {
+        let max_payers = self.max_payers_per_user;
         self.write(
             user_id,
             request_id,
-            |ledger, request| ledger.execute_add_transaction(request, payer, points, timestamp),
+            |ledger, request| {
+                // Only new payers count; a retry of an accepted credit always
+                // names a payer that exists.
+                if points > 0 && !ledger.has_payer(payer) && ledger.payer_count() >= max_payers {
+                    return Outcome::Fresh(Err(LedgerError::PayerLimitReached {
+                        limit: max_payers,
+                    }));
+                }
+                ledger.execute_add_transaction(request, payer, points, timestamp)
+            },
             |result| {
                 Command::AddTransaction(AddTransactionRecord {
                     payer: payer.to_owned(),
@@ -435,7 +474,7 @@ impl Store {
         if let Some(journal) = &self.journal {
             journal.check_healthy()?;
         }
-        let user = self.user_for_write(user_id);
+        let user = self.user_for_write(user_id)?;
         let now_ms = Utc::now().timestamp_millis();
         let request =
             request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
@@ -471,11 +510,24 @@ impl Store {
         Ok(result?)
     }
 
-    fn user_for_write(&self, user_id: &str) -> Arc<RwLock<UserLedger>> {
+    /// The user's ledger, created on its first write unless the server
+    /// already holds its maximum of users.
+    fn user_for_write(&self, user_id: &str) -> Result<Arc<RwLock<UserLedger>>, StoreError> {
         if let Some(user) = self.users.get(user_id) {
-            return Arc::clone(user.value());
+            return Ok(Arc::clone(user.value()));
         }
-        Arc::clone(self.users.entry(user_id.into()).or_default().value())
+        // Concurrent first writes may pass this check together: the bound is
+        // exact up to the number of calls in flight.
+        if self.users.len() >= self.max_users {
+            return Err(StoreError::LimitReached {
+                reason: "USER_LIMIT_REACHED",
+                message: format!(
+                    "the server already holds its maximum of {} users; no new user can be added",
+                    self.max_users
+                ),
+            });
+        }
+        Ok(Arc::clone(self.users.entry(user_id.into()).or_default().value()))
     }
 }
 

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     OutOfRange,
     /// A request id was already used for a different command.
     AlreadyExists,
+    /// A configured limit of the server would be passed.
+    ResourceExhausted,
 }
 
 /// A refused command, with the numbers a person needs to understand why.
@@ -79,6 +81,12 @@ pub enum LedgerError {
         /// The reused request id.
         request_id: String,
     },
+    /// Crediting a new payer would pass the server's limit of payers per user.
+    #[error("this user already has the maximum of {limit} payers; no new payer can be credited")]
+    PayerLimitReached {
+        /// The limit.
+        limit: usize,
+    },
     /// Crediting would push the user's total past `i64::MAX`.
     #[error(
         "total points would pass the maximum of {max}: total {total}, adding {points}",
@@ -105,6 +113,7 @@ impl LedgerError {
             }
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
             Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
+            Self::PayerLimitReached { .. } => ErrorKind::ResourceExhausted,
         }
     }
 
@@ -128,6 +137,7 @@ impl LedgerError {
             Self::PayerBalanceOverflow { .. } => "PAYER_BALANCE_OVERFLOW",
             Self::TotalOverflow { .. } => "TOTAL_OVERFLOW",
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            Self::PayerLimitReached { .. } => "PAYER_LIMIT_REACHED",
         }
     }
 }

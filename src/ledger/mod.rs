@@ -571,6 +571,11 @@ impl Ledger {
         self.total
     }
 
+    /// Whether `payer` was ever credited.
+    pub fn has_payer(&self, payer: &str) -> bool {
+        self.payer_by_name.contains_key(payer)
+    }
+
     /// The number of payers ever credited.
     pub fn payer_count(&self) -> usize {
         self.payers.len()

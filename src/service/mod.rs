@@ -20,6 +20,7 @@ pub use validation::{
     MIN_TIMESTAMP_SECONDS,
 };
 
+use crate::auth::{Authenticator, Principal, Role};
 use crate::durability::Store;
 use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
@@ -29,21 +30,85 @@ use crate::proto::v1::{
     Transaction, TransactionEntry,
 };
 
-/// `points.v1.PointsService` over one store. Cloning shares the store.
+/// Who may call: everyone (loopback or explicitly insecure deployments), or
+/// the clients of a tokens file.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// No authentication.
+    Open,
+    /// Bearer tokens with roles.
+    Tokens(Arc<Authenticator>),
+}
+
+/// `points.v1.PointsService` over one store. Cloning shares the store and the
+/// call limit.
 #[derive(Debug, Clone)]
 pub struct PointsService {
     store: Arc<Store>,
+    access: Access,
+    /// One permit per call in progress, across all connections.
+    calls: Arc<tokio::sync::Semaphore>,
+    max_concurrent_calls: usize,
 }
 
 impl PointsService {
-    /// A service over `store`.
+    /// The default limit of concurrent calls.
+    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
+    /// A service over `store`, open to every caller, with the default call limit.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self::with_limits(store, Access::Open, Self::DEFAULT_MAX_CONCURRENT_CALLS)
+    }
+
+    /// A service over `store` with the given access control and call limit.
+    pub fn with_limits(store: Arc<Store>, access: Access, max_concurrent_calls: usize) -> Self {
+        assert!(max_concurrent_calls > 0, "at least one call must be allowed");
+        let calls = Arc::new(tokio::sync::Semaphore::new(max_concurrent_calls));
+        Self { store, access, calls, max_concurrent_calls }
     }
 
     /// The store behind the service.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Admits a call, or sheds it at once when the server is at its limit:
+    /// a bounded amount of work in progress instead of a queue that grows.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.calls).try_acquire_owned().map_err(|_| {
+            status::resource_exhausted(
+                "SERVER_OVERLOADED",
+                format!(
+                    "the server is already handling its maximum of {} calls; retry with backoff",
+                    self.max_concurrent_calls
+                ),
+            )
+        })
+    }
+
+    /// The caller, if the service checks callers; UNAUTHENTICATED otherwise.
+    /// Records the client's name in the call's span.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<&Principal>, Status> {
+        match &self.access {
+            Access::Open => Ok(None),
+            Access::Tokens(authenticator) => {
+                let principal = authenticator
+                    .authenticate(request.metadata())
+                    .map_err(|error| status::access_refusal(&error))?;
+                tracing::Span::current().record("client", principal.name.as_str());
+                Ok(Some(principal))
+            }
+        }
+    }
+}
+
+/// PERMISSION_DENIED unless the caller may use `role` for `user_id`.
+fn authorize(principal: Option<&Principal>, role: Role, user_id: &str) -> Result<(), Status> {
+    match principal {
+        None => Ok(()),
+        Some(principal) => {
+            principal.authorize(role, user_id).map_err(|error| status::access_refusal(&error))
+        }
     }
 }
 
@@ -54,9 +119,12 @@ impl PointsServiceApi for PointsService {
         request: Request<AddTransactionRequest>,
     ) -> Result<Response<AddTransactionResponse>, Status> {
         observed("AddTransaction", async {
-            let request = request.into_inner();
+            let _call = self.admit()?;
+            let principal = self.authenticate(&request)?;
+            let request = request.get_ref();
             let transaction =
-                validation::transaction(&request).map_err(|bad| status::invalid_argument(&bad))?;
+                validation::transaction(request).map_err(|bad| status::invalid_argument(&bad))?;
+            authorize(principal, Role::Earn, transaction.user_id)?;
             let recorded = self
                 .store
                 .add_transaction(
@@ -85,8 +153,11 @@ impl PointsServiceApi for PointsService {
         request: Request<SpendRequest>,
     ) -> Result<Response<SpendResponse>, Status> {
         observed("Spend", async {
+            let _call = self.admit()?;
+            let principal = self.authenticate(&request)?;
             let spend = validation::spend(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
+            authorize(principal, Role::Spend, spend.user_id)?;
             let spent = self
                 .store
                 .spend(spend.user_id, spend.request_id, spend.points)
@@ -105,8 +176,11 @@ impl PointsServiceApi for PointsService {
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
+            let _call = self.admit()?;
+            let principal = self.authenticate(&request)?;
             let user_id = validation::balances(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
+            authorize(principal, Role::Read, user_id)?;
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
@@ -123,8 +197,11 @@ impl PointsServiceApi for PointsService {
         request: Request<ListTransactionsRequest>,
     ) -> Result<Response<ListTransactionsResponse>, Status> {
         observed("ListTransactions", async {
+            let _call = self.admit()?;
+            let principal = self.authenticate(&request)?;
             let page = validation::page(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
+            authorize(principal, Role::Read, page.user_id)?;
             let history = self
                 .store
                 .history_page(page.user_id, page.cursor, page.page_size)
@@ -181,7 +258,12 @@ async fn observed<T>(
     method: &'static str,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("rpc", method, code = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        client = tracing::field::Empty,
+        code = tracing::field::Empty
+    );
     let started = Instant::now();
     let result = call.instrument(span.clone()).await;
     let latency_us = started.elapsed().as_micros() as u64;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AccessError;
 use crate::durability::StoreError;
 use crate::ledger::{ErrorKind, LedgerError};
 
@@ -60,10 +61,28 @@ pub fn ledger_refusal(error: &LedgerError) -> Status {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::OutOfRange => Code::OutOfRange,
         ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
     };
     let mut details = ErrorDetails::new();
     details.set_error_info(error.reason(), ERROR_DOMAIN, metadata_of(error));
     Status::with_error_details(code, error.to_string(), details)
+}
+
+/// UNAUTHENTICATED for an unknown caller, PERMISSION_DENIED for a known one
+/// without the role or user.
+pub fn access_refusal(error: &AccessError) -> Status {
+    let code =
+        if error.is_unauthenticated() { Code::Unauthenticated } else { Code::PermissionDenied };
+    let mut details = ErrorDetails::new();
+    details.set_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, error.to_string(), details)
+}
+
+/// RESOURCE_EXHAUSTED for a call shed because the server is at a limit.
+pub fn resource_exhausted(reason: &'static str, message: String) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 /// The status for a store operation that did not happen: the ledger's
@@ -72,6 +91,7 @@ pub fn ledger_refusal(error: &LedgerError) -> Status {
 pub fn store_error(error: &StoreError) -> Status {
     match error {
         StoreError::Refused(refusal) => ledger_refusal(refusal),
+        StoreError::LimitReached { reason, message } => resource_exhausted(reason, message.clone()),
         StoreError::Unavailable(reason) => {
             let mut details = ErrorDetails::new();
             details.set_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
@@ -108,6 +128,7 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
             vec![("total", total.to_string()), ("points", points.to_string())]
         }
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
+        LedgerError::PayerLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::BlankPayer
         | LedgerError::PayerTooLong { .. }
         | LedgerError::ZeroPoints

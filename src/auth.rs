@@ -1,0 +1,303 @@
+//! Who may call what: bearer tokens with roles, optionally limited to some
+//! users, loaded from a TOML tokens file.
+//!
+//! The file holds each client's name, the SHA-256 of its token (never the
+//! token itself, so the file is not a secret), its roles, and optionally the
+//! user ids it may act for:
+//!
+//! ```toml
+//! [[client]]
+//! name = "checkout"
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! roles = ["spend", "read"]
+//! user_ids = ["alice", "bob"]   # optional; absent means every user
+//! ```
+//!
+//! A call presents `authorization: Bearer <token>`. The token's SHA-256 is
+//! compared with every client's in constant time, so neither the token nor
+//! which client matched leaks through timing; tokens are never logged.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataMap;
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// GetBalances and ListTransactions.
+    Read,
+    /// AddTransaction.
+    Earn,
+    /// Spend.
+    Spend,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as written in the tokens file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Earn => "earn",
+            Role::Spend => "spend",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A caller that presented a known token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The client's name from the tokens file; recorded in each call's span.
+    pub name: String,
+    roles: HashSet<Role>,
+    /// `None`: every user.
+    user_ids: Option<HashSet<String>>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// No bearer token in the call.
+    #[error("this call needs a bearer token: send the metadata \"authorization: Bearer <token>\"")]
+    MissingToken,
+    /// A token that is not in the tokens file (or a malformed header).
+    #[error("the bearer token is not valid")]
+    UnknownToken,
+    /// A known client without the role the call needs.
+    #[error("client {client:?} does not have the {role:?} role this call needs")]
+    MissingRole {
+        /// The client's name.
+        client: String,
+        /// The role needed.
+        role: &'static str,
+    },
+    /// A known client that may not act for this user.
+    #[error("client {client:?} may not act for user {user_id:?}")]
+    UserNotAllowed {
+        /// The client's name.
+        client: String,
+        /// The user asked for.
+        user_id: String,
+    },
+}
+
+impl AccessError {
+    /// A stable UPPER_SNAKE_CASE name for the refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AccessError::MissingToken => "TOKEN_MISSING",
+            AccessError::UnknownToken => "TOKEN_UNKNOWN",
+            AccessError::MissingRole { .. } => "ROLE_MISSING",
+            AccessError::UserNotAllowed { .. } => "USER_NOT_ALLOWED",
+        }
+    }
+
+    /// Whether the caller is unknown (UNAUTHENTICATED) rather than known but
+    /// not allowed (PERMISSION_DENIED).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, AccessError::MissingToken | AccessError::UnknownToken)
+    }
+}
+
+impl Principal {
+    /// Checks that this client has `role` (or admin) and may act for `user_id`.
+    pub fn authorize(&self, role: Role, user_id: &str) -> Result<(), AccessError> {
+        if !self.roles.contains(&role) && !self.roles.contains(&Role::Admin) {
+            return Err(AccessError::MissingRole { client: self.name.clone(), role: role.name() });
+        }
+        if let Some(user_ids) = &self.user_ids
+            && !user_ids.contains(user_id)
+        {
+            return Err(AccessError::UserNotAllowed {
+                client: self.name.clone(),
+                user_id: user_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why the tokens file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// It could not be read.
+    #[error("cannot read the tokens file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not valid.
+    #[error("the tokens file {path} is not valid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    client: Vec<ClientEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    name: String,
+    token_sha256: String,
+    roles: Vec<Role>,
+    user_ids: Option<Vec<String>>,
+}
+
+/// The known clients.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    clients: Vec<([u8; 32], Principal)>,
+}
+
+impl Authenticator {
+    /// Loads and checks a tokens file.
+    pub fn from_file(path: &Path) -> Result<Self, TokensFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TokensFileError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text)
+            .map_err(|reason| TokensFileError::Invalid { path: path.to_owned(), reason })
+    }
+
+    /// Parses and checks the contents of a tokens file.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let file: TokensFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        if file.client.is_empty() {
+            return Err("it lists no [[client]]".to_owned());
+        }
+        let mut clients = Vec::with_capacity(file.client.len());
+        let mut names = HashSet::new();
+        for entry in file.client {
+            if entry.name.trim().is_empty() || !names.insert(entry.name.clone()) {
+                return Err(format!("client name {:?} is empty or repeated", entry.name));
+            }
+            let hash: [u8; 32] = hex::decode(entry.token_sha256.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| {
+                    format!("client {:?}: token_sha256 must be 64 hexadecimal digits", entry.name)
+                })?;
+            if entry.roles.is_empty() {
+                return Err(format!("client {:?} has no roles", entry.name));
+            }
+            let principal = Principal {
+                name: entry.name,
+                roles: entry.roles.into_iter().collect(),
+                user_ids: entry.user_ids.map(|user_ids| user_ids.into_iter().collect()),
+            };
+            clients.push((hash, principal));
+        }
+        Ok(Self { clients })
+    }
+
+    /// The client presenting the call's bearer token.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<&Principal, AccessError> {
+        let header = metadata.get("authorization").ok_or(AccessError::MissingToken)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or(AccessError::UnknownToken)?;
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Look at every client, whatever matches, so timing says nothing.
+        let mut found = None;
+        for (hash, principal) in &self.clients {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(principal);
+            }
+        }
+        found.ok_or(AccessError::UnknownToken)
+    }
+}
+
+/// The lowercase hexadecimal SHA-256 of a token, as the tokens file wants it.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> Authenticator {
+        let text = format!(
+            "[[client]]\nname = \"checkout\"\ntoken_sha256 = \"{}\"\nroles = [\"spend\", \"read\"]\nuser_ids = [\"alice\"]\n\n\
+             [[client]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nroles = [\"admin\"]\n",
+            token_sha256("checkout-token"),
+            token_sha256("ops-token")
+        );
+        Authenticator::from_toml(&text).expect("valid tokens file")
+    }
+
+    fn bearer(token: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        metadata
+    }
+
+    /// Tokens map to their clients, whose roles and users are enforced.
+    #[test]
+    fn tokens_roles_and_users_are_enforced() {
+        let authenticator = authenticator();
+        let checkout = authenticator.authenticate(&bearer("checkout-token")).expect("known");
+        assert_eq!(checkout.name, "checkout");
+        assert_eq!(checkout.authorize(Role::Spend, "alice"), Ok(()));
+        assert_eq!(checkout.authorize(Role::Read, "alice"), Ok(()));
+        assert!(matches!(
+            checkout.authorize(Role::Earn, "alice"),
+            Err(AccessError::MissingRole { .. })
+        ));
+        assert!(matches!(
+            checkout.authorize(Role::Spend, "bob"),
+            Err(AccessError::UserNotAllowed { .. })
+        ));
+        let ops = authenticator.authenticate(&bearer("ops-token")).expect("known");
+        assert_eq!(ops.authorize(Role::Earn, "anyone"), Ok(()));
+        assert_eq!(
+            authenticator.authenticate(&MetadataMap::new()).unwrap_err(),
+            AccessError::MissingToken
+        );
+        assert_eq!(
+            authenticator.authenticate(&bearer("nope")).unwrap_err(),
+            AccessError::UnknownToken
+        );
+    }
+
+    /// Bad tokens files are refused with a reason.
+    #[test]
+    fn invalid_tokens_files_are_refused() {
+        for text in [
+            "",
+            "[[client]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nroles = [\"read\"]\n",
+            "[[client]]\nname = \"a\"\ntoken_sha256 = \"00\"\nroles = [\"reader\"]\n",
+            &format!(
+                "[[client]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nroles = []\n",
+                token_sha256("t")
+            ),
+            &format!("[[client]]\nname = \"a\"\ntoken = \"{}\"\nroles = [\"read\"]\n", "plain"),
+        ] {
+            assert!(Authenticator::from_toml(text).is_err(), "accepted: {text}");
+        }
+    }
+}
