@@ -1,0 +1,202 @@
+//! The real binary under hostile or excessive load: oversized messages, a
+//! flood beyond the concurrency limit, 10,000 concurrent streams, slow and
+//! half-open connections, and the user and payer limits. The server must stay
+//! up, refuse with clear codes, keep serving well-behaved clients, and keep
+//! its memory bounded.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::client::{add, balances};
+use common::{ServerProcess, call_raw, timestamp};
+use points::proto::v1::points_service_client::PointsServiceClient;
+use points::proto::v1::{AddTransactionRequest, GetBalancesRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// The resident memory of a process, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+async fn connect(server: &ServerProcess) -> Channel {
+    Channel::from_shared(server.uri()).unwrap().connect().await.expect("connect")
+}
+
+fn earn(user: &str, payer: &str) -> AddTransactionRequest {
+    AddTransactionRequest {
+        user_id: user.to_owned(),
+        payer: payer.to_owned(),
+        points: 1,
+        timestamp: Some(timestamp("2024-01-01T00:00:00Z")),
+        ..Default::default()
+    }
+}
+
+/// A request larger than --max-request-bytes is refused unread; the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_is_refused_and_the_server_keeps_serving() {
+    let server = ServerProcess::start(&["--max-request-bytes", "4096"]);
+    let channel = connect(&server).await;
+    let status = call_raw(
+        channel.clone(),
+        "/points.v1.PointsService/AddTransaction",
+        vec![0x0a; 100 * 1024],
+    )
+    .await
+    .expect_err("too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // A payer just under the limit is still refused by validation, not by size.
+    let mut client = PointsServiceClient::new(channel);
+    let status = client
+        .add_transaction(earn("default", &"X".repeat(3000)))
+        .await
+        .expect_err("payer too long");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    add(&mut client, "DANNON", 5, "2024-01-01T00:00:00Z").await;
+}
+
+/// Calls beyond --max-concurrent-calls are shed with RESOURCE_EXHAUSTED and
+/// change nothing; admitted calls succeed; the server serves on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_beyond_the_concurrency_limit_is_shed_with_resource_exhausted() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    // Durable with fsync: each call holds its permit while waiting for the disk.
+    let server = ServerProcess::start_durable(data_dir.path(), &["--max-concurrent-calls", "2"]);
+    let channels: Vec<Channel> = connect_many(4, || connect(&server)).await;
+    let tasks: Vec<_> = (0..400)
+        .map(|call| {
+            let mut client = PointsServiceClient::new(channels[call % channels.len()].clone());
+            tokio::spawn(async move { client.add_transaction(earn("default", "DANNON")).await })
+        })
+        .collect();
+    let (mut accepted, mut shed) = (0i64, 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+                assert_eq!(info.reason, "SERVER_OVERLOADED");
+                shed += 1;
+            }
+        }
+    }
+    assert!(accepted > 0 && shed > 0, "accepted {accepted}, shed {shed}");
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    assert_eq!(balances(&mut client).await["DANNON"], accepted, "shed calls changed nothing");
+}
+
+/// 10,000 calls at once over a few connections: every one is answered (OK or
+/// shed), memory stays bounded, and the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_streams_leave_the_server_up_with_bounded_memory() {
+    let server = ServerProcess::start(&["--max-concurrent-calls", "256"]);
+    let before_kib = resident_kib(server.pid());
+    let channels: Vec<Channel> = connect_many(8, || connect(&server)).await;
+    let tasks: Vec<_> = (0..10_000)
+        .map(|call| {
+            let mut client = PointsServiceClient::new(channels[call % channels.len()].clone());
+            tokio::spawn(async move { client.get_balances(GetBalancesRequest::default()).await })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => answered += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                answered += 1;
+            }
+        }
+    }
+    assert_eq!(answered, 10_000);
+    let after_kib = resident_kib(server.pid());
+    assert!(
+        after_kib < before_kib + 128 * 1024,
+        "resident memory grew from {before_kib} KiB to {after_kib} KiB"
+    );
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    add(&mut client, "DANNON", 1, "2024-01-01T00:00:00Z").await;
+}
+
+/// Connections that never finish the handshake, or stop mid-frame, do not
+/// stop others from being served, and cost bounded memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_half_open_connections_do_not_block_other_clients() {
+    let server = ServerProcess::start(&[]);
+    let before_kib = resident_kib(server.pid());
+    let address = server.address;
+    let stalled = tokio::task::spawn_blocking(move || {
+        (0..300)
+            .map(|index| {
+                let mut stream = TcpStream::connect(address).expect("connect");
+                let partial: &[u8] = match index % 3 {
+                    0 => b"",
+                    1 => b"PRI * HTTP/2.0\r\n",
+                    _ => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+                };
+                stream.write_all(partial).expect("write");
+                stream
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("open stalled connections");
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    for day in 1..=50 {
+        add(&mut client, "DANNON", 1, &format!("2024-01-{:02}T00:00:00Z", 1 + day % 28)).await;
+    }
+    assert_eq!(balances(&mut client).await["DANNON"], 50);
+    let after_kib = resident_kib(server.pid());
+    assert!(
+        after_kib < before_kib + 64 * 1024,
+        "resident memory grew from {before_kib} KiB to {after_kib} KiB"
+    );
+    drop(stalled);
+}
+
+/// Past --max-users a new user is refused, past --max-payers-per-user a new
+/// payer is; existing users and payers keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_payer_limits_give_resource_exhausted() {
+    let server = ServerProcess::start(&["--max-users", "2", "--max-payers-per-user", "2"]);
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    for request in [earn("alice", "A"), earn("alice", "B"), earn("bob", "A")] {
+        client.add_transaction(request).await.expect("within the limits");
+    }
+    for (request, reason) in
+        [(earn("carol", "A"), "USER_LIMIT_REACHED"), (earn("alice", "C"), "PAYER_LIMIT_REACHED")]
+    {
+        let status = client.add_transaction(request).await.expect_err("past a limit");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.get_error_details().error_info().expect("ErrorInfo").reason, reason);
+    }
+    client.add_transaction(earn("alice", "A")).await.expect("existing payer");
+    let status = client.get_balances(GetBalancesRequest { user_id: "carol".into() }).await;
+    assert!(
+        status.expect("reading an unknown user creates nothing").into_inner().balances.is_empty()
+    );
+}
+
+/// Opens `count` connections, one after another.
+async fn connect_many<F, Fut>(count: usize, connect: F) -> Vec<Channel>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Channel>,
+{
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        channels.push(connect().await);
+    }
+    channels
+}
