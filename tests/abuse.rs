@@ -8,7 +8,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::client::{add, balances};
 use common::{ServerProcess, call_raw, timestamp};
