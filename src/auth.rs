@@ -16,8 +16,19 @@
 //! A call presents `authorization: Bearer <token>`. The token's SHA-256 is
 //! compared with every client's in constant time, so neither the token nor
 //! which client matched leaks through timing; tokens are never logged.
+//!
+//! With mutual TLS, a client may instead be named by the common name (CN) of
+//! the certificate it presents, which the TLS layer has already verified
+//! against the configured client CA:
+//!
+//! ```toml
+//! [[client]]
+//! name = "reporting"
+//! certificate_common_name = "reporting.internal"
+//! roles = ["read"]
+//! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -156,7 +167,8 @@ struct TokensFile {
 #[serde(deny_unknown_fields)]
 struct ClientEntry {
     name: String,
-    token_sha256: String,
+    token_sha256: Option<String>,
+    certificate_common_name: Option<String>,
     roles: Vec<Role>,
     user_ids: Option<Vec<String>>,
 }
@@ -164,7 +176,10 @@ struct ClientEntry {
 /// The known clients.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    clients: Vec<([u8; 32], Principal)>,
+    /// Clients with a token, by the token's SHA-256.
+    by_token: Vec<([u8; 32], Principal)>,
+    /// Clients named by their TLS certificate, by its common name.
+    by_certificate: HashMap<String, Principal>,
 }
 
 impl Authenticator {
@@ -182,34 +197,59 @@ impl Authenticator {
         if file.client.is_empty() {
             return Err("it lists no [[client]]".to_owned());
         }
-        let mut clients = Vec::with_capacity(file.client.len());
+        let mut authenticator = Self { by_token: Vec::new(), by_certificate: HashMap::new() };
         let mut names = HashSet::new();
         for entry in file.client {
             if entry.name.trim().is_empty() || !names.insert(entry.name.clone()) {
                 return Err(format!("client name {:?} is empty or repeated", entry.name));
             }
-            let hash: [u8; 32] = hex::decode(entry.token_sha256.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| {
-                    format!("client {:?}: token_sha256 must be 64 hexadecimal digits", entry.name)
-                })?;
             if entry.roles.is_empty() {
                 return Err(format!("client {:?} has no roles", entry.name));
             }
             let principal = Principal {
-                name: entry.name,
+                name: entry.name.clone(),
                 roles: entry.roles.into_iter().collect(),
                 user_ids: entry.user_ids.map(|user_ids| user_ids.into_iter().collect()),
             };
-            clients.push((hash, principal));
+            if entry.token_sha256.is_none() && entry.certificate_common_name.is_none() {
+                return Err(format!(
+                    "client {:?} needs token_sha256 or certificate_common_name",
+                    entry.name
+                ));
+            }
+            if let Some(token_sha256) = &entry.token_sha256 {
+                let hash: [u8; 32] = hex::decode(token_sha256.trim())
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "client {:?}: token_sha256 must be 64 hexadecimal digits",
+                            entry.name
+                        )
+                    })?;
+                authenticator.by_token.push((hash, principal.clone()));
+            }
+            if let Some(common_name) = entry.certificate_common_name {
+                if authenticator.by_certificate.insert(common_name.clone(), principal).is_some() {
+                    return Err(format!("certificate_common_name {common_name:?} is repeated"));
+                }
+            }
         }
-        Ok(Self { clients })
+        Ok(authenticator)
     }
 
-    /// The client presenting the call's bearer token.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<&Principal, AccessError> {
-        let header = metadata.get("authorization").ok_or(AccessError::MissingToken)?;
+    /// The client presenting the call's bearer token, or else the verified
+    /// TLS client certificate with `certificate_common_name`.
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        certificate_common_name: Option<&str>,
+    ) -> Result<&Principal, AccessError> {
+        let Some(header) = metadata.get("authorization") else {
+            return certificate_common_name
+                .and_then(|common_name| self.by_certificate.get(common_name))
+                .ok_or(AccessError::MissingToken);
+        };
         let token = header
             .to_str()
             .ok()
@@ -222,13 +262,20 @@ impl Authenticator {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Look at every client, whatever matches, so timing says nothing.
         let mut found = None;
-        for (hash, principal) in &self.clients {
+        for (hash, principal) in &self.by_token {
             if bool::from(hash.ct_eq(&presented)) {
                 found = Some(principal);
             }
         }
         found.ok_or(AccessError::UnknownToken)
     }
+}
+
+/// The common name (CN) of a DER-encoded X.509 certificate's subject.
+pub fn certificate_common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let common_name = certificate.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(common_name)
 }
 
 /// The lowercase hexadecimal SHA-256 of a token, as the tokens file wants it.
@@ -260,7 +307,7 @@ mod tests {
     #[test]
     fn tokens_roles_and_users_are_enforced() {
         let authenticator = authenticator();
-        let checkout = authenticator.authenticate(&bearer("checkout-token")).expect("known");
+        let checkout = authenticator.authenticate(&bearer("checkout-token"), None).expect("known");
         assert_eq!(checkout.name, "checkout");
         assert_eq!(checkout.authorize(Role::Spend, "alice"), Ok(()));
         assert_eq!(checkout.authorize(Role::Read, "alice"), Ok(()));
@@ -272,7 +319,7 @@ mod tests {
             checkout.authorize(Role::Spend, "bob"),
             Err(AccessError::UserNotAllowed { .. })
         ));
-        let ops = authenticator.authenticate(&bearer("ops-token")).expect("known");
+        let ops = authenticator.authenticate(&bearer("ops-token"), None).expect("known");
         assert_eq!(ops.authorize(Role::Earn, "anyone"), Ok(()));
         assert_eq!(
             authenticator.authenticate(&MetadataMap::new()).unwrap_err(),
@@ -296,6 +343,7 @@ mod tests {
                 token_sha256("t")
             ),
             &format!("[[client]]\nname = \"a\"\ntoken = \"{}\"\nroles = [\"read\"]\n", "plain"),
+            "[[client]]\nname = \"a\"\nroles = [\"read\"]\n",
         ] {
             assert!(Authenticator::from_toml(text).is_err(), "accepted: {text}");
         }

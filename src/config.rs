@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::durability::{FsyncPolicy, Storage, StoreOptions};
-use crate::server::ServerSettings;
+use crate::server::{ServerSettings, TlsFiles};
 
 /// points-server: a loyalty-points ledger served over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -67,6 +67,19 @@ pub struct Config {
     /// reach the port can then credit and spend points.
     #[arg(long, env = "POINTS_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, env = "POINTS_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "POINTS_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that client certificates must chain to (mutual TLS).
+    /// Clients may then authenticate by certificate instead of a token.
+    #[arg(long, env = "POINTS_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "POINTS_MAX_REQUEST_BYTES", value_name = "BYTES", default_value_t = 64 * 1024,
@@ -142,6 +155,24 @@ impl Config {
         }
     }
 
+    /// The TLS files, read; `None` without --tls-cert.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|error| format!("cannot read the {what} {}: {error}", path.display()))
+        };
+        Ok(Some(TlsFiles {
+            certificate_pem: read(cert, "TLS certificate")?,
+            key_pem: read(key, "TLS key")?,
+            client_ca_pem: self
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| read(ca, "TLS client CA"))
+                .transpose()?,
+        }))
+    }
+
     /// Protected mode (after Redis's): without a tokens file the server only
     /// serves loopback addresses, unless told explicitly to run open.
     pub fn check_protected_mode(&self) -> Result<(), String> {
@@ -158,8 +189,9 @@ impl Config {
     }
 
     /// The settings of the gRPC server.
-    pub fn server_settings(&self) -> ServerSettings {
+    pub fn server_settings(&self, tls: Option<TlsFiles>) -> ServerSettings {
         ServerSettings {
+            tls,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             max_request_bytes: self.max_request_bytes as usize,
             max_call_duration: Duration::from_millis(self.max_call_duration_ms),

@@ -23,6 +23,13 @@ async fn main() -> ExitCode {
         eprintln!("points-server: {message}");
         return ExitCode::FAILURE;
     }
+    let tls = match config.tls() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("points-server: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let access = match &config.tokens_file {
         Some(path) => match Authenticator::from_file(path) {
             Ok(authenticator) => Access::Tokens(Arc::new(authenticator)),
@@ -76,7 +83,7 @@ async fn main() -> ExitCode {
             access,
             config.max_concurrent_calls as usize,
         ),
-        config.server_settings(),
+        config.server_settings(tls),
         shutdown,
     )
     .await;

@@ -13,6 +13,28 @@ use tonic::transport::Server;
 use crate::proto::v1::points_service_server::PointsServiceServer;
 use crate::service::PointsService;
 
+/// The PEM files of the server's TLS identity, and of the CA its clients'
+/// certificates must chain to for mutual TLS.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub certificate_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// The client CA; `None` for server-only TLS.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        formatter
+            .debug_struct("TlsFiles")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// How the server behaves around its listener: the limits that keep one
 /// client from exhausting it, and shutdown.
 #[derive(Debug, Clone)]
@@ -30,6 +52,8 @@ pub struct ServerSettings {
     pub http2_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
     pub http2_keepalive_timeout: Duration,
+    /// TLS, or plaintext when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerSettings {
@@ -41,6 +65,7 @@ impl Default for ServerSettings {
             max_streams_per_connection: 256,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -94,7 +119,20 @@ pub async fn serve(
 
     let points =
         PointsServiceServer::new(service).max_decoding_message_size(settings.max_request_bytes);
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.key_pem));
+        if let Some(client_ca) = &tls.client_ca_pem {
+            // Optional: a client may authenticate by token instead; an
+            // untrusted certificate still fails the handshake.
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(client_ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let router = builder
         .timeout(settings.max_call_duration)
         .max_concurrent_streams(settings.max_streams_per_connection)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))

@@ -92,8 +92,12 @@ impl PointsService {
         match &self.access {
             Access::Open => Ok(None),
             Access::Tokens(authenticator) => {
+                // Under mutual TLS the certificate was verified in the handshake.
+                let common_name = request.peer_certs().and_then(|certificates| {
+                    certificates.first().and_then(|der| crate::auth::certificate_common_name(der))
+                });
                 let principal = authenticator
-                    .authenticate(request.metadata())
+                    .authenticate(request.metadata(), common_name.as_deref())
                     .map_err(|error| status::access_refusal(&error))?;
                 tracing::Span::current().record("client", principal.name.as_str());
                 Ok(Some(principal))
