@@ -229,10 +229,10 @@ impl Authenticator {
                     })?;
                 authenticator.by_token.push((hash, principal.clone()));
             }
-            if let Some(common_name) = entry.certificate_common_name {
-                if authenticator.by_certificate.insert(common_name.clone(), principal).is_some() {
-                    return Err(format!("certificate_common_name {common_name:?} is repeated"));
-                }
+            if let Some(common_name) = entry.certificate_common_name
+                && authenticator.by_certificate.insert(common_name.clone(), principal).is_some()
+            {
+                return Err(format!("certificate_common_name {common_name:?} is repeated"));
             }
         }
         Ok(authenticator)
@@ -322,11 +322,16 @@ mod tests {
         let ops = authenticator.authenticate(&bearer("ops-token"), None).expect("known");
         assert_eq!(ops.authorize(Role::Earn, "anyone"), Ok(()));
         assert_eq!(
-            authenticator.authenticate(&MetadataMap::new()).unwrap_err(),
+            authenticator.authenticate(&MetadataMap::new(), None).unwrap_err(),
             AccessError::MissingToken
         );
         assert_eq!(
-            authenticator.authenticate(&bearer("nope")).unwrap_err(),
+            authenticator.authenticate(&bearer("nope"), None).unwrap_err(),
+            AccessError::UnknownToken
+        );
+        // A bearer token, when sent, decides even if a certificate is present.
+        assert_eq!(
+            authenticator.authenticate(&bearer("nope"), Some("anything")).unwrap_err(),
             AccessError::UnknownToken
         );
     }
