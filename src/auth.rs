@@ -336,6 +336,22 @@ mod tests {
         );
     }
 
+    /// A certificate common name names its client when no token is sent.
+    #[test]
+    fn certificate_common_names_name_clients() {
+        let text = "[[client]]\nname = \"reporting\"\n\
+                    certificate_common_name = \"reporting.internal\"\nroles = [\"read\"]\n";
+        let authenticator = Authenticator::from_toml(text).expect("valid");
+        let client = authenticator
+            .authenticate(&MetadataMap::new(), Some("reporting.internal"))
+            .expect("known");
+        assert_eq!(client.name, "reporting");
+        assert_eq!(
+            authenticator.authenticate(&MetadataMap::new(), Some("stranger")).unwrap_err(),
+            AccessError::MissingToken
+        );
+    }
+
     /// Bad tokens files are refused with a reason.
     #[test]
     fn invalid_tokens_files_are_refused() {
