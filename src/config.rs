@@ -81,8 +81,9 @@ pub struct Config {
     #[arg(long, env = "POINTS_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Largest request message accepted, in bytes.
-    #[arg(long, env = "POINTS_MAX_REQUEST_BYTES", value_name = "BYTES", default_value_t = 64 * 1024,
+    /// Largest request message accepted, in bytes (the default fits a batch of
+    /// 10,000 transactions with payer names of up to ~60 bytes).
+    #[arg(long, env = "POINTS_MAX_REQUEST_BYTES", value_name = "BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_request_bytes: u32,
 

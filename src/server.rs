@@ -60,7 +60,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             shutdown_grace: Duration::from_secs(10),
-            max_request_bytes: 64 * 1024,
+            max_request_bytes: 1024 * 1024,
             max_call_duration: Duration::from_secs(30),
             max_streams_per_connection: 256,
             http2_keepalive_interval: Duration::from_secs(30),

@@ -32,12 +32,13 @@ use dashmap::DashMap;
 use prost::Message;
 
 use crate::ledger::{
-    HistoryCursor, HistoryPage, Ledger, LedgerError, Outcome, Request, Spend, Transaction,
+    HistoryCursor, HistoryPage, Ledger, LedgerError, NewTransaction, Outcome, Request, Spend,
+    Transaction,
 };
 use files::DataDir;
 pub use journal::FsyncPolicy;
 use journal::{Journal, JournalFailed, Segment, SnapshotTrigger};
-use records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
+use records::{AddTransactionRecord, AddTransactionsRecord, Command, JournalRecord, SpendRecord};
 use snapshot::UserSnapshot;
 
 /// The user of calls that name none.
@@ -372,6 +373,45 @@ impl Store {
         .await
     }
 
+    /// Records a batch for `user_id`, all or nothing; see
+    /// [`Ledger::add_transactions`]. One journal record, so one fsync.
+    pub async fn add_transactions(
+        &self,
+        user_id: &str,
+        batch: &[NewTransaction<'_>],
+    ) -> Result<Vec<Transaction>, StoreError> {
+        let max_payers = self.max_payers_per_user;
+        self.write(
+            user_id,
+            None,
+            |ledger, _| {
+                // New payers count against the limit in the order they appear.
+                let mut new_payers = std::collections::HashSet::new();
+                for (index, entry) in batch.iter().enumerate() {
+                    if entry.points > 0
+                        && !ledger.has_payer(entry.payer)
+                        && new_payers.insert(entry.payer)
+                        && ledger.payer_count() + new_payers.len() > max_payers
+                    {
+                        let error = LedgerError::PayerLimitReached { limit: max_payers };
+                        return Outcome::Fresh(Err(LedgerError::InBatch {
+                            index,
+                            error: Box::new(error),
+                        }));
+                    }
+                }
+                Outcome::Fresh(ledger.add_transactions(batch))
+            },
+            |result| {
+                let transactions = result.as_deref().unwrap_or_default();
+                Command::AddTransactions(AddTransactionsRecord {
+                    transactions: transactions.iter().map(transaction_record).collect(),
+                })
+            },
+        )
+        .await
+    }
+
     /// Spends `user_id`'s points; see [`Ledger::execute_spend`]. Returns once
     /// the change is durable.
     pub async fn spend(
@@ -552,6 +592,17 @@ fn poisoned() -> StoreError {
     )
 }
 
+/// The journal form of an accepted transaction.
+fn transaction_record(transaction: &Transaction) -> AddTransactionRecord {
+    AddTransactionRecord {
+        payer: transaction.payer.clone(),
+        points: transaction.points,
+        timestamp_seconds: transaction.timestamp.timestamp(),
+        timestamp_nanos: transaction.timestamp.timestamp_subsec_nanos(),
+        transaction_id: transaction.id,
+    }
+}
+
 /// What recovery rebuilt.
 struct Recovered {
     users: HashMap<String, UserLedger>,
@@ -720,6 +771,30 @@ pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> 
         }
         Some(Command::Spend(spend)) => {
             (ledger.replay_spend(request, spend.points).map(|spend| spend.id), spend.spend_id)
+        }
+        Some(Command::AddTransactions(batch)) => {
+            let entries = batch
+                .transactions
+                .iter()
+                .map(|add| {
+                    let timestamp = records::timestamp(add.timestamp_seconds, add.timestamp_nanos)?;
+                    Ok(NewTransaction { payer: &add.payer, points: add.points, timestamp })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let recorded: Vec<u64> =
+                batch.transactions.iter().map(|add| add.transaction_id).collect();
+            let ids = ledger
+                .add_transactions(&entries)
+                .map_err(|error| format!("the ledger refused the batch: {error}"))?
+                .iter()
+                .map(|transaction| transaction.id)
+                .collect::<Vec<_>>();
+            if ids != recorded {
+                return Err(format!(
+                    "replay assigned ids {ids:?}, the journal recorded {recorded:?}"
+                ));
+            }
+            return Ok(());
         }
         None => {
             return Err("a record with an unknown command (written by a newer version?)".to_owned());

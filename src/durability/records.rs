@@ -12,7 +12,7 @@ use crate::ledger::{LedgerError, RequestParams};
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalRecord {
     /// The command.
-    #[prost(oneof = "Command", tags = "1, 2")]
+    #[prost(oneof = "Command", tags = "1, 2, 7")]
     pub command: Option<Command>,
     /// The user whose ledger it changed ("default" for none given).
     #[prost(string, tag = "3")]
@@ -38,6 +38,17 @@ pub enum Command {
     /// Spend.
     #[prost(message, tag = "2")]
     Spend(SpendRecord),
+    /// AddTransactions: a whole batch in one record, so one fsync.
+    #[prost(message, tag = "7")]
+    AddTransactions(AddTransactionsRecord),
+}
+
+/// An accepted batch of transactions, applied in order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddTransactionsRecord {
+    /// The transactions, with the ids they got.
+    #[prost(message, repeated, tag = "1")]
+    pub transactions: Vec<AddTransactionRecord>,
 }
 
 /// An AddTransaction.

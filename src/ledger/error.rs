@@ -21,6 +21,14 @@ pub enum ErrorKind {
 /// A refused command, with the numbers a person needs to understand why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
+    /// One entry of a batch was refused, so the whole batch was.
+    #[error("transaction {index} of the batch was refused, so none was recorded: {error}")]
+    InBatch {
+        /// The entry's position in the batch, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: Box<LedgerError>,
+    },
     /// The payer name is empty or only whitespace.
     #[error("payer must contain a character other than whitespace")]
     BlankPayer,
@@ -104,6 +112,7 @@ impl LedgerError {
     /// The class of this refusal.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::InBatch { error, .. } => error.kind(),
             Self::BlankPayer
             | Self::PayerTooLong { .. }
             | Self::ZeroPoints
@@ -128,6 +137,7 @@ impl LedgerError {
     /// A stable UPPER_SNAKE_CASE name for this refusal that clients can branch on.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::InBatch { error, .. } => error.reason(),
             Self::BlankPayer => "PAYER_BLANK",
             Self::PayerTooLong { .. } => "PAYER_TOO_LONG",
             Self::ZeroPoints => "POINTS_ZERO",

@@ -70,6 +70,20 @@ pub struct Transaction {
     pub timestamp: DateTime<Utc>,
 }
 
+/// The most transactions one batch may hold.
+pub const MAX_BATCH_TRANSACTIONS: usize = 10_000;
+
+/// One transaction of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTransaction<'a> {
+    /// The payer.
+    pub payer: &'a str,
+    /// The points, positive or negative.
+    pub points: i64,
+    /// When the points were earned.
+    pub timestamp: DateTime<Utc>,
+}
+
 /// Identifies a spend; assigned in arrival order starting at 1.
 pub type SpendId = u64;
 
@@ -275,6 +289,77 @@ impl Ledger {
         debug_assert!(self.total >= 0);
         self.transactions.push(TransactionRecord { payer_index: index, points, timestamp });
         Ok(Transaction { id, payer: payer.to_owned(), points, timestamp })
+    }
+
+    /// Records a batch of transactions in order, all or nothing: if any would
+    /// be refused (in the state the earlier entries leave), none is recorded
+    /// and the error names the first refused entry.
+    ///
+    /// The checks run first against a small overlay of the touched payers'
+    /// balances, which is exact because every refusal depends only on
+    /// balances; then the batch is applied, which can no longer fail.
+    pub fn add_transactions(
+        &mut self,
+        batch: &[NewTransaction<'_>],
+    ) -> Result<Vec<Transaction>, LedgerError> {
+        let refuse = |index: usize, error: LedgerError| LedgerError::InBatch {
+            index,
+            error: Box::new(error),
+        };
+        let mut balances: HashMap<&str, i64> = HashMap::new();
+        let mut total = self.total;
+        for (index, entry) in batch.iter().enumerate() {
+            validate_payer(entry.payer).map_err(|error| refuse(index, error))?;
+            validate_transaction_points(entry.points).map_err(|error| refuse(index, error))?;
+            let balance = match balances.get(entry.payer) {
+                Some(&balance) => balance,
+                None => self
+                    .payer_by_name
+                    .get(entry.payer)
+                    .map_or(0, |&payer| self.payers[payer as usize].balance()),
+            };
+            let new_balance = if entry.points > 0 {
+                let new_balance = balance.checked_add(entry.points).ok_or_else(|| {
+                    refuse(
+                        index,
+                        LedgerError::PayerBalanceOverflow {
+                            payer: entry.payer.to_owned(),
+                            balance,
+                            points: entry.points,
+                        },
+                    )
+                })?;
+                total = total.checked_add(entry.points).ok_or_else(|| {
+                    refuse(index, LedgerError::TotalOverflow { total, points: entry.points })
+                })?;
+                new_balance
+            } else {
+                let requested = entry.points.unsigned_abs();
+                // `balance` is never negative, so the cast is exact.
+                if requested > balance as u64 {
+                    return Err(refuse(
+                        index,
+                        LedgerError::InsufficientPayerPoints {
+                            payer: entry.payer.to_owned(),
+                            requested,
+                            available: balance,
+                        },
+                    ));
+                }
+                total -= requested as i64;
+                balance + entry.points
+            };
+            balances.insert(entry.payer, new_balance);
+        }
+        let transactions: Vec<Transaction> = batch
+            .iter()
+            .map(|entry| {
+                self.add_transaction(entry.payer, entry.points, entry.timestamp)
+                    .expect("the dry run accepted every entry")
+            })
+            .collect();
+        debug_assert_eq!(self.total, total);
+        Ok(transactions)
     }
 
     fn check_credit(

@@ -25,9 +25,10 @@ use crate::durability::Store;
 use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
 use crate::proto::v1::{
-    self, AddTransactionRequest, AddTransactionResponse, GetBalancesRequest, GetBalancesResponse,
-    ListTransactionsRequest, ListTransactionsResponse, PayerPoints, SpendRequest, SpendResponse,
-    Transaction, TransactionEntry,
+    self, AddTransactionRequest, AddTransactionResponse, AddTransactionsRequest,
+    AddTransactionsResponse, GetBalancesRequest, GetBalancesResponse, ListTransactionsRequest,
+    ListTransactionsResponse, PayerPoints, SpendRequest, SpendResponse, Transaction,
+    TransactionEntry,
 };
 
 /// Who may call: everyone (loopback or explicitly insecure deployments), or
@@ -141,12 +142,29 @@ impl PointsServiceApi for PointsService {
                 .await
                 .map_err(|error| status::store_error(&error))?;
             Ok(Response::new(AddTransactionResponse {
-                transaction: Some(Transaction {
-                    id: recorded.id,
-                    payer: recorded.payer,
-                    points: recorded.points,
-                    timestamp: Some(validation::to_proto_timestamp(recorded.timestamp)),
-                }),
+                transaction: Some(transaction_message(recorded)),
+            }))
+        })
+        .await
+    }
+
+    async fn add_transactions(
+        &self,
+        request: Request<AddTransactionsRequest>,
+    ) -> Result<Response<AddTransactionsResponse>, Status> {
+        observed("AddTransactions", async {
+            let _call = self.admit()?;
+            let principal = self.authenticate(&request)?;
+            let batch = validation::batch(request.get_ref())
+                .map_err(|bad| status::invalid_argument(&bad))?;
+            authorize(principal, Role::Earn, batch.user_id)?;
+            let recorded = self
+                .store
+                .add_transactions(batch.user_id, &batch.transactions)
+                .await
+                .map_err(|error| status::store_error(&error))?;
+            Ok(Response::new(AddTransactionsResponse {
+                transactions: recorded.into_iter().map(transaction_message).collect(),
             }))
         })
         .await
@@ -244,6 +262,16 @@ impl PointsServiceApi for PointsService {
             Ok(Response::new(ListTransactionsResponse { entries, next_page_token }))
         })
         .await
+    }
+}
+
+/// A recorded transaction in its protobuf form.
+fn transaction_message(transaction: ledger::Transaction) -> Transaction {
+    Transaction {
+        id: transaction.id,
+        payer: transaction.payer,
+        points: transaction.points,
+        timestamp: Some(validation::to_proto_timestamp(transaction.timestamp)),
     }
 }
 

@@ -18,8 +18,9 @@ pub const ERROR_DOMAIN: &str = "points.v1.PointsService";
 /// One bad field of a request.
 #[derive(Debug, Clone)]
 pub struct FieldViolation {
-    /// The field's path in the request, as in the .proto (`timestamp.nanos`).
-    pub field: &'static str,
+    /// The field's path in the request, as in the .proto (`timestamp.nanos`,
+    /// `transactions[3].payer`).
+    pub field: String,
     /// Stable UPPER_SNAKE_CASE name of the problem.
     pub reason: &'static str,
     /// What is wrong, for a person.
@@ -28,8 +29,17 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     /// A violation of `field` described by a ledger validation error.
-    pub fn from_ledger(field: &'static str, error: &LedgerError) -> Self {
-        Self { field, reason: error.reason(), description: error.to_string() }
+    pub fn from_ledger(field: impl Into<String>, error: &LedgerError) -> Self {
+        Self { field: field.into(), reason: error.reason(), description: error.to_string() }
+    }
+
+    /// This violation as one of entry `index` of the repeated field `list`.
+    pub fn in_entry(self, list: &str, index: usize) -> Self {
+        Self {
+            field: format!("{list}[{index}].{}", self.field),
+            description: format!("{list}[{index}]: {}", self.description),
+            ..self
+        }
     }
 }
 
@@ -44,15 +54,30 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
         .join("; ");
     let mut details = ErrorDetails::new();
     for violation in violations {
-        details.add_bad_request_violation(violation.field, violation.description.clone());
+        details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
     }
-    let metadata = HashMap::from([("field".to_owned(), violations[0].field.to_owned())]);
+    let metadata = HashMap::from([("field".to_owned(), violations[0].field.clone())]);
     details.set_error_info(violations[0].reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
 /// The status for a command the ledger refused.
 pub fn ledger_refusal(error: &LedgerError) -> Status {
+    if let LedgerError::InBatch { index, error: entry_error } = error {
+        if entry_error.kind() == ErrorKind::InvalidArgument {
+            let violation = FieldViolation::from_ledger(field_of(entry_error), entry_error);
+            return invalid_argument(&[violation.in_entry("transactions", *index)]);
+        }
+        let mut status = ledger_refusal(entry_error);
+        let mut details = status.get_error_details();
+        if let Some(info) = details.error_info() {
+            let mut metadata = info.metadata.clone();
+            metadata.insert("index".to_owned(), index.to_string());
+            details.set_error_info(info.reason.clone(), info.domain.clone(), metadata);
+        }
+        status = Status::with_error_details(status.code(), error.to_string(), details);
+        return status;
+    }
     if error.kind() == ErrorKind::InvalidArgument {
         return invalid_argument(&[FieldViolation::from_ledger(field_of(error), error)]);
     }
@@ -128,6 +153,7 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
             vec![("total", total.to_string()), ("points", points.to_string())]
         }
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
+        LedgerError::InBatch { index, .. } => vec![("index", index.to_string())],
         LedgerError::PayerLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::BlankPayer
         | LedgerError::PayerTooLong { .. }

@@ -7,9 +7,12 @@ use chrono::{DateTime, Utc};
 use super::page_token;
 use super::status::FieldViolation;
 use crate::durability::DEFAULT_USER;
-use crate::ledger::{self, HistoryCursor, MAX_REQUEST_ID_BYTES};
+use crate::ledger::{
+    self, HistoryCursor, MAX_BATCH_TRANSACTIONS, MAX_REQUEST_ID_BYTES, NewTransaction,
+};
 use crate::proto::v1::{
-    AddTransactionRequest, GetBalancesRequest, ListTransactionsRequest, SpendRequest,
+    self, AddTransactionRequest, AddTransactionsRequest, GetBalancesRequest,
+    ListTransactionsRequest, SpendRequest,
 };
 
 /// Earliest accepted timestamp, 0001-01-01T00:00:00Z, in Unix seconds (the
@@ -83,6 +86,66 @@ pub fn transaction(
     }
 }
 
+/// A batch that passed validation.
+#[derive(Debug)]
+pub struct ValidBatch<'request> {
+    pub user_id: &'request str,
+    pub transactions: Vec<NewTransaction<'request>>,
+}
+
+/// Validates an AddTransactions request: the user, the batch size, and every
+/// field of every entry; reports the bad fields of the first bad entry.
+pub fn batch(request: &AddTransactionsRequest) -> Result<ValidBatch<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let count = request.transactions.len();
+    if count == 0 || count > MAX_BATCH_TRANSACTIONS {
+        violations.push(FieldViolation {
+            field: "transactions".to_owned(),
+            reason: "BATCH_SIZE_INVALID",
+            description: format!(
+                "transactions must hold 1 to {MAX_BATCH_TRANSACTIONS} entries, got {count}"
+            ),
+        });
+        return Err(violations);
+    }
+    let mut transactions = Vec::with_capacity(count);
+    for (index, entry) in request.transactions.iter().enumerate() {
+        match new_transaction(entry) {
+            Ok(transaction) => transactions.push(transaction),
+            Err(entry_violations) => {
+                violations.extend(
+                    entry_violations
+                        .into_iter()
+                        .map(|violation| violation.in_entry("transactions", index)),
+                );
+                return Err(violations);
+            }
+        }
+    }
+    if violations.is_empty() { Ok(ValidBatch { user_id, transactions }) } else { Err(violations) }
+}
+
+fn new_transaction(entry: &v1::NewTransaction) -> Result<NewTransaction<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    if let Err(error) = ledger::validate_payer(&entry.payer) {
+        violations.push(FieldViolation::from_ledger("payer", &error));
+    }
+    if let Err(error) = ledger::validate_transaction_points(entry.points) {
+        violations.push(FieldViolation::from_ledger("points", &error));
+    }
+    match timestamp(entry.timestamp.as_ref()) {
+        Ok(timestamp) if violations.is_empty() => {
+            Ok(NewTransaction { payer: &entry.payer, points: entry.points, timestamp })
+        }
+        Ok(_) => Err(violations),
+        Err(violation) => {
+            violations.push(violation);
+            Err(violations)
+        }
+    }
+}
+
 /// Validates every field of a Spend request.
 pub fn spend(request: &SpendRequest) -> Result<ValidSpend<'_>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
@@ -114,7 +177,7 @@ pub fn page(request: &ListTransactionsRequest) -> Result<ValidPage<'_>, Vec<Fiel
         0 => DEFAULT_PAGE_SIZE,
         size if size < 0 => {
             violations.push(FieldViolation {
-                field: "page_size",
+                field: "page_size".to_owned(),
                 reason: "PAGE_SIZE_NEGATIVE",
                 description: format!("page_size must not be negative, got {size}"),
             });
@@ -140,7 +203,7 @@ pub fn page(request: &ListTransactionsRequest) -> Result<ValidPage<'_>, Vec<Fiel
 /// The violation for a page token this server did not issue for the user.
 pub fn invalid_page_token() -> FieldViolation {
     FieldViolation {
-        field: "page_token",
+        field: "page_token".to_owned(),
         reason: "PAGE_TOKEN_INVALID",
         description: "page_token is not a next_page_token this server issued for this user_id; \
                       start again with an empty page_token"
@@ -152,7 +215,7 @@ pub fn invalid_page_token() -> FieldViolation {
 fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, FieldViolation> {
     let Some(timestamp) = timestamp else {
         return Err(FieldViolation {
-            field: "timestamp",
+            field: "timestamp".to_owned(),
             reason: "TIMESTAMP_MISSING",
             description: "timestamp is required".to_owned(),
         });
@@ -160,7 +223,7 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
     let nanos = u32::try_from(timestamp.nanos).ok().filter(|&nanos| nanos <= 999_999_999);
     let Some(nanos) = nanos else {
         return Err(FieldViolation {
-            field: "timestamp.nanos",
+            field: "timestamp.nanos".to_owned(),
             reason: "TIMESTAMP_NANOS_OUT_OF_RANGE",
             description: format!(
                 "timestamp.nanos must be within 0..=999999999, got {}",
@@ -172,7 +235,7 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
     match DateTime::from_timestamp(timestamp.seconds, nanos).filter(|_| in_range) {
         Some(timestamp) => Ok(timestamp),
         None => Err(FieldViolation {
-            field: "timestamp.seconds",
+            field: "timestamp.seconds".to_owned(),
             reason: "TIMESTAMP_OUT_OF_RANGE",
             description: format!(
                 "timestamp must be within 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z, \
@@ -192,7 +255,7 @@ fn user_id<'request>(value: &'request str, violations: &mut Vec<FieldViolation>)
     }
     if let Some(problem) = identifier_problem(value, MAX_USER_ID_BYTES) {
         violations.push(FieldViolation {
-            field: "user_id",
+            field: "user_id".to_owned(),
             reason: "USER_ID_INVALID",
             description: format!("user_id {problem}"),
         });
@@ -210,7 +273,7 @@ fn request_id<'request>(
     }
     if let Some(problem) = identifier_problem(value, MAX_REQUEST_ID_BYTES) {
         violations.push(FieldViolation {
-            field: "request_id",
+            field: "request_id".to_owned(),
             reason: "REQUEST_ID_INVALID",
             description: format!("request_id {problem}"),
         });
