@@ -95,6 +95,12 @@ pub enum LedgerError {
         /// The limit.
         limit: usize,
     },
+    /// The user has recorded the most transactions one user can.
+    #[error("this user has recorded the maximum of {limit} transactions")]
+    TransactionLimitReached {
+        /// The limit.
+        limit: u64,
+    },
     /// Crediting would push the user's total past `i64::MAX`.
     #[error(
         "total points would pass the maximum of {max}: total {total}, adding {points}",
@@ -122,7 +128,9 @@ impl LedgerError {
             }
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
             Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
-            Self::PayerLimitReached { .. } => ErrorKind::ResourceExhausted,
+            Self::PayerLimitReached { .. } | Self::TransactionLimitReached { .. } => {
+                ErrorKind::ResourceExhausted
+            }
         }
     }
 
@@ -148,6 +156,7 @@ impl LedgerError {
             Self::TotalOverflow { .. } => "TOTAL_OVERFLOW",
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Self::PayerLimitReached { .. } => "PAYER_LIMIT_REACHED",
+            Self::TransactionLimitReached { .. } => "TRANSACTION_LIMIT_REACHED",
         }
     }
 }

@@ -51,10 +51,27 @@ pub type TransactionId = u64;
 type PayerIndex = u32;
 
 /// Orders lots: by timestamp, then by arrival (the id), so keys are unique.
+///
+/// Packed into 16 bytes because every lot has one in a B-tree: the seconds,
+/// then the nanoseconds (below 2^30) and the id (below 2^34) in one `u64`,
+/// which orders exactly like (seconds, nanoseconds, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct LotKey {
-    timestamp: DateTime<Utc>,
-    id: TransactionId,
+    seconds: i64,
+    nanos_and_id: u64,
+}
+
+/// Transaction ids of one user must stay below this to fit a [`LotKey`]:
+/// 17 billion transactions per user.
+pub const MAX_TRANSACTION_ID: TransactionId = (1 << 34) - 1;
+
+impl LotKey {
+    fn new(timestamp: DateTime<Utc>, id: TransactionId) -> Self {
+        let nanos = u64::from(timestamp.timestamp_subsec_nanos());
+        assert!(nanos < 1 << 30, "nanoseconds below one second fit 30 bits");
+        assert!(id <= MAX_TRANSACTION_ID, "transaction ids are checked against the limit");
+        Self { seconds: timestamp.timestamp(), nanos_and_id: nanos << 34 | id }
+    }
 }
 
 /// A transaction as the ledger recorded it.
@@ -271,9 +288,13 @@ impl Ledger {
             self.check_debit(existing, payer, points)?;
         }
 
+        if self.next_transaction_id() > MAX_TRANSACTION_ID {
+            return Err(LedgerError::TransactionLimitReached { limit: MAX_TRANSACTION_ID });
+        }
+
         // Checks passed: from here on nothing can fail.
         let id = self.next_transaction_id();
-        let key = LotKey { timestamp, id };
+        let key = LotKey::new(timestamp, id);
         let index = if points > 0 {
             let index = existing.unwrap_or_else(|| self.insert_payer(payer));
             self.update_payer(index, |payer| payer.credit(key, points));
@@ -309,6 +330,12 @@ impl Ledger {
         let mut balances: HashMap<&str, i64> = HashMap::new();
         let mut total = self.total;
         for (index, entry) in batch.iter().enumerate() {
+            if self.next_transaction_id() + index as TransactionId > MAX_TRANSACTION_ID {
+                return Err(refuse(
+                    index,
+                    LedgerError::TransactionLimitReached { limit: MAX_TRANSACTION_ID },
+                ));
+            }
             validate_payer(entry.payer).map_err(|error| refuse(index, error))?;
             validate_transaction_points(entry.points).map_err(|error| refuse(index, error))?;
             let balance = match balances.get(entry.payer) {
@@ -632,7 +659,7 @@ impl Ledger {
                 cursor.transactions += 1;
                 let transaction = self.transaction(cursor.transactions);
                 let remaining_points = if transaction.points > 0 {
-                    let key = LotKey { timestamp: transaction.timestamp, id: transaction.id };
+                    let key = LotKey::new(transaction.timestamp, transaction.id);
                     let payer = self.transactions[transaction.id as usize - 1].payer_index;
                     self.payers[payer as usize].remaining_in(key)
                 } else {
@@ -688,6 +715,12 @@ impl Ledger {
         let mut ledger = Self::new();
         let payer_count = state.payers.len();
         let mut lots_by_payer: Vec<Vec<(LotKey, i64)>> = vec![Vec::new(); payer_count];
+        if state.transactions.len() as u64 > MAX_TRANSACTION_ID {
+            return Err(format!(
+                "{} transactions pass the limit of {MAX_TRANSACTION_ID}",
+                state.transactions.len()
+            ));
+        }
         for (index, record) in state.transactions.iter().enumerate() {
             let id = index as TransactionId + 1;
             if record.payer_index as usize >= payer_count || record.points == 0 {
@@ -698,7 +731,7 @@ impl Ledger {
             }
             if record.points > 0 {
                 lots_by_payer[record.payer_index as usize]
-                    .push((LotKey { timestamp: record.timestamp, id }, record.points));
+                    .push((LotKey::new(record.timestamp, id), record.points));
             }
         }
         let mut total: i128 = 0;

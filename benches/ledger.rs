@@ -1,0 +1,155 @@
+//! The pure ledger core, single-threaded: add, negative add, spend touching 1
+//! and 100 lots, and balances, on ledgers of 1 thousand and 1 million lots;
+//! plus resident memory per stored transaction at 1 million. Run with
+//! `cargo bench --bench ledger`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use points::ledger::Ledger;
+
+const PAYERS: usize = 100;
+
+fn epoch() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000, 0).expect("valid")
+}
+
+/// A ledger of `lots` one-point lots over 100 payers, in timestamp order.
+fn ledger_with(lots: usize) -> Ledger {
+    let mut ledger = Ledger::new();
+    let names: Vec<String> = (0..PAYERS).map(|payer| format!("PAYER {payer:03}")).collect();
+    for lot in 0..lots {
+        let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+        ledger.add_transaction(&names[lot % PAYERS], 1, timestamp).expect("valid");
+    }
+    ledger
+}
+
+/// Times `operation` alone, topping the ledger up with `refill` (untimed)
+/// whenever it has fewer than `needed` points left.
+fn timed_with_refill(
+    ledger: &mut Ledger,
+    iterations: u64,
+    needed: i64,
+    mut refill: impl FnMut(&mut Ledger),
+    mut operation: impl FnMut(&mut Ledger),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iterations {
+        if ledger.total() < needed {
+            refill(ledger);
+        }
+        let started = Instant::now();
+        operation(ledger);
+        total += started.elapsed();
+    }
+    total
+}
+
+fn core(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("ledger");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    for lots in [1_000usize, 1_000_000] {
+        let base = ledger_with(lots);
+        let mut next_second = lots as i64;
+        let mut newest = move || {
+            next_second += 1;
+            epoch() + TimeDelta::seconds(next_second)
+        };
+
+        let mut ledger = base.clone();
+        group.bench_with_input(BenchmarkId::new("add", lots), &lots, |bench, _| {
+            bench.iter(|| {
+                black_box(ledger.add_transaction("PAYER 007", 5, newest()).expect("valid"))
+            })
+        });
+
+        // Refill adds fresh one-point lots at the newest end, untimed.
+        let refill = |ledger: &mut Ledger| {
+            let start = ledger.next_transaction_id() as i64;
+            for lot in 0..10_000 {
+                let timestamp = epoch() + TimeDelta::seconds(10_000_000 + start + lot);
+                ledger
+                    .add_transaction(&format!("PAYER {:03}", lot % PAYERS as i64), 1, timestamp)
+                    .expect("valid");
+            }
+        };
+
+        let mut ledger = base.clone();
+        group.bench_with_input(BenchmarkId::new("negative_add", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    // Untimed: make sure PAYER 000 has a point to take back.
+                    if ledger.balances().next().is_none_or(|(_, balance)| balance < 1) {
+                        refill(&mut ledger);
+                    }
+                    let started = Instant::now();
+                    black_box(
+                        ledger.add_transaction("PAYER 000", -1, epoch()).expect("a point is there"),
+                    );
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+
+        let mut ledger = base.clone();
+        group.bench_with_input(BenchmarkId::new("spend_1_lot", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                timed_with_refill(&mut ledger, iterations, 1, refill, |ledger| {
+                    black_box(ledger.spend(1).expect("enough points"));
+                })
+            })
+        });
+
+        let mut ledger = base.clone();
+        group.bench_with_input(BenchmarkId::new("spend_100_lots", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                timed_with_refill(&mut ledger, iterations, 100, refill, |ledger| {
+                    black_box(ledger.spend(100).expect("enough points"));
+                })
+            })
+        });
+
+        let ledger = base.clone();
+        group.bench_with_input(BenchmarkId::new("balances", lots), &lots, |bench, _| {
+            bench.iter(|| black_box(ledger.balances().map(|(_, points)| points).sum::<i64>()))
+        });
+    }
+    group.finish();
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Not a timing: prints the resident memory one million stored transactions
+/// (lots, history and all) cost, per transaction.
+fn memory(_: &mut Criterion) {
+    let before = resident_bytes();
+    let ledger = ledger_with(1_000_000);
+    let after = resident_bytes();
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "memory: {:.1} bytes of resident memory per stored transaction at 1,000,000 transactions",
+            after.saturating_sub(before) as f64 / 1_000_000.0
+        );
+    }
+    drop(black_box(ledger));
+}
+
+criterion_group!(benches, memory, core);
+criterion_main!(benches);
