@@ -330,15 +330,13 @@ async fn main() -> ExitCode {
             }
         }
     }
-    if options
+    let spends = options
         .workloads
         .iter()
-        .any(|workload| matches!(workload, Workload::Spend | Workload::Mixed))
-    {
-        if let Err(message) = fund_users(channels[0].clone(), options.users).await {
-            eprintln!("points-bench: {message}");
-            return ExitCode::FAILURE;
-        }
+        .any(|workload| matches!(workload, Workload::Spend | Workload::Mixed));
+    if spends && let Err(message) = fund_users(channels[0].clone(), options.users).await {
+        eprintln!("points-bench: {message}");
+        return ExitCode::FAILURE;
     }
 
     println!(
