@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduces every number in BENCHMARKS.md: the criterion benches (core,
+# start-up, group commit, per-user locks) and the gRPC load generator, in
+# memory and durable. Takes about ten minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo bench --bench ledger --bench recovery --bench group_commit --bench users
+
+cargo build --release --bin points-server --bin points-bench
+echo "== gRPC, in memory"
+target/release/points-bench --spawn --duration-secs 5
+
+data_dir=target/bench-data
+rm -rf "$data_dir"
+echo "== gRPC, durable (--fsync always)"
+target/release/points-bench --spawn --server-arg=--data-dir="$data_dir" --duration-secs 5 \
+    --workloads check,add,spend,mixed,batch
+rm -rf "$data_dir"
