@@ -25,7 +25,7 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::files::{self, DataDir};
 use super::frame;
@@ -127,9 +127,15 @@ struct Rotation {
     done: mpsc::Sender<Result<(), String>>,
 }
 
+/// Told once its record is durable, or that the journal failed.
+pub type DurableReceipt = oneshot::Receiver<Result<(), JournalFailed>>;
+
 struct Pending {
     /// Frames appended but not yet taken by the writer.
     bytes: Vec<u8>,
+    /// One notification per frame in `bytes`, in the same order, so that each
+    /// caller is woken exactly once, when its own batch is durable.
+    waiters: Vec<oneshot::Sender<Result<(), JournalFailed>>>,
     /// The sequence of the last frame appended.
     last_sequence: u64,
     /// Set by a snapshot: switch segments at a point in `bytes`.
@@ -173,6 +179,7 @@ impl Journal {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 bytes: Vec::new(),
+                waiters: Vec::new(),
                 last_sequence,
                 rotation: None,
                 closing: false,
@@ -204,9 +211,10 @@ impl Journal {
         }
     }
 
-    /// Buffers `record` for the writer and returns its sequence. Must be
-    /// called under the ledger's write lock, right after applying the record.
-    pub fn append(&self, record: &JournalRecord) -> Result<u64, JournalFailed> {
+    /// Buffers `record` for the writer and returns its sequence with a
+    /// receipt that completes once it is durable. Must be called under the
+    /// user's write lock, right after applying the record.
+    pub fn append(&self, record: &JournalRecord) -> Result<(u64, DurableReceipt), JournalFailed> {
         let mut pending = self.shared.lock();
         if let Some(reason) = &pending.failure {
             return Err(JournalFailed(Arc::clone(reason)));
@@ -217,9 +225,16 @@ impl Journal {
         frame::encode_message(record, &mut pending.bytes);
         pending.last_sequence += 1;
         let sequence = pending.last_sequence;
+        let (durable, receipt) = oneshot::channel();
+        pending.waiters.push(durable);
         drop(pending);
         self.shared.wake_writer.notify_one();
-        Ok(sequence)
+        Ok((sequence, receipt))
+    }
+
+    /// Waits on a receipt from [`Journal::append`].
+    pub async fn wait_receipt(receipt: DurableReceipt) -> Result<(), JournalFailed> {
+        receipt.await.unwrap_or_else(|_| Err(JournalFailed("the journal writer stopped".into())))
     }
 
     /// Waits until `sequence` is durable, or the journal fails.
@@ -314,6 +329,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut batch: Vec<u8> = Vec::new();
+        let mut waiters = Vec::new();
         self.maybe_request_snapshot();
         loop {
             let (last_sequence, rotation, closing) = {
@@ -326,6 +342,7 @@ impl Writer {
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
                 std::mem::swap(&mut pending.bytes, &mut batch);
+                std::mem::swap(&mut pending.waiters, &mut waiters);
                 (pending.last_sequence, pending.rotation.take(), pending.closing)
             };
             let written = match rotation {
@@ -336,12 +353,19 @@ impl Writer {
                 Some(rotation) => self.write_rotating(&batch, rotation),
             };
             if let Err(reason) = written {
-                self.fail(reason);
+                let failure = self.fail(reason);
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(Err(failure.clone()));
+                }
                 return;
             }
             batch.clear();
             batch.shrink_to(BATCH_BUFFER_KEEP_BYTES);
             self.durable_sender.send_replace(Durable::UpTo(last_sequence));
+            // A caller that gave up waiting has dropped its receiver: fine.
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
 
             self.maybe_request_snapshot();
             if closing {
@@ -402,10 +426,19 @@ impl Writer {
         }
     }
 
-    fn fail(&self, reason: String) {
+    /// Fails the journal for good; callers still waiting are told so.
+    fn fail(&self, reason: String) -> JournalFailed {
         tracing::error!(%reason, "journal failed: refusing all further changes (fail-stop)");
         let reason: Arc<str> = reason.into();
-        self.shared.lock().failure = Some(Arc::clone(&reason));
-        self.durable_sender.send_replace(Durable::Failed(reason));
+        let waiting = {
+            let mut pending = self.shared.lock();
+            pending.failure = Some(Arc::clone(&reason));
+            std::mem::take(&mut pending.waiters)
+        };
+        for waiter in waiting {
+            let _ = waiter.send(Err(JournalFailed(Arc::clone(&reason))));
+        }
+        self.durable_sender.send_replace(Durable::Failed(Arc::clone(&reason)));
+        JournalFailed(reason)
     }
 }

@@ -518,18 +518,18 @@ impl Store {
         let now_ms = Utc::now().timestamp_millis();
         let request =
             request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
-        let (result, wait_for) = {
+        let (result, durable) = {
             let mut user = write_lock(&user)?;
             match execute(&mut user.ledger, request) {
-                Outcome::Repeated(result) => (result, user.last_sequence),
+                Outcome::Repeated(result) => (result, Durability::Sequence(user.last_sequence)),
                 Outcome::Fresh(result) => {
                     let remember = match &result {
                         Ok(_) => true,
                         Err(error) => request_id.is_some() && error.depends_on_state(),
                     };
-                    let mut sequence = 0;
+                    let mut durable = Durability::Nothing;
                     if remember && let Some(journal) = &self.journal {
-                        sequence = journal.append(&JournalRecord {
+                        let (sequence, receipt) = journal.append(&JournalRecord {
                             command: Some(command(&result)),
                             user_id: user_id.to_owned(),
                             request_id: request_id.unwrap_or_default().to_owned(),
@@ -537,15 +537,20 @@ impl Store {
                             refused: result.is_err(),
                         })?;
                         user.last_sequence = sequence;
+                        durable = Durability::Receipt(receipt);
                     }
-                    (result, sequence)
+                    (result, durable)
                 }
             }
         };
-        if let Some(journal) = &self.journal
-            && wait_for > 0
-        {
-            journal.wait_durable(wait_for).await?;
+        if let Some(journal) = &self.journal {
+            match durable {
+                Durability::Receipt(receipt) => Journal::wait_receipt(receipt).await?,
+                Durability::Sequence(sequence) if sequence > 0 => {
+                    journal.wait_durable(sequence).await?
+                }
+                Durability::Sequence(_) | Durability::Nothing => {}
+            }
         }
         Ok(result?)
     }
@@ -569,6 +574,16 @@ impl Store {
         }
         Ok(Arc::clone(self.users.entry(user_id.into()).or_default().value()))
     }
+}
+
+/// What a write must wait for before its reply.
+enum Durability {
+    /// Nothing was journaled (in memory, or a refusal not remembered).
+    Nothing,
+    /// Its own record.
+    Receipt(journal::DurableReceipt),
+    /// A retry: the user's records up to this sequence, the original's among them.
+    Sequence(u64),
 }
 
 fn collect_users(users: &Users) -> Vec<(Arc<str>, Arc<RwLock<UserLedger>>)> {
