@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::durability::{FsyncPolicy, Storage, StoreOptions};
 use crate::server::{ServerSettings, TlsFiles};
+use crate::telemetry::LogFormat;
 
 /// points-server: a loyalty-points ledger served over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -128,6 +129,10 @@ pub struct Config {
     #[arg(long, env = "POINTS_MAX_PAYERS_PER_USER", value_name = "PAYERS",
           default_value_t = StoreOptions::DEFAULT_MAX_PAYERS_PER_USER)]
     pub max_payers_per_user: usize,
+
+    /// Log line format: text for people, json for log pipelines. RUST_LOG filters.
+    #[arg(long, env = "POINTS_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
     #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]

@@ -17,7 +17,7 @@ use points::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init();
+    telemetry::init(config.log_format);
     tracing::info!(?config, "starting points-server");
     if let Err(message) = config.check_protected_mode() {
         eprintln!("points-server: {message}");

@@ -229,3 +229,36 @@ fn malformed_listen_address_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--listen"), "stderr: {stderr}");
 }
+
+/// --log-format json writes one JSON object per line, and each RPC's line
+/// carries its method, outcome code, latency and user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_rpc_with_method_code_latency_and_user() {
+    let mut server = ServerProcess::start(&["--log-format", "json"]);
+    let mut client = server.client().await;
+    let refused = client
+        .spend(points::proto::v1::SpendRequest {
+            user_id: "alice".into(),
+            points: 5,
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err());
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0));
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
+        })
+        .collect();
+    let rpc = lines
+        .iter()
+        .find(|line| line["span"]["method"] == "Spend")
+        .unwrap_or_else(|| panic!("no Spend line in:\n{log}"));
+    assert_eq!(rpc["span"]["code"], "FAILED_PRECONDITION");
+    assert_eq!(rpc["span"]["user"], "alice");
+    assert!(rpc["fields"]["latency_us"].is_u64(), "{rpc}");
+    assert_eq!(rpc["level"], "INFO", "refusals are not errors");
+}

@@ -130,6 +130,7 @@ impl PointsServiceApi for PointsService {
             let transaction =
                 validation::transaction(request).map_err(|bad| status::invalid_argument(&bad))?;
             authorize(principal, Role::Earn, transaction.user_id)?;
+            tracing::Span::current().record("user", transaction.user_id);
             let recorded = self
                 .store
                 .add_transaction(
@@ -158,6 +159,7 @@ impl PointsServiceApi for PointsService {
             let batch = validation::batch(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             authorize(principal, Role::Earn, batch.user_id)?;
+            tracing::Span::current().record("user", batch.user_id);
             let recorded = self
                 .store
                 .add_transactions(batch.user_id, &batch.transactions)
@@ -180,6 +182,7 @@ impl PointsServiceApi for PointsService {
             let spend = validation::spend(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             authorize(principal, Role::Spend, spend.user_id)?;
+            tracing::Span::current().record("user", spend.user_id);
             let spent = self
                 .store
                 .spend(spend.user_id, spend.request_id, spend.points)
@@ -203,6 +206,7 @@ impl PointsServiceApi for PointsService {
             let user_id = validation::balances(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             authorize(principal, Role::Read, user_id)?;
+            tracing::Span::current().record("user", user_id);
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
@@ -224,6 +228,7 @@ impl PointsServiceApi for PointsService {
             let page = validation::page(request.get_ref())
                 .map_err(|bad| status::invalid_argument(&bad))?;
             authorize(principal, Role::Read, page.user_id)?;
+            tracing::Span::current().record("user", page.user_id);
             let history = self
                 .store
                 .history_page(page.user_id, page.cursor, page.page_size)
@@ -294,6 +299,7 @@ async fn observed<T>(
         "rpc",
         method,
         client = tracing::field::Empty,
+        user = tracing::field::Empty,
         code = tracing::field::Empty
     );
     let started = Instant::now();

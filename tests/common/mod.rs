@@ -126,9 +126,9 @@ impl ServerProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening")
-                    && let Some(address) = line.split("address=").nth(1)
+                    && let Some(address) = listen_address_in(&line)
                 {
-                    let _ = address_sender.send(address.trim().to_owned());
+                    let _ = address_sender.send(address);
                 }
                 let mut log = log_writer.lock().expect("log lock");
                 log.push_str(&line);
@@ -195,6 +195,14 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in the server's "listening" log line, text or JSON.
+fn listen_address_in(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("\"address\":\"").nth(1) {
+        return rest.split('"').next().map(str::to_owned);
+    }
+    line.split("address=").nth(1).map(|address| address.trim().to_owned())
 }
 
 /// Parses an RFC 3339 time into a protobuf timestamp.
