@@ -130,6 +130,10 @@ pub struct Config {
           default_value_t = StoreOptions::DEFAULT_MAX_PAYERS_PER_USER)]
     pub max_payers_per_user: usize,
 
+    /// Serve Prometheus metrics over HTTP on this address (off unless set).
+    #[arg(long, env = "POINTS_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log line format: text for people, json for log pipelines. RUST_LOG filters.
     #[arg(long, env = "POINTS_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

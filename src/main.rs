@@ -23,6 +23,13 @@ async fn main() -> ExitCode {
         eprintln!("points-server: {message}");
         return ExitCode::FAILURE;
     }
+    if let Some(address) = config.metrics_listen {
+        if let Err(message) = telemetry::install_metrics(address) {
+            eprintln!("points-server: {message}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(%address, "serving Prometheus metrics");
+    }
     let tls = match config.tls() {
         Ok(tls) => tls,
         Err(message) => {

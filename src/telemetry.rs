@@ -2,6 +2,9 @@
 //! the same way.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,4 +26,56 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
+}
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Serves Prometheus metrics at `http://address/metrics` (any path works) and
+/// describes every metric the server records. Must run inside the runtime.
+pub fn install_metrics(address: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(address)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)
+        .map_err(|error| error.to_string())?
+        .install()
+        .map_err(|error| format!("cannot serve metrics on {address}: {error}"))?;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "points_rpc_calls_total",
+        "Finished PointsService calls, by method and gRPC code."
+    );
+    describe_histogram!(
+        "points_rpc_duration_seconds",
+        Unit::Seconds,
+        "PointsService call latency, by method."
+    );
+    describe_gauge!("points_rpc_in_flight", "PointsService calls in progress.");
+    describe_counter!(
+        "points_rpc_refusals_total",
+        "Refused calls, by method and ErrorInfo reason."
+    );
+    describe_gauge!("points_users", "Users with a ledger.");
+    describe_gauge!("points_payers", "Payers, summed over users.");
+    describe_gauge!("points_lots", "Lots (positive transactions), summed over users.");
+    describe_counter!("points_journal_bytes_total", Unit::Bytes, "Bytes written to the journal.");
+    describe_gauge!(
+        "points_journal_segment_bytes",
+        Unit::Bytes,
+        "Size of the current journal segment."
+    );
+    describe_histogram!(
+        "points_journal_fsync_seconds",
+        Unit::Seconds,
+        "Journal fdatasync latency."
+    );
+    describe_histogram!(
+        "points_snapshot_duration_seconds",
+        Unit::Seconds,
+        "Time to write a snapshot."
+    );
+    Ok(())
 }

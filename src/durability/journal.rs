@@ -92,9 +92,14 @@ impl Segment {
         }
         self.file.write_all(bytes)?;
         if fsync == FsyncPolicy::Always {
+            let started = std::time::Instant::now();
             self.file.sync_data()?;
+            metrics::histogram!("points_journal_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         self.size_bytes += bytes.len() as u64;
+        metrics::counter!("points_journal_bytes_total").increment(bytes.len() as u64);
+        metrics::gauge!("points_journal_segment_bytes").set(self.size_bytes as f64);
         Ok(())
     }
 }

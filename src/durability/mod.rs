@@ -248,13 +248,18 @@ impl Store {
         let recovered = recover(&data_dir)?;
         let now_ms = Utc::now().timestamp_millis();
         let users: Arc<Users> = Arc::new(DashMap::new());
-        let (mut transactions, mut spends) = (0, 0);
+        let (mut transactions, mut spends, mut payers, mut lots) = (0, 0, 0, 0);
         for (user_id, mut user) in recovered.users {
             user.ledger.purge_requests(now_ms, retention_ms);
+            payers += user.ledger.payer_count();
+            lots += user.ledger.lot_count();
             transactions += user.ledger.next_transaction_id() - 1;
             spends += user.ledger.history_len() as u64 - (user.ledger.next_transaction_id() - 1);
             users.insert(user_id.into(), Arc::new(RwLock::new(user)));
         }
+        metrics::gauge!("points_users").set(users.len() as f64);
+        metrics::gauge!("points_payers").set(payers as f64);
+        metrics::gauge!("points_lots").set(lots as f64);
         tracing::info!(
             data_dir = %data_dir.path().display(),
             snapshot_sequence = ?recovered.recovery.snapshot_sequence,
@@ -520,7 +525,14 @@ impl Store {
             request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
         let (result, durable) = {
             let mut user = write_lock(&user)?;
-            match execute(&mut user.ledger, request) {
+            let before = (user.ledger.payer_count(), user.ledger.lot_count());
+            let outcome = execute(&mut user.ledger, request);
+            let after = (user.ledger.payer_count(), user.ledger.lot_count());
+            if after != before {
+                metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
+                metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
+            }
+            match outcome {
                 Outcome::Repeated(result) => (result, Durability::Sequence(user.last_sequence)),
                 Outcome::Fresh(result) => {
                     let remember = match &result {
@@ -572,7 +584,11 @@ impl Store {
                 ),
             });
         }
-        Ok(Arc::clone(self.users.entry(user_id.into()).or_default().value()))
+        let entry = self.users.entry(user_id.into());
+        if matches!(entry, dashmap::Entry::Vacant(_)) {
+            metrics::gauge!("points_users").increment(1.0);
+        }
+        Ok(Arc::clone(entry.or_default().value()))
     }
 }
 
@@ -886,6 +902,7 @@ fn take_snapshot(users: &Users, journal: &Journal, data_dir: &DataDir) -> Result
             .map_err(|error| format!("cannot remove {}: {error}", path.display()))?;
     }
     data_dir.sync().map_err(|error| format!("cannot sync the data directory: {error}"))?;
+    metrics::histogram!("points_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
     tracing::info!(
         rotation_sequence,
         size_bytes,

@@ -77,11 +77,6 @@ impl Payer {
         })
     }
 
-    /// Every lot with its original points, oldest first.
-    pub(super) fn lots(&self) -> impl ExactSizeIterator<Item = (LotKey, i64)> + '_ {
-        self.lots.iter().map(|(&key, &points)| (key, points))
-    }
-
     pub(super) fn balance(&self) -> i64 {
         self.balance
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 use tracing::Instrument;
 
 pub use status::ERROR_DOMAIN;
@@ -303,33 +304,44 @@ async fn observed<T>(
         code = tracing::field::Empty
     );
     let started = Instant::now();
+    metrics::gauge!("points_rpc_in_flight").increment(1.0);
     let result = call.instrument(span.clone()).await;
-    let latency_us = started.elapsed().as_micros() as u64;
+    metrics::gauge!("points_rpc_in_flight").decrement(1.0);
+    let elapsed = started.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(status) => code_name(status.code()),
+    };
+    metrics::counter!("points_rpc_calls_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("points_rpc_duration_seconds", "method" => method)
+        .record(elapsed.as_secs_f64());
+    if let Err(status) = &result
+        && let Some(info) = status.get_error_details().error_info()
+    {
+        let reason = info.reason.clone();
+        metrics::counter!("points_rpc_refusals_total", "method" => method, "reason" => reason)
+            .increment(1);
+    }
     let _entered = span.enter();
+    span.record("code", code);
     match &result {
-        Ok(_) => {
-            span.record("code", "OK");
-            tracing::info!(latency_us, "rpc completed");
-        }
-        Err(status) => {
-            let code = code_name(status.code());
-            span.record("code", code);
-            match status.code() {
-                Code::InvalidArgument
-                | Code::FailedPrecondition
-                | Code::OutOfRange
-                | Code::NotFound
-                | Code::AlreadyExists
-                | Code::PermissionDenied
-                | Code::Unauthenticated
-                | Code::ResourceExhausted
-                | Code::Cancelled
-                | Code::DeadlineExceeded => {
-                    tracing::info!(latency_us, error = status.message(), "rpc refused")
-                }
-                _ => tracing::error!(latency_us, error = status.message(), "rpc failed"),
+        Ok(_) => tracing::info!(latency_us, "rpc completed"),
+        Err(status) => match status.code() {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::DeadlineExceeded => {
+                tracing::info!(latency_us, error = status.message(), "rpc refused")
             }
-        }
+            _ => tracing::error!(latency_us, error = status.message(), "rpc failed"),
+        },
     }
     result
 }

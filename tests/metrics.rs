@@ -1,0 +1,102 @@
+//! Prometheus metrics of the real binary, scraped over HTTP after real calls:
+//! calls by method and code, latency histograms, in-flight calls, refusals by
+//! reason, users, payers, lots, journal bytes and fsync latency.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{ServerProcess, timestamp};
+use points::proto::v1::{AddTransactionRequest, SpendRequest};
+
+/// A free loopback port (the exporter needs a fixed one).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// GET /metrics, retrying while the exporter starts.
+fn scrape(port: u16) -> String {
+    for _ in 0..100 {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut response = String::new();
+            if stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
+            {
+                return response;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no metrics on port {port}");
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+/// Every documented metric is exported and counts what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_refusals_users_payers_lots_and_fsyncs() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let port = free_port();
+    let server = ServerProcess::start_durable(
+        data_dir.path(),
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    );
+    let mut client = server.client().await;
+    for (payer, points) in [("DANNON", 10), ("UNILEVER", 5), ("DANNON", 1)] {
+        client
+            .add_transaction(AddTransactionRequest {
+                user_id: "alice".into(),
+                payer: payer.into(),
+                points,
+                timestamp: Some(timestamp("2024-01-01T00:00:00Z")),
+                ..Default::default()
+            })
+            .await
+            .expect("accepted");
+    }
+    let refused =
+        client.spend(SpendRequest { user_id: "bob".into(), points: 1, ..Default::default() }).await;
+    assert!(refused.is_err());
+
+    let metrics = scrape(port);
+    assert_eq!(
+        sample(&metrics, r#"points_rpc_calls_total{method="AddTransaction",code="OK"}"#),
+        3.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"points_rpc_calls_total{method="Spend",code="FAILED_PRECONDITION"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"points_rpc_refusals_total{method="Spend",reason="INSUFFICIENT_POINTS"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"points_rpc_duration_seconds_count{method="AddTransaction"}"#),
+        3.0
+    );
+    assert_eq!(sample(&metrics, "points_rpc_in_flight"), 0.0);
+    // bob was created by his (refused) write; alice has 2 payers and 3 lots.
+    assert_eq!(sample(&metrics, "points_users"), 2.0);
+    assert_eq!(sample(&metrics, "points_payers"), 2.0);
+    assert_eq!(sample(&metrics, "points_lots"), 3.0);
+    assert!(sample(&metrics, "points_journal_bytes_total") > 0.0);
+    assert_eq!(sample(&metrics, "points_journal_fsync_seconds_count"), 3.0);
+    assert!(metrics.contains("# HELP points_rpc_calls_total"), "metrics are described");
+}
