@@ -7,7 +7,10 @@ use std::process::Command;
 /// Every flag of --help is in the README table with its variable, and nothing more.
 #[test]
 fn readme_flags_table_matches_help() {
-    let output = Command::new(env!("CARGO_BIN_EXE_points-server")).arg("--help").output().expect("run --help");
+    let output = Command::new(env!("CARGO_BIN_EXE_points-server"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     let help_flags: BTreeSet<String> = help
@@ -23,14 +26,17 @@ fn readme_flags_table_matches_help() {
         .map(str::to_owned)
         .collect();
 
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let rows: Vec<&str> = readme.lines().filter(|line| line.starts_with("| `--")).collect();
     let mut readme_flags = BTreeSet::new();
     let mut readme_variables = BTreeSet::new();
     for row in &rows {
         let cells: Vec<&str> = row.split(" | ").collect();
         for flag in cells[0].split('`').filter(|part| part.starts_with("--")) {
-            readme_flags.insert(flag.trim_start_matches("--").split(' ').next().unwrap_or_default().to_owned());
+            readme_flags.insert(
+                flag.trim_start_matches("--").split(' ').next().unwrap_or_default().to_owned(),
+            );
         }
         for variable in cells[1].split('`').filter(|part| part.starts_with("POINTS_")) {
             readme_variables.insert(variable.to_owned());
