@@ -108,6 +108,29 @@ impl PointsService {
     }
 }
 
+impl PointsService {
+    /// What every call passes before it touches the store, in this order:
+    /// the call limit (RESOURCE_EXHAUSTED), the caller (UNAUTHENTICATED), the
+    /// request's fields (INVALID_ARGUMENT), and the caller's right to `role`
+    /// for the request's user (PERMISSION_DENIED). Returns the call's permit,
+    /// to hold until it ends, with the validated request.
+    fn admit_request<'request, Message, Valid>(
+        &self,
+        request: &'request Request<Message>,
+        role: Role,
+        validate: impl FnOnce(&'request Message) -> Result<Valid, Vec<status::FieldViolation>>,
+        user_of: impl FnOnce(&Valid) -> &'request str,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Valid), Status> {
+        let call = self.admit()?;
+        let principal = self.authenticate(request)?;
+        let valid = validate(request.get_ref()).map_err(|bad| status::invalid_argument(&bad))?;
+        let user_id = user_of(&valid);
+        authorize(principal, role, user_id)?;
+        tracing::Span::current().record("user", user_id);
+        Ok((call, valid))
+    }
+}
+
 /// PERMISSION_DENIED unless the caller may use `role` for `user_id`.
 fn authorize(principal: Option<&Principal>, role: Role, user_id: &str) -> Result<(), Status> {
     match principal {
@@ -125,13 +148,10 @@ impl PointsServiceApi for PointsService {
         request: Request<AddTransactionRequest>,
     ) -> Result<Response<AddTransactionResponse>, Status> {
         observed("AddTransaction", async {
-            let _call = self.admit()?;
-            let principal = self.authenticate(&request)?;
-            let request = request.get_ref();
-            let transaction =
-                validation::transaction(request).map_err(|bad| status::invalid_argument(&bad))?;
-            authorize(principal, Role::Earn, transaction.user_id)?;
-            tracing::Span::current().record("user", transaction.user_id);
+            let (_call, transaction) =
+                self.admit_request(&request, Role::Earn, validation::transaction, |transaction| {
+                    transaction.user_id
+                })?;
             let recorded = self
                 .store
                 .add_transaction(
@@ -155,12 +175,8 @@ impl PointsServiceApi for PointsService {
         request: Request<AddTransactionsRequest>,
     ) -> Result<Response<AddTransactionsResponse>, Status> {
         observed("AddTransactions", async {
-            let _call = self.admit()?;
-            let principal = self.authenticate(&request)?;
-            let batch = validation::batch(request.get_ref())
-                .map_err(|bad| status::invalid_argument(&bad))?;
-            authorize(principal, Role::Earn, batch.user_id)?;
-            tracing::Span::current().record("user", batch.user_id);
+            let (_call, batch) =
+                self.admit_request(&request, Role::Earn, validation::batch, |batch| batch.user_id)?;
             let recorded = self
                 .store
                 .add_transactions(batch.user_id, &batch.transactions)
@@ -178,12 +194,10 @@ impl PointsServiceApi for PointsService {
         request: Request<SpendRequest>,
     ) -> Result<Response<SpendResponse>, Status> {
         observed("Spend", async {
-            let _call = self.admit()?;
-            let principal = self.authenticate(&request)?;
-            let spend = validation::spend(request.get_ref())
-                .map_err(|bad| status::invalid_argument(&bad))?;
-            authorize(principal, Role::Spend, spend.user_id)?;
-            tracing::Span::current().record("user", spend.user_id);
+            let (_call, spend) =
+                self.admit_request(&request, Role::Spend, validation::spend, |spend| {
+                    spend.user_id
+                })?;
             let spent = self
                 .store
                 .spend(spend.user_id, spend.request_id, spend.points)
@@ -202,12 +216,8 @@ impl PointsServiceApi for PointsService {
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
-            let _call = self.admit()?;
-            let principal = self.authenticate(&request)?;
-            let user_id = validation::balances(request.get_ref())
-                .map_err(|bad| status::invalid_argument(&bad))?;
-            authorize(principal, Role::Read, user_id)?;
-            tracing::Span::current().record("user", user_id);
+            let (_call, user_id) =
+                self.admit_request(&request, Role::Read, validation::balances, |user_id| user_id)?;
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
@@ -224,12 +234,8 @@ impl PointsServiceApi for PointsService {
         request: Request<ListTransactionsRequest>,
     ) -> Result<Response<ListTransactionsResponse>, Status> {
         observed("ListTransactions", async {
-            let _call = self.admit()?;
-            let principal = self.authenticate(&request)?;
-            let page = validation::page(request.get_ref())
-                .map_err(|bad| status::invalid_argument(&bad))?;
-            authorize(principal, Role::Read, page.user_id)?;
-            tracing::Span::current().record("user", page.user_id);
+            let (_call, page) =
+                self.admit_request(&request, Role::Read, validation::page, |page| page.user_id)?;
             let history = self
                 .store
                 .history_page(page.user_id, page.cursor, page.page_size)
