@@ -388,3 +388,126 @@ async fn write_error_fails_stop_with_unavailable_and_not_serving() {
     let server = ServerProcess::start_durable(data_dir.path(), &[]);
     assert_eq!(balances(&mut server.client().await).await["DANNON"], acknowledged);
 }
+
+/// kill -9 while snapshots and segment rotations happen all the time (4 KiB
+/// threshold): after each restart the history holds every acknowledged
+/// transaction with its id, ids stay contiguous, and the balances equal what
+/// the history adds up to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_snapshots_loses_no_acknowledged_write() {
+    use points::proto::v1::ListTransactionsRequest;
+    use points::proto::v1::history_entry::Entry;
+
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let mut acknowledged: HashMap<u64, Transaction> = HashMap::new();
+    const WRITERS: usize = 8;
+    for (round, kill_after_ms) in [200u64, 400, 150, 300].into_iter().enumerate() {
+        let server =
+            ServerProcess::start_durable(data_dir.path(), &["--snapshot-threshold-bytes", "4096"]);
+        let channel = Channel::from_shared(server.uri()).unwrap().connect().await.expect("connect");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let mut client = PointsServiceClient::new(channel.clone());
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for step in 0..100_000u64 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if step % 5 == 4 {
+                            let spend = SpendRequest { points: 2, ..Default::default() };
+                            if client.spend(spend).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        let when =
+                            format!("2024-03-{:02}T{:02}:00:00Z", 1 + (step % 28), round * 5);
+                        let request = request(&format!("W{writer}"), 1 + (step % 3) as i64, &when);
+                        match client.add_transaction(request).await {
+                            Ok(reply) => seen.push(reply.into_inner().transaction.unwrap()),
+                            Err(_) => break,
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        server.signal("KILL");
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            for transaction in writer.await.expect("writer") {
+                acknowledged.insert(transaction.id, transaction);
+            }
+        }
+        drop(server);
+
+        let server =
+            ServerProcess::start_durable(data_dir.path(), &["--snapshot-threshold-bytes", "4096"]);
+        let mut client = server.client().await;
+        let mut history: Vec<Entry> = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_transactions(ListTransactionsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("history")
+                .into_inner();
+            history.extend(page.entries.into_iter().filter_map(|entry| entry.entry));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let mut net: HashMap<String, i64> = HashMap::new();
+        let mut transaction_ids = Vec::new();
+        for entry in &history {
+            match entry {
+                Entry::Transaction(transaction) => {
+                    transaction_ids.push(transaction.id);
+                    *net.entry(transaction.payer.clone()).or_default() += transaction.points;
+                    if let Some(acked) = acknowledged.get(&transaction.id) {
+                        assert_eq!(
+                            (&acked.payer, acked.points),
+                            (&transaction.payer, transaction.points)
+                        );
+                    }
+                }
+                Entry::Spend(spend) => {
+                    for part in &spend.spent {
+                        *net.entry(part.payer.clone()).or_default() += part.points;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            transaction_ids,
+            (1..=transaction_ids.len() as u64).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        let highest = transaction_ids.len() as u64;
+        assert!(
+            acknowledged.keys().all(|id| *id <= highest),
+            "round {round}: an acknowledged transaction is missing"
+        );
+        assert_eq!(
+            balances(&mut client).await,
+            net,
+            "round {round}: balances disagree with the history"
+        );
+    }
+    let snapshots = std::fs::read_dir(data_dir.path())
+        .unwrap()
+        .filter(|entry| {
+            entry.as_ref().unwrap().path().extension().is_some_and(|extension| extension == "snap")
+        })
+        .count();
+    assert!(snapshots >= 1, "snapshots were taken while the server was being killed");
+}
