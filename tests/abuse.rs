@@ -199,3 +199,23 @@ where
     }
     channels
 }
+
+/// Refused writes create no users, so they cannot fill --max-users and lock
+/// real users out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_do_not_use_up_the_user_limit() {
+    let server = ServerProcess::start(&["--max-users", "1"]);
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    for ghost in 0..20 {
+        let spend = points::proto::v1::SpendRequest {
+            user_id: format!("ghost-{ghost}"),
+            points: 1,
+            ..Default::default()
+        };
+        let status = client.spend(spend).await.expect_err("nothing to spend");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+    }
+    client.add_transaction(earn("alice", "DANNON")).await.expect("the first real user fits");
+    let status = client.add_transaction(earn("bob", "DANNON")).await.expect_err("the limit holds");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+}

@@ -92,8 +92,8 @@ async fn metrics_count_calls_refusals_users_payers_lots_and_fsyncs() {
         3.0
     );
     assert_eq!(sample(&metrics, "points_rpc_in_flight"), 0.0);
-    // bob was created by his (refused) write; alice has 2 payers and 3 lots.
-    assert_eq!(sample(&metrics, "points_users"), 2.0);
+    // bob's refused write created no user; alice has 2 payers and 3 lots.
+    assert_eq!(sample(&metrics, "points_users"), 1.0);
     assert_eq!(sample(&metrics, "points_payers"), 2.0);
     assert_eq!(sample(&metrics, "points_lots"), 3.0);
     assert!(sample(&metrics, "points_journal_bytes_total") > 0.0);

@@ -519,41 +519,18 @@ impl Store {
         if let Some(journal) = &self.journal {
             journal.check_healthy()?;
         }
-        let user = self.user_for_write(user_id)?;
         let now_ms = Utc::now().timestamp_millis();
         let request =
             request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
-        let (result, durable) = {
-            let mut user = write_lock(&user)?;
-            let before = (user.ledger.payer_count(), user.ledger.lot_count());
-            let outcome = execute(&mut user.ledger, request);
-            let after = (user.ledger.payer_count(), user.ledger.lot_count());
-            if after != before {
-                metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
-                metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
+        let step = WriteStep { user_id, request_id, now_ms, request };
+        let existing = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
+        let (result, durable) = match existing {
+            Some(user) => {
+                let (result, durable, _) =
+                    self.execute_locked(&mut *write_lock(&user)?, step, execute, command)?;
+                (result, durable)
             }
-            match outcome {
-                Outcome::Repeated(result) => (result, Durability::Sequence(user.last_sequence)),
-                Outcome::Fresh(result) => {
-                    let remember = match &result {
-                        Ok(_) => true,
-                        Err(error) => request_id.is_some() && error.depends_on_state(),
-                    };
-                    let mut durable = Durability::Nothing;
-                    if remember && let Some(journal) = &self.journal {
-                        let (sequence, receipt) = journal.append(&JournalRecord {
-                            command: Some(command(&result)),
-                            user_id: user_id.to_owned(),
-                            request_id: request_id.unwrap_or_default().to_owned(),
-                            accepted_at_ms: now_ms,
-                            refused: result.is_err(),
-                        })?;
-                        user.last_sequence = sequence;
-                        durable = Durability::Receipt(receipt);
-                    }
-                    (result, durable)
-                }
-            }
+            None => self.first_write(step, execute, command)?,
         };
         if let Some(journal) = &self.journal {
             match durable {
@@ -567,15 +544,63 @@ impl Store {
         Ok(result?)
     }
 
-    /// The user's ledger, created on its first write unless the server
-    /// already holds its maximum of users.
-    fn user_for_write(&self, user_id: &str) -> Result<Arc<RwLock<UserLedger>>, StoreError> {
-        if let Some(user) = self.users.get(user_id) {
-            return Ok(Arc::clone(user.value()));
+    /// Executes a command on a user's ledger whose write lock the caller
+    /// holds, and appends its record if it changed anything or is a refusal
+    /// to remember. Returns the result, what to wait for, and whether the
+    /// ledger changed.
+    fn execute_locked<T>(
+        &self,
+        user: &mut UserLedger,
+        step: WriteStep<'_>,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Outcome<T>,
+        command: impl FnOnce(&Result<T, LedgerError>) -> Command,
+    ) -> Result<(Result<T, LedgerError>, Durability, bool), StoreError> {
+        let before = (user.ledger.payer_count(), user.ledger.lot_count());
+        let outcome = execute(&mut user.ledger, step.request);
+        let after = (user.ledger.payer_count(), user.ledger.lot_count());
+        if after != before {
+            metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
+            metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
         }
-        // Concurrent first writes may pass this check together: the bound is
-        // exact up to the number of calls in flight.
-        if self.users.len() >= self.max_users {
+        let result = match outcome {
+            Outcome::Repeated(result) => {
+                return Ok((result, Durability::Sequence(user.last_sequence), false));
+            }
+            Outcome::Fresh(result) => result,
+        };
+        let changed = match &result {
+            Ok(_) => true,
+            Err(error) => step.request_id.is_some() && error.depends_on_state(),
+        };
+        let mut durable = Durability::Nothing;
+        if changed && let Some(journal) = &self.journal {
+            let (sequence, receipt) = journal.append(&JournalRecord {
+                command: Some(command(&result)),
+                user_id: step.user_id.to_owned(),
+                request_id: step.request_id.unwrap_or_default().to_owned(),
+                accepted_at_ms: step.now_ms,
+                refused: result.is_err(),
+            })?;
+            user.last_sequence = sequence;
+            durable = Durability::Receipt(receipt);
+        }
+        Ok((result, durable, changed))
+    }
+
+    /// A write for a user without a ledger. It runs on a new ledger while
+    /// holding the user's vacant map entry (so concurrent first writes wait
+    /// for it), and the user is kept only if the write changed something: a
+    /// refused write creates no user, so refusals cannot fill the user limit.
+    fn first_write<T>(
+        &self,
+        step: WriteStep<'_>,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Outcome<T>,
+        command: impl FnOnce(&Result<T, LedgerError>) -> Command,
+    ) -> Result<(Result<T, LedgerError>, Durability), StoreError> {
+        // Checked before taking the entry: counting users reads every shard,
+        // including the one the entry locks. Concurrent first writes may pass
+        // together, so the bound is exact up to the calls in flight.
+        if self.users.len() >= self.max_users && !self.users.contains_key(step.user_id) {
             return Err(StoreError::LimitReached {
                 reason: "USER_LIMIT_REACHED",
                 message: format!(
@@ -584,12 +609,35 @@ impl Store {
                 ),
             });
         }
-        let entry = self.users.entry(user_id.into());
-        if matches!(entry, dashmap::Entry::Vacant(_)) {
-            metrics::gauge!("points_users").increment(1.0);
+        match self.users.entry(step.user_id.into()) {
+            dashmap::Entry::Occupied(entry) => {
+                let user = Arc::clone(entry.get());
+                drop(entry);
+                let (result, durable, _) =
+                    self.execute_locked(&mut *write_lock(&user)?, step, execute, command)?;
+                Ok((result, durable))
+            }
+            dashmap::Entry::Vacant(entry) => {
+                let mut user = UserLedger::default();
+                let (result, durable, changed) =
+                    self.execute_locked(&mut user, step, execute, command)?;
+                if changed {
+                    entry.insert(Arc::new(RwLock::new(user)));
+                    metrics::gauge!("points_users").increment(1.0);
+                }
+                Ok((result, durable))
+            }
         }
-        Ok(Arc::clone(entry.or_default().value()))
     }
+}
+
+/// The request-scoped facts of one write.
+#[derive(Clone, Copy)]
+struct WriteStep<'a> {
+    user_id: &'a str,
+    request_id: Option<&'a str>,
+    now_ms: i64,
+    request: Option<Request<'a>>,
 }
 
 /// What a write must wait for before its reply.
