@@ -168,6 +168,18 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
         let command = UserOperation { user, request_id: Some(format!("r{step}")), operation };
         apply_both(&store, &mut ledgers, &command).await.expect("same replies");
     }
+    // Snapshots run in the background: wait for one (closing skips a pending one).
+    let has_snapshot = || {
+        std::fs::read_dir(data_dir.path()).unwrap().any(|entry| {
+            entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
+        })
+    };
+    for _ in 0..300 {
+        if has_snapshot() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     store.close();
     drop(store);
 
@@ -185,6 +197,23 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
     store.close();
 }
 
+/// Waits (at most 30 s) until a snapshot file exists: snapshots run in the
+/// background, and closing the store skips one that has not started.
+async fn wait_for_snapshot(data_dir: &std::path::Path) {
+    let has_snapshot = || {
+        std::fs::read_dir(data_dir).unwrap().any(|entry| {
+            entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
+        })
+    };
+    for _ in 0..300 {
+        if has_snapshot() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no snapshot was written within 30 s");
+}
+
 /// A damaged snapshot is refused with its name and offset, never skipped.
 #[tokio::test]
 async fn damaged_snapshot_refuses_start() {
@@ -196,6 +225,7 @@ async fn damaged_snapshot_refuses_start() {
         let timestamp = base + chrono::TimeDelta::seconds(step);
         store.add_transaction("default", None, "DANNON", 1, timestamp).await.unwrap();
     }
+    wait_for_snapshot(data_dir.path()).await;
     store.close();
     drop(store);
     let snapshot = std::fs::read_dir(data_dir.path())
