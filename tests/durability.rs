@@ -436,6 +436,15 @@ async fn kill_9_during_snapshots_loses_no_acknowledged_write() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        if round == 3 {
+            // Make sure at least one kill lands after snapshots have started.
+            for _ in 0..300 {
+                if snapshot_count(data_dir.path()) > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         server.signal("KILL");
         stop.store(true, Ordering::Relaxed);
         for writer in writers {
@@ -503,11 +512,17 @@ async fn kill_9_during_snapshots_loses_no_acknowledged_write() {
             "round {round}: balances disagree with the history"
         );
     }
-    let snapshots = std::fs::read_dir(data_dir.path())
-        .unwrap()
-        .filter(|entry| {
-            entry.as_ref().unwrap().path().extension().is_some_and(|extension| extension == "snap")
-        })
-        .count();
+    let snapshots = snapshot_count(data_dir.path());
     assert!(snapshots >= 1, "snapshots were taken while the server was being killed");
+}
+
+fn snapshot_count(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir)
+        .expect("list the data directory")
+        .filter(|entry| {
+            entry.as_ref().is_ok_and(|entry| {
+                entry.path().extension().is_some_and(|extension| extension == "snap")
+            })
+        })
+        .count()
 }
