@@ -2,18 +2,24 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`config`]: every option of the server, as flags and environment variables.
-//! - [`telemetry`]: log and trace set-up.
+//! - [`telemetry`]: log set-up (text or JSON) and the Prometheus exporter.
 //! - [`server`]: assembles the tonic server (the points service, health,
-//!   reflection) on a given listener, with a bounded graceful shutdown.
-//! - [`auth`]: who may call what: bearer tokens with roles and users.
-//! - [`service`]: the gRPC face: validates requests, maps them to ledger
-//!   commands under the ledger's lock, and maps outcomes to replies or to
-//!   statuses with error details.
-//! - [`durability`]: the journal (group commit), snapshots and crash
-//!   recovery between the service and the ledger; in memory when asked.
+//!   reflection; TLS and transport limits) on a given listener, with a
+//!   bounded graceful shutdown.
+//! - [`auth`]: who may call what: bearer tokens and client certificates,
+//!   roles, users.
+//! - [`service`]: the gRPC face: admits each call (call limit, caller,
+//!   fields, role), runs it against the store, and maps outcomes to replies
+//!   or to statuses with error details.
+//! - [`durability`]: the store between the service and the ledgers: one
+//!   ledger per user behind its own lock, the journal (group commit),
+//!   snapshots and crash recovery; in memory when asked.
 //! - [`proto`]: code generated from `proto/points/v1/points.proto`.
-//! - [`ledger`]: the pure core. Payers, lots and the exact spending rules;
-//!   no I/O, no async, no transport types.
+//! - [`ledger`]: the pure core. One user's payers, lots, history and request
+//!   ids, with the exact spending rules; no I/O, no async, no transport types.
+//!
+//! Binaries: `points-server` (`src/main.rs`) and the load generator
+//! `points-bench` (`src/bin/points-bench.rs`).
 
 pub mod auth;
 pub mod config;
