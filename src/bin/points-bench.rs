@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --bin points-bench -- --spawn --duration-secs 5
-//! cargo run --release --bin points-bench -- --spawn --server-arg=--data-dir=/tmp/d --workloads add,batch
+//! cargo run --release --bin points-bench -- --spawn --server-arg=--data-dir=target/bench-data --workloads add,batch
 //! cargo run --release --bin points-bench -- --addr http://127.0.0.1:50051 --workloads mixed
 //! ```
 
