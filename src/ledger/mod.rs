@@ -229,6 +229,38 @@ pub fn validate_spend_points(points: i64) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// The payer's balance and the ledger's total after a valid transaction of
+/// `points`, or why it is refused. Every refusal of a well-formed transaction
+/// depends on these two numbers alone, which is what lets a batch be checked
+/// against an overlay of balances before anything is applied.
+fn settle(payer: &str, points: i64, balance: i64, total: i64) -> Result<(i64, i64), LedgerError> {
+    debug_assert!(points != 0 && balance >= 0 && total >= balance);
+    if points > 0 {
+        let Some(new_balance) = balance.checked_add(points) else {
+            return Err(LedgerError::PayerBalanceOverflow {
+                payer: payer.to_owned(),
+                balance,
+                points,
+            });
+        };
+        let Some(new_total) = total.checked_add(points) else {
+            return Err(LedgerError::TotalOverflow { total, points });
+        };
+        return Ok((new_balance, new_total));
+    }
+    let requested = points.unsigned_abs();
+    // `balance` is never negative, so the cast is exact.
+    if requested > balance as u64 {
+        return Err(LedgerError::InsufficientPayerPoints {
+            payer: payer.to_owned(),
+            requested,
+            available: balance,
+        });
+    }
+    // Here `requested` <= `balance` <= i64::MAX, so these casts are exact.
+    Ok((balance - requested as i64, total - requested as i64))
+}
+
 /// One user's points: payers, their lots, the order spends take them in,
 /// the history, and the remembered request ids. Cloning copies the whole state
 /// (used to snapshot it without holding a lock).
@@ -285,11 +317,8 @@ impl Ledger {
         validate_payer(payer)?;
         validate_transaction_points(points)?;
         let existing = self.payer_by_name.get(payer).copied();
-        if points > 0 {
-            self.check_credit(existing, payer, points)?;
-        } else {
-            self.check_debit(existing, payer, points)?;
-        }
+        let balance = existing.map_or(0, |index| self.payers[index as usize].balance());
+        settle(payer, points, balance, self.total)?;
 
         if self.next_transaction_id() > MAX_TRANSACTION_ID {
             return Err(LedgerError::TransactionLimitReached { limit: MAX_TRANSACTION_ID });
@@ -305,7 +334,7 @@ impl Ledger {
             self.lots += 1;
             index
         } else {
-            let index = existing.expect("check_debit refuses unknown payers");
+            let index = existing.expect("settle refuses debits from unknown payers");
             let taken = -points;
             self.update_payer(index, |payer| payer.debit(taken));
             self.total -= taken;
@@ -349,37 +378,9 @@ impl Ledger {
                     .get(entry.payer)
                     .map_or(0, |&payer| self.payers[payer as usize].balance()),
             };
-            let new_balance = if entry.points > 0 {
-                let new_balance = balance.checked_add(entry.points).ok_or_else(|| {
-                    refuse(
-                        index,
-                        LedgerError::PayerBalanceOverflow {
-                            payer: entry.payer.to_owned(),
-                            balance,
-                            points: entry.points,
-                        },
-                    )
-                })?;
-                total = total.checked_add(entry.points).ok_or_else(|| {
-                    refuse(index, LedgerError::TotalOverflow { total, points: entry.points })
-                })?;
-                new_balance
-            } else {
-                let requested = entry.points.unsigned_abs();
-                // `balance` is never negative, so the cast is exact.
-                if requested > balance as u64 {
-                    return Err(refuse(
-                        index,
-                        LedgerError::InsufficientPayerPoints {
-                            payer: entry.payer.to_owned(),
-                            requested,
-                            available: balance,
-                        },
-                    ));
-                }
-                total -= requested as i64;
-                balance + entry.points
-            };
+            let (new_balance, new_total) = settle(entry.payer, entry.points, balance, total)
+                .map_err(|error| refuse(index, error))?;
+            total = new_total;
             balances.insert(entry.payer, new_balance);
         }
         let transactions: Vec<Transaction> = batch
@@ -391,46 +392,6 @@ impl Ledger {
             .collect();
         debug_assert_eq!(self.total, total);
         Ok(transactions)
-    }
-
-    fn check_credit(
-        &self,
-        existing: Option<PayerIndex>,
-        payer: &str,
-        points: i64,
-    ) -> Result<(), LedgerError> {
-        let balance = existing.map_or(0, |index| self.payers[index as usize].balance());
-        if balance.checked_add(points).is_none() {
-            return Err(LedgerError::PayerBalanceOverflow {
-                payer: payer.to_owned(),
-                balance,
-                points,
-            });
-        }
-        if self.total.checked_add(points).is_none() {
-            return Err(LedgerError::TotalOverflow { total: self.total, points });
-        }
-        Ok(())
-    }
-
-    fn check_debit(
-        &self,
-        existing: Option<PayerIndex>,
-        payer: &str,
-        points: i64,
-    ) -> Result<(), LedgerError> {
-        debug_assert!(points < 0);
-        let available = existing.map_or(0, |index| self.payers[index as usize].balance());
-        let requested = points.unsigned_abs();
-        // `available` is never negative, so the cast is exact.
-        if requested > available as u64 {
-            return Err(LedgerError::InsufficientPayerPoints {
-                payer: payer.to_owned(),
-                requested,
-                available,
-            });
-        }
-        Ok(())
     }
 
     fn insert_payer(&mut self, name: &str) -> PayerIndex {
