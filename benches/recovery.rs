@@ -33,13 +33,12 @@ fn write_history(data_dir: &Path) {
         let timestamp = epoch + TimeDelta::minutes(minutes);
         let points = 1 + (step % 50) as i64;
         let transaction = ledger.add_transaction(&payer, points, timestamp).expect("valid");
-        let mut commands = vec![Command::AddTransaction(AddTransactionRecord {
-            payer,
+        let mut commands = vec![Command::AddTransaction(AddTransactionRecord::new(
+            &payer,
             points,
-            timestamp_seconds: timestamp.timestamp(),
-            timestamp_nanos: 0,
-            transaction_id: transaction.id,
-        })];
+            timestamp,
+            transaction.id,
+        ))];
         if step % 10 == 9 {
             ledger.spend(40).expect("enough points");
             commands.push(Command::Spend(SpendRecord { points: 40, spend_id: (step + 1) / 10 }));

@@ -366,13 +366,8 @@ impl Store {
                 ledger.execute_add_transaction(request, payer, points, timestamp)
             },
             |result| {
-                Command::AddTransaction(AddTransactionRecord {
-                    payer: payer.to_owned(),
-                    points,
-                    timestamp_seconds: timestamp.timestamp(),
-                    timestamp_nanos: timestamp.timestamp_subsec_nanos(),
-                    transaction_id: result.as_ref().map_or(0, |transaction| transaction.id),
-                })
+                let id = result.as_ref().map_or(0, |transaction| transaction.id);
+                Command::AddTransaction(AddTransactionRecord::new(payer, points, timestamp, id))
             },
         )
         .await
@@ -410,7 +405,17 @@ impl Store {
             |result| {
                 let transactions = result.as_deref().unwrap_or_default();
                 Command::AddTransactions(AddTransactionsRecord {
-                    transactions: transactions.iter().map(transaction_record).collect(),
+                    transactions: transactions
+                        .iter()
+                        .map(|done| {
+                            AddTransactionRecord::new(
+                                &done.payer,
+                                done.points,
+                                done.timestamp,
+                                done.id,
+                            )
+                        })
+                        .collect(),
                 })
             },
         )
@@ -470,11 +475,6 @@ impl Store {
             Some(user) => Ok(read(&read_lock(&user)?.ledger)),
             None => Ok(read(&Ledger::new())),
         }
-    }
-
-    /// The number of users with a ledger.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
     }
 
     /// Completes when the store stops accepting changes because its journal
@@ -671,17 +671,6 @@ fn poisoned() -> StoreError {
     )
 }
 
-/// The journal form of an accepted transaction.
-fn transaction_record(transaction: &Transaction) -> AddTransactionRecord {
-    AddTransactionRecord {
-        payer: transaction.payer.clone(),
-        points: transaction.points,
-        timestamp_seconds: transaction.timestamp.timestamp(),
-        timestamp_nanos: transaction.timestamp.timestamp_subsec_nanos(),
-        transaction_id: transaction.id,
-    }
-}
-
 /// What recovery rebuilt.
 struct Recovered {
     users: HashMap<String, UserLedger>,
@@ -844,7 +833,7 @@ pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> 
         .then_some((record.request_id.as_str(), record.accepted_at_ms));
     let (outcome, recorded_id) = match record.command {
         Some(Command::AddTransaction(add)) => {
-            let timestamp = records::timestamp(add.timestamp_seconds, add.timestamp_nanos)?;
+            let timestamp = add.timestamp()?;
             let result = ledger.replay_add_transaction(request, &add.payer, add.points, timestamp);
             (result.map(|transaction| transaction.id), add.transaction_id)
         }
@@ -856,7 +845,7 @@ pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> 
                 .transactions
                 .iter()
                 .map(|add| {
-                    let timestamp = records::timestamp(add.timestamp_seconds, add.timestamp_nanos)?;
+                    let timestamp = add.timestamp()?;
                     Ok(NewTransaction { payer: &add.payer, points: add.points, timestamp })
                 })
                 .collect::<Result<Vec<_>, String>>()?;

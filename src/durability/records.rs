@@ -268,6 +268,24 @@ pub struct SnapshotFooter {
     pub user_count: u64,
 }
 
+impl AddTransactionRecord {
+    /// The stored form of a transaction; `transaction_id` is 0 when refused.
+    pub fn new(payer: &str, points: i64, timestamp: DateTime<Utc>, transaction_id: u64) -> Self {
+        Self {
+            payer: payer.to_owned(),
+            points,
+            timestamp_seconds: timestamp.timestamp(),
+            timestamp_nanos: timestamp.timestamp_subsec_nanos(),
+            transaction_id,
+        }
+    }
+
+    /// The stored timestamp, checked.
+    pub fn timestamp(&self) -> Result<DateTime<Utc>, String> {
+        timestamp(self.timestamp_seconds, self.timestamp_nanos)
+    }
+}
+
 /// Rebuilds a timestamp from its stored parts.
 pub fn timestamp(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp(seconds, nanos)
@@ -279,13 +297,7 @@ pub fn timestamp(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, String> {
 pub fn command_of(params: &RequestParams) -> RequestCommand {
     match params {
         RequestParams::AddTransaction { payer, points, timestamp } => {
-            RequestCommand::AddTransaction(AddTransactionRecord {
-                payer: payer.clone(),
-                points: *points,
-                timestamp_seconds: timestamp.timestamp(),
-                timestamp_nanos: timestamp.timestamp_subsec_nanos(),
-                transaction_id: 0,
-            })
+            RequestCommand::AddTransaction(AddTransactionRecord::new(payer, *points, *timestamp, 0))
         }
         RequestParams::Spend { points } => {
             RequestCommand::Spend(SpendRecord { points: *points, spend_id: 0 })
@@ -299,7 +311,7 @@ pub fn params_of(command: &RequestCommand) -> Result<RequestParams, String> {
         RequestCommand::AddTransaction(add) => RequestParams::AddTransaction {
             payer: add.payer.clone(),
             points: add.points,
-            timestamp: timestamp(add.timestamp_seconds, add.timestamp_nanos)?,
+            timestamp: add.timestamp()?,
         },
         RequestCommand::Spend(spend) => RequestParams::Spend { points: spend.points },
     })

@@ -622,14 +622,15 @@ impl Ledger {
                 cursor.spends += 1;
             } else {
                 cursor.transactions += 1;
-                let transaction = self.transaction(cursor.transactions);
-                let remaining_points = if transaction.points > 0 {
-                    let key = LotKey::new(transaction.timestamp, transaction.id);
-                    let payer = self.transactions[transaction.id as usize - 1].payer_index;
-                    self.payers[payer as usize].remaining_in(key)
+                let id = cursor.transactions;
+                let record = &self.transactions[id as usize - 1];
+                let remaining_points = if record.points > 0 {
+                    let key = LotKey::new(record.timestamp, id);
+                    self.payers[record.payer_index as usize].remaining_in(key)
                 } else {
                     0
                 };
+                let transaction = self.transaction(id);
                 entries.push(HistoryEntry::Transaction { transaction, remaining_points });
             }
         }
