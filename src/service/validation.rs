@@ -11,8 +11,8 @@ use crate::ledger::{
     self, HistoryCursor, MAX_BATCH_TRANSACTIONS, MAX_REQUEST_ID_BYTES, NewTransaction,
 };
 use crate::proto::v1::{
-    self, AddTransactionRequest, AddTransactionsRequest, GetBalancesRequest,
-    ListTransactionsRequest, SpendRequest,
+    AddTransactionRequest, AddTransactionsRequest, GetBalancesRequest, ListTransactionsRequest,
+    SpendRequest,
 };
 
 /// Earliest accepted timestamp, 0001-01-01T00:00:00Z, in Unix seconds (the
@@ -59,30 +59,50 @@ pub fn transaction(
     request: &AddTransactionRequest,
 ) -> Result<ValidTransaction<'_>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    if let Err(error) = ledger::validate_payer(&request.payer) {
+    let fields = transaction_fields(
+        &request.payer,
+        request.points,
+        request.timestamp.as_ref(),
+        &mut violations,
+    );
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    match fields {
+        Some(fields) if violations.is_empty() => Ok(ValidTransaction {
+            user_id,
+            request_id,
+            payer: fields.payer,
+            points: fields.points,
+            timestamp: fields.timestamp,
+        }),
+        _ => Err(violations),
+    }
+}
+
+/// Checks the fields every transaction has, single or in a batch, adding a
+/// violation for each bad one; `Some` when all three are good.
+fn transaction_fields<'request>(
+    payer: &'request str,
+    points: i64,
+    timestamp_field: Option<&prost_types::Timestamp>,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<NewTransaction<'request>> {
+    let mut good = true;
+    if let Err(error) = ledger::validate_payer(payer) {
         violations.push(FieldViolation::from_ledger("payer", &error));
+        good = false;
     }
-    if let Err(error) = ledger::validate_transaction_points(request.points) {
+    if let Err(error) = ledger::validate_transaction_points(points) {
         violations.push(FieldViolation::from_ledger("points", &error));
+        good = false;
     }
-    let timestamp = match timestamp(request.timestamp.as_ref()) {
-        Ok(timestamp) => Some(timestamp),
+    match timestamp(timestamp_field) {
+        Ok(timestamp) if good => Some(NewTransaction { payer, points, timestamp }),
+        Ok(_) => None,
         Err(violation) => {
             violations.push(violation);
             None
         }
-    };
-    let user_id = user_id(&request.user_id, &mut violations);
-    let request_id = request_id(&request.request_id, &mut violations);
-    match timestamp {
-        Some(timestamp) if violations.is_empty() => Ok(ValidTransaction {
-            user_id,
-            request_id,
-            payer: &request.payer,
-            points: request.points,
-            timestamp,
-        }),
-        _ => Err(violations),
     }
 }
 
@@ -111,9 +131,16 @@ pub fn batch(request: &AddTransactionsRequest) -> Result<ValidBatch<'_>, Vec<Fie
     }
     let mut transactions = Vec::with_capacity(count);
     for (index, entry) in request.transactions.iter().enumerate() {
-        match new_transaction(entry) {
-            Ok(transaction) => transactions.push(transaction),
-            Err(entry_violations) => {
+        let mut entry_violations = Vec::new();
+        let fields = transaction_fields(
+            &entry.payer,
+            entry.points,
+            entry.timestamp.as_ref(),
+            &mut entry_violations,
+        );
+        match fields {
+            Some(transaction) => transactions.push(transaction),
+            None => {
                 violations.extend(
                     entry_violations
                         .into_iter()
@@ -124,26 +151,6 @@ pub fn batch(request: &AddTransactionsRequest) -> Result<ValidBatch<'_>, Vec<Fie
         }
     }
     if violations.is_empty() { Ok(ValidBatch { user_id, transactions }) } else { Err(violations) }
-}
-
-fn new_transaction(entry: &v1::NewTransaction) -> Result<NewTransaction<'_>, Vec<FieldViolation>> {
-    let mut violations = Vec::new();
-    if let Err(error) = ledger::validate_payer(&entry.payer) {
-        violations.push(FieldViolation::from_ledger("payer", &error));
-    }
-    if let Err(error) = ledger::validate_transaction_points(entry.points) {
-        violations.push(FieldViolation::from_ledger("points", &error));
-    }
-    match timestamp(entry.timestamp.as_ref()) {
-        Ok(timestamp) if violations.is_empty() => {
-            Ok(NewTransaction { payer: &entry.payer, points: entry.points, timestamp })
-        }
-        Ok(_) => Err(violations),
-        Err(violation) => {
-            violations.push(violation);
-            Err(violations)
-        }
-    }
 }
 
 /// Validates every field of a Spend request.
