@@ -63,20 +63,14 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
 
 /// The status for a command the ledger refused.
 pub fn ledger_refusal(error: &LedgerError) -> Status {
-    if let LedgerError::InBatch { index, error: entry_error } = error {
-        if entry_error.kind() == ErrorKind::InvalidArgument {
-            let violation = FieldViolation::from_ledger(field_of(entry_error), entry_error);
-            return invalid_argument(&[violation.in_entry("transactions", *index)]);
-        }
-        let mut status = ledger_refusal(entry_error);
-        let mut details = status.get_error_details();
-        if let Some(info) = details.error_info() {
-            let mut metadata = info.metadata.clone();
-            metadata.insert("index".to_owned(), index.to_string());
-            details.set_error_info(info.reason.clone(), info.domain.clone(), metadata);
-        }
-        status = Status::with_error_details(status.code(), error.to_string(), details);
-        return status;
+    // A batch entry's bad field is named by its path in the request; any
+    // other refusal of an entry takes its code and reason from the entry
+    // (see `LedgerError::kind`), with the index in the metadata.
+    if let LedgerError::InBatch { index, error: entry_error } = error
+        && entry_error.kind() == ErrorKind::InvalidArgument
+    {
+        let violation = FieldViolation::from_ledger(field_of(entry_error), entry_error);
+        return invalid_argument(&[violation.in_entry("transactions", *index)]);
     }
     if error.kind() == ErrorKind::InvalidArgument {
         return invalid_argument(&[FieldViolation::from_ledger(field_of(error), error)]);
@@ -136,6 +130,11 @@ fn field_of(error: &LedgerError) -> &'static str {
 /// The numbers behind a refusal, as ErrorInfo metadata.
 fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
     let pairs: Vec<(&str, String)> = match error {
+        LedgerError::InBatch { index, error } => {
+            let mut metadata = metadata_of(error);
+            metadata.insert("index".to_owned(), index.to_string());
+            return metadata;
+        }
         LedgerError::InsufficientPayerPoints { payer, requested, available } => vec![
             ("payer", payer.clone()),
             ("requested", requested.to_string()),
@@ -153,7 +152,6 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
             vec![("total", total.to_string()), ("points", points.to_string())]
         }
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
-        LedgerError::InBatch { index, .. } => vec![("index", index.to_string())],
         LedgerError::PayerLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::TransactionLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::BlankPayer
