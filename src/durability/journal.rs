@@ -1,9 +1,9 @@
 //! The journal writer: appends accepted commands to the current segment and
 //! makes them durable with group commit.
 //!
-//! Commands are framed into a shared buffer while the ledger's write lock is
-//! held, so the journal's order is the order the ledger applied them; no I/O
-//! happens under that lock. One writer thread takes everything buffered,
+//! Commands are framed into a shared buffer while their user's write lock is
+//! held, so the journal has each user's commands in the order its ledger
+//! applied them; no I/O happens under that lock. One writer thread takes everything buffered,
 //! writes it with one `write`, makes it durable with one `fdatasync` (under
 //! `--fsync always`), and publishes the highest durable sequence. Callers wait
 //! for their own sequence outside any lock, so one fsync acknowledges every
@@ -286,8 +286,8 @@ impl Journal {
     }
 
     /// Asks the writer to start a new segment right after everything appended
-    /// so far; `None` when the journal is closing. Call under the ledger's
-    /// read lock so that the ticket's sequence matches the ledger's state.
+    /// so far; `None` when the journal is closing. Every record up to the
+    /// ticket's sequence was appended, so applied, before this returns.
     pub fn request_rotation(&self) -> Result<Option<RotationTicket>, JournalFailed> {
         let (done, finished) = mpsc::channel();
         let mut pending = self.shared.lock();

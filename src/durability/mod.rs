@@ -1,13 +1,14 @@
 //! Durability: the layer between the service and the ledger core that makes
 //! every acknowledged change survive restarts, kill -9 and power loss.
 //!
-//! The in-memory [`Ledger`] stays the source of every read. Each accepted
-//! command is applied to it under its write lock and appended, in the same
-//! order, to an append-only journal; the caller's reply waits until the
-//! journal has it on disk (see [`journal`] for group commit). Refused commands
-//! write nothing. When the current journal segment grows past a threshold, a
-//! background thread writes a snapshot of the whole ledger and removes the
-//! segments it covers. Start-up loads the newest snapshot and replays the
+//! Each user has an in-memory [`Ledger`] behind its own lock, the source of
+//! every read. Each accepted command is applied under that lock and appended,
+//! in the same order, to an append-only journal shared by all users; the
+//! caller's reply waits until the journal has it on disk (see [`journal`] for
+//! group commit). Refused commands write nothing, except refusals of calls
+//! with a request id, which retries must see again. When the current journal
+//! segment grows past a threshold, a background thread writes a snapshot of
+//! every user's ledger and removes the segments it covers. Start-up loads the newest snapshot and replays the
 //! journal after it.
 //!
 //! Modules: [`frame`] (checksummed records), [`files`] (the data directory),

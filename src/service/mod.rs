@@ -1,6 +1,7 @@
-//! The gRPC face of the ledger: validates each request, runs it against the
-//! ledger under its lock, and maps the outcome to protobuf replies or to
-//! statuses with error details. Holds no business rules of its own.
+//! The gRPC face of the store: admits each call (call limit, caller, fields,
+//! role and user), runs it against the store, and maps the outcome to
+//! protobuf replies or to statuses with error details. Holds no business rules
+//! of its own.
 
 mod page_token;
 mod status;
