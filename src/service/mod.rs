@@ -296,6 +296,24 @@ fn payer_points(spent: Vec<ledger::PayerPoints>) -> Vec<PayerPoints> {
         .collect()
 }
 
+/// Counts a call in `points_rpc_in_flight` for as long as it lives: tonic
+/// drops a call's future when the client cancels or its deadline passes, and
+/// the count must come down then too.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("points_rpc_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("points_rpc_in_flight").decrement(1.0);
+    }
+}
+
 /// Runs one RPC inside its own span and logs one line with the method, the
 /// outcome code and the latency. Refusals are the caller's business and are
 /// logged at INFO; only faults of the server itself are logged at ERROR.
@@ -311,9 +329,9 @@ async fn observed<T>(
         code = tracing::field::Empty
     );
     let started = Instant::now();
-    metrics::gauge!("points_rpc_in_flight").increment(1.0);
+    let in_flight = InFlight::enter();
     let result = call.instrument(span.clone()).await;
-    metrics::gauge!("points_rpc_in_flight").decrement(1.0);
+    drop(in_flight);
     let elapsed = started.elapsed();
     let latency_us = elapsed.as_micros() as u64;
     let code = match &result {
