@@ -927,9 +927,8 @@ fn take_snapshot(users: &Users, journal: &Journal, data_dir: &DataDir) -> Result
     // snapshot must never get ahead of the journal.
     let newest = copies.iter().map(|copy| copy.last_sequence).max().unwrap_or(0);
     journal.wait_durable_blocking(newest).map_err(|failure| failure.to_string())?;
-    let size_bytes = snapshot::write(data_dir, rotation_sequence, &copies)
+    let size_bytes = snapshot::write(data_dir, rotation_sequence, copies)
         .map_err(|error| format!("cannot write snapshot {rotation_sequence}: {error}"))?;
-    drop(copies);
 
     let listing = data_dir.list().map_err(|error| error.to_string())?;
     let covered_journals = listing.journals.iter().filter(|(first, _)| *first <= rotation_sequence);

@@ -41,7 +41,7 @@ pub struct UserSnapshot {
 pub fn write(
     data_dir: &DataDir,
     rotation_sequence: u64,
-    users: &[UserSnapshot],
+    users: Vec<UserSnapshot>,
 ) -> std::io::Result<u64> {
     let final_path = data_dir.snapshot_path(rotation_sequence);
     let temporary_path = final_path.with_extension("snap.tmp");
@@ -50,10 +50,11 @@ pub fn write(
         SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), frame: Vec::new() };
     writer.out.write_all(&files::encode_header(files::SNAPSHOT_MAGIC, rotation_sequence))?;
     writer.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }))?;
+    let user_count = users.len() as u64;
     for user in users {
         writer.user(user)?;
     }
-    writer.put(SnapshotPart::Footer(SnapshotFooter { user_count: users.len() as u64 }))?;
+    writer.put(SnapshotPart::Footer(SnapshotFooter { user_count }))?;
 
     let file = writer.out.into_inner().map_err(|error| error.into_error())?;
     file.sync_all()?;
@@ -76,8 +77,10 @@ impl SnapshotWriter {
         self.out.write_all(&self.frame)
     }
 
-    fn user(&mut self, user: &UserSnapshot) -> std::io::Result<()> {
-        let state = user.ledger.state();
+    /// Writes one user, consuming its copy so that the history is moved,
+    /// not copied again.
+    fn user(&mut self, user: UserSnapshot) -> std::io::Result<()> {
+        let state = user.ledger.into_state();
         self.put(SnapshotPart::User(UserRecord {
             user_id: user.user_id.clone(),
             last_sequence: user.last_sequence,

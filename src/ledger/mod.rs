@@ -666,11 +666,17 @@ impl Ledger {
 
     /// The ledger's whole state as plain records, for snapshots.
     pub fn state(&self) -> LedgerState {
+        self.clone().into_state()
+    }
+
+    /// The ledger's whole state as plain records, moving the history out
+    /// rather than copying it: a snapshot works on its own copy of the ledger.
+    pub fn into_state(self) -> LedgerState {
         LedgerState {
             payers: self.balances().map(|(name, balance)| (name.to_owned(), balance)).collect(),
-            transactions: self.transactions.clone(),
-            spends: self.spends.clone(),
             requests: self.requests.records().collect(),
+            transactions: self.transactions,
+            spends: self.spends,
         }
     }
 
