@@ -99,8 +99,7 @@ pub async fn serve(
     let failure_watch = tokio::spawn(async move {
         let reason = store.failed().await;
         tracing::error!(%reason, "store failed: health is NOT_SERVING");
-        reporter.set_not_serving::<PointsServiceServer<PointsService>>().await;
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        report_not_serving(&reporter).await;
     });
 
     let reflection_v1 = reflection_builder().build_v1()?;
@@ -111,8 +110,7 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections, finishing in-flight calls");
-        reporter.set_not_serving::<PointsServiceServer<PointsService>>().await;
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        report_not_serving(&reporter).await;
         // The receiver lives as long as `serve` below; nothing to do if it is gone.
         let _ = shutdown_started_sender.send(());
     };
@@ -163,6 +161,13 @@ pub async fn serve(
     failure_watch.abort();
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Health NOT_SERVING for the points service and for the server as a whole,
+/// as load balancers and probes ask either.
+async fn report_not_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter.set_not_serving::<PointsServiceServer<PointsService>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
 
 /// Reflection over everything a client may meet: points.v1, grpc.health.v1,
