@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use points::durability::files::{self, JOURNAL_MAGIC};
 use points::durability::records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
-use points::durability::{FsyncPolicy, Store, StoreOptions, frame};
+use points::durability::{FsyncPolicy, Store, StoreOptions, frame, journal};
 use points::ledger::Ledger;
 
 const TRANSACTIONS: u64 = 1_000_000;
@@ -24,8 +24,12 @@ fn write_history(data_dir: &Path) {
     let mut ledger = Ledger::new();
     let file = File::create(data_dir.join("journal-00000000000000000001.log")).expect("create");
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&files::encode_header(JOURNAL_MAGIC, 1)).expect("write");
-    let mut frame_buffer = Vec::new();
+    let header = files::encode_header(JOURNAL_MAGIC, files::JOURNAL_FORMAT_VERSION, 1);
+    out.write_all(&header).expect("write");
+    // Records are framed in batches of about a thousand, as group commit
+    // under load would write them.
+    let (mut records, mut record_count, mut next_sequence) = (Vec::new(), 0, 1);
+    let mut batch = Vec::new();
     for step in 0..TRANSACTIONS {
         let payer = format!("PAYER {:03}", step % PAYERS);
         // Mostly in order, with some late arrivals.
@@ -44,7 +48,6 @@ fn write_history(data_dir: &Path) {
             commands.push(Command::Spend(SpendRecord { points: 40, spend_id: (step + 1) / 10 }));
         }
         for command in commands {
-            frame_buffer.clear();
             let record = JournalRecord {
                 command: Some(command),
                 // One user with all the history: the heaviest ledger to rebuild.
@@ -52,8 +55,15 @@ fn write_history(data_dir: &Path) {
                 accepted_at_ms: 1_700_000_000_000,
                 ..JournalRecord::default()
             };
-            frame::encode_message(&record, &mut frame_buffer);
-            out.write_all(&frame_buffer).expect("write");
+            frame::encode_message(&record, &mut records);
+            record_count += 1;
+        }
+        if record_count >= 1000 || step + 1 == TRANSACTIONS {
+            batch.clear();
+            journal::encode_batches(&records, record_count, next_sequence, &mut batch);
+            out.write_all(&batch).expect("write");
+            next_sequence += record_count as u64;
+            (records, record_count) = (Vec::new(), 0);
         }
     }
     out.flush().expect("flush");

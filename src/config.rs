@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::durability::file_system::OsFileSystem;
 use crate::durability::{FsyncPolicy, Storage, StoreOptions};
 use crate::server::{ServerSettings, TlsFiles};
 use crate::telemetry::LogFormat;
@@ -48,6 +49,17 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(4096..)
     )]
     pub snapshot_threshold_bytes: u64,
+
+    /// Journal bytes waiting for the disk past which new writes are refused
+    /// with UNAVAILABLE (JOURNAL_BACKLOG) until the disk catches up.
+    #[arg(
+        long,
+        env = "POINTS_MAX_JOURNAL_BACKLOG_BYTES",
+        value_name = "BYTES",
+        default_value_t = StoreOptions::DEFAULT_MAX_JOURNAL_BACKLOG_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_journal_backlog_bytes: u64,
 
     /// How long a request_id is remembered for safe retries (e.g. 24h, 90m, 3600s).
     #[arg(
@@ -153,6 +165,8 @@ impl Config {
                 data_dir: self.data_dir.clone(),
                 fsync: self.fsync,
                 snapshot_threshold_bytes: self.snapshot_threshold_bytes,
+                max_journal_backlog_bytes: self.max_journal_backlog_bytes,
+                file_system: std::sync::Arc::new(OsFileSystem),
             }
         };
         let request_id_retention_ms =

@@ -94,8 +94,15 @@ async fn main() -> ExitCode {
         shutdown,
     )
     .await;
-    // In-flight calls are done: write out what is buffered and stop the threads.
-    store.close();
+    // In-flight calls are done: write out what is buffered and stop the
+    // threads, within a bound of its own so that a stalled disk cannot hang
+    // shutdown (everything acknowledged is durable already).
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+    let closing_store = Arc::clone(&store);
+    let closed = tokio::task::spawn_blocking(move || closing_store.close_within(grace)).await;
+    if !matches!(closed, Ok(true)) {
+        tracing::error!("the store did not stop cleanly within the shutdown grace period");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

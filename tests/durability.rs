@@ -34,7 +34,7 @@ fn journal_files(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Byte offsets where each frame of a journal segment starts, read with the
-/// documented format (24-byte file header; frames of 12-byte header + payload).
+/// documented format (24-byte file header; batch frames of 12-byte header + payload).
 fn frame_offsets(journal: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut offset = 24;
@@ -232,7 +232,7 @@ async fn torn_last_record_is_cut_off_at_every_offset_and_nothing_earlier_is_lost
         assert_eq!(balances(&mut client).await, before_last, "cut at {cut}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start as u64, "cut at {cut}");
         if cut > last_start {
-            assert!(server.log().contains("torn record"), "cut at {cut}: {}", server.log());
+            assert!(server.log().contains("torn batch"), "cut at {cut}: {}", server.log());
         }
         // The journal is usable again: a new write takes the torn one's id.
         assert_eq!(add(&mut client, "KRAFT", 1, "2024-01-01T00:00:00Z").await.id, 3);

@@ -85,12 +85,12 @@ fn comparable_state(ledger: &Ledger) -> LedgerState {
     state
 }
 
-fn assert_same_states(
+async fn assert_same_states(
     store: &Store,
     ledgers: &HashMap<&'static str, Ledger>,
 ) -> Result<(), TestCaseError> {
     for user in USERS {
-        let stored = store.read(user, comparable_state).expect("reads");
+        let stored = store.read(user, comparable_state).await.expect("reads");
         let expected = ledgers.get(user).map(comparable_state).unwrap_or_default();
         if stored != expected {
             let differs =
@@ -134,13 +134,13 @@ proptest! {
                     store.close();
                     drop(store);
                     store = Store::open(&options).expect("reopen").0;
-                    assert_same_states(&store, &ledgers)?;
+                    assert_same_states(&store, &ledgers).await?;
                 }
             }
             store.close();
             drop(store);
             let (store, _) = Store::open(&options).expect("final reopen");
-            assert_same_states(&store, &ledgers)?;
+            assert_same_states(&store, &ledgers).await?;
             store.close();
             Ok::<(), TestCaseError>(())
         })?;
@@ -193,7 +193,7 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
     let (store, recovery) = Store::open(&options).expect("reopen");
     assert!(recovery.snapshot_sequence.expect("start-up used the snapshot") > 0);
     assert!(recovery.records_replayed < 600, "replayed {} records", recovery.records_replayed);
-    assert_same_states(&store, &ledgers).expect("same states");
+    assert_same_states(&store, &ledgers).await.expect("same states");
     store.close();
 }
 

@@ -7,18 +7,28 @@
 //!   one frame per accepted command, numbered from the segment's first sequence;
 //! - `snapshot-<last sequence>.snap`: the whole ledger as of that sequence;
 //! - `*.tmp`: a snapshot being written; removed at start-up.
+//!
+//! Every file operation goes through the [`FileSystem`] seam.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::OpenError;
+use super::file_system::{FileSystem, LockGuard};
 
 /// Every durable file starts with a 24-byte header:
 /// `magic (8) | format version (u32 LE) | base sequence (u64 LE) | CRC32C of the first 20 bytes (u32 LE)`.
 pub const FILE_HEADER_BYTES: usize = 24;
-/// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version of journal segments this build writes: version 2
+/// frames whole group-commit batches, each with the sequence of its first
+/// record. Version 1 (one frame per record, sequences implied by position) is
+/// still read.
+pub const JOURNAL_FORMAT_VERSION: u32 = 2;
+/// The journal format version that framed each record alone.
+pub const JOURNAL_FORMAT_VERSION_1: u32 = 1;
+/// The format version of snapshots this build writes and reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// Magic of a journal segment.
 pub const JOURNAL_MAGIC: &[u8; 8] = b"PNTSJRNL";
 /// Magic of a snapshot.
@@ -28,18 +38,32 @@ const LOCK_FILE: &str = "LOCK";
 
 /// The encoded header of a file of kind `magic` whose sequences start after
 /// (snapshot) or at (journal) `base_sequence`.
-pub fn encode_header(magic: &[u8; 8], base_sequence: u64) -> [u8; FILE_HEADER_BYTES] {
+pub fn encode_header(magic: &[u8; 8], version: u32, base_sequence: u64) -> [u8; FILE_HEADER_BYTES] {
     let mut header = [0u8; FILE_HEADER_BYTES];
     header[0..8].copy_from_slice(magic);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..12].copy_from_slice(&version.to_le_bytes());
     header[12..20].copy_from_slice(&base_sequence.to_le_bytes());
     let checksum = crc32c::crc32c(&header[0..20]);
     header[20..24].copy_from_slice(&checksum.to_le_bytes());
     header
 }
 
-/// Checks a file's header and returns its base sequence.
-pub fn decode_header(path: &Path, data: &[u8], magic: &[u8; 8]) -> Result<u64, OpenError> {
+/// A checked file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The format version the file was written in.
+    pub version: u32,
+    /// The sequence the file's name also gives.
+    pub base_sequence: u64,
+}
+
+/// Checks a file's header, of one of the `versions` this build reads.
+pub fn decode_header(
+    path: &Path,
+    data: &[u8],
+    magic: &[u8; 8],
+    versions: &[u32],
+) -> Result<Header, OpenError> {
     let invalid = |reason: String| OpenError::Damaged { path: path.to_owned(), offset: 0, reason };
     let Some(header) = data.get(..FILE_HEADER_BYTES) else {
         return Err(invalid(format!("only {} bytes, shorter than the file header", data.len())));
@@ -52,12 +76,14 @@ pub fn decode_header(path: &Path, data: &[u8], magic: &[u8; 8]) -> Result<u64, O
         return Err(invalid("file header checksum mismatch".to_owned()));
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !versions.contains(&version) {
         return Err(invalid(format!(
-            "format version {version}; this build reads version {FORMAT_VERSION}"
+            "format version {version}, but this build reads versions {versions:?}: run the \
+             points-server release that wrote it"
         )));
     }
-    Ok(u64::from_le_bytes(header[12..20].try_into().expect("8 bytes")))
+    let base_sequence = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    Ok(Header { version, base_sequence })
 }
 
 /// An I/O failure on `path`, with what was being done.
@@ -68,36 +94,32 @@ pub fn io_error<'path>(
     move |source| OpenError::Io { action, path: path.to_owned(), source }
 }
 
-/// The data directory, locked for this process for as long as this lives.
-#[derive(Debug)]
+/// The data directory, locked for this process for as long as this lives,
+/// and the file system it lives on.
 pub struct DataDir {
     path: PathBuf,
-    /// Holds the flock; released when the file is closed.
-    _lock: File,
+    fs: Arc<dyn FileSystem>,
+    /// Holds the lock; released when dropped.
+    _lock: LockGuard,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("DataDir").field("path", &self.path).finish()
+    }
 }
 
 impl DataDir {
     /// Creates the directory if needed and takes its lock, failing at once if
     /// another process holds it.
-    pub fn lock(path: &Path) -> Result<Self, OpenError> {
-        fs::create_dir_all(path).map_err(io_error("create the data directory", path))?;
+    pub fn lock(fs: Arc<dyn FileSystem>, path: &Path) -> Result<Self, OpenError> {
+        fs.create_dir_all(path).map_err(io_error("create the data directory", path))?;
         let lock_path = path.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error("open the lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked { path: path.to_owned(), lock: lock_path });
-            }
-            Err(TryLockError::Error(source)) => {
-                return Err(OpenError::Io { action: "lock", path: lock_path, source });
-            }
-        }
-        Ok(Self { path: path.to_owned(), _lock: lock })
+        let lock = fs.try_lock(&lock_path).map_err(io_error("lock", &lock_path))?;
+        let Some(lock) = lock else {
+            return Err(OpenError::Locked { path: path.to_owned(), lock: lock_path });
+        };
+        Ok(Self { path: path.to_owned(), fs, _lock: lock })
     }
 
     /// The directory's path.
@@ -105,31 +127,46 @@ impl DataDir {
         &self.path
     }
 
+    /// The file system the directory is on.
+    pub fn fs(&self) -> &dyn FileSystem {
+        &*self.fs
+    }
+
     /// The path of the journal segment whose first sequence is `first_sequence`.
     pub fn journal_path(&self, first_sequence: u64) -> PathBuf {
-        self.path.join(format!("journal-{first_sequence:020}.log"))
+        journal_path(&self.path, first_sequence)
     }
 
     /// The path of the snapshot that holds everything up to `last_sequence`.
     pub fn snapshot_path(&self, last_sequence: u64) -> PathBuf {
-        self.path.join(format!("snapshot-{last_sequence:020}.snap"))
+        snapshot_path(&self.path, last_sequence)
     }
 
     /// The journal segments and snapshots present, each sorted by sequence,
     /// after removing leftover temporary files.
     pub fn list(&self) -> Result<Listing, OpenError> {
-        let listing = list(&self.path)?;
+        let listing = list(self.fs(), &self.path)?;
         for path in &listing.temporary {
             tracing::info!(file = %path.display(), "removing an unfinished snapshot");
-            fs::remove_file(path).map_err(io_error("remove", path))?;
+            self.fs.remove_file(path).map_err(io_error("remove", path))?;
         }
         Ok(listing)
     }
 
     /// Makes creations, renames and removals in the directory durable.
     pub fn sync(&self) -> io::Result<()> {
-        File::open(&self.path)?.sync_all()
+        self.fs.sync_dir(&self.path)
     }
+}
+
+/// The path of the journal segment in `directory` whose first sequence is `first_sequence`.
+pub fn journal_path(directory: &Path, first_sequence: u64) -> PathBuf {
+    directory.join(format!("journal-{first_sequence:020}.log"))
+}
+
+/// The path of the snapshot in `directory` that holds everything up to `last_sequence`.
+pub fn snapshot_path(directory: &Path, last_sequence: u64) -> PathBuf {
+    directory.join(format!("snapshot-{last_sequence:020}.snap"))
 }
 
 /// The durable files of a data directory.
@@ -144,18 +181,15 @@ pub struct Listing {
 }
 
 /// Lists the files of the data directory at `path` without changing anything.
-pub fn list(path: &Path) -> Result<Listing, OpenError> {
+pub fn list(fs: &dyn FileSystem, path: &Path) -> Result<Listing, OpenError> {
     let mut listing = Listing::default();
-    for entry in fs::read_dir(path).map_err(io_error("list", path))? {
-        let entry = entry.map_err(io_error("list", path))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in fs.list(path).map_err(io_error("list", path))? {
         if name.ends_with(".tmp") {
-            listing.temporary.push(entry.path());
-        } else if let Some(sequence) = sequence_in(name, "journal-", ".log") {
-            listing.journals.push((sequence, entry.path()));
-        } else if let Some(sequence) = sequence_in(name, "snapshot-", ".snap") {
-            listing.snapshots.push((sequence, entry.path()));
+            listing.temporary.push(path.join(&name));
+        } else if let Some(sequence) = sequence_in(&name, "journal-", ".log") {
+            listing.journals.push((sequence, path.join(&name)));
+        } else if let Some(sequence) = sequence_in(&name, "snapshot-", ".snap") {
+            listing.snapshots.push((sequence, path.join(&name)));
         }
     }
     listing.journals.sort();

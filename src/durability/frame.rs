@@ -6,12 +6,15 @@
 //! damage instead of being mistaken for a torn write at the end of the file.
 //!
 //! Reading tells three endings apart:
-//! - clean: the last frame ends exactly at the end of the file;
-//! - torn: the file ends inside its last frame (a write cut short by a crash),
-//!   or everything from the last frame on is zero bytes (a file extended but
-//!   never written); the caller may cut it off;
-//! - damaged: anything else, such as a bad checksum with more data after it.
-//!   Nothing is dropped silently: the caller refuses to start.
+//! - clean: the last frame ends exactly at the end of the data;
+//! - torn: a frame is invalid (cut short, zero-filled, or failing a checksum)
+//!   and no valid frame starts anywhere after it. That is how an unfinished
+//!   last write looks after a crash or power cut, whatever parts of it reached
+//!   the disk, so the caller may cut it off, as PostgreSQL ends its WAL at the
+//!   first invalid record;
+//! - damaged: an invalid frame with a valid frame somewhere after it. Data
+//!   that was written after it was complete, so this is not a torn write:
+//!   nothing is dropped silently, the caller refuses to start.
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_BYTES: usize = 12;
@@ -56,66 +59,64 @@ pub struct Damage {
 
 /// Reads the frames in `data` from `start`, handing each payload and its
 /// offset to `visit` (whose error is reported as damage at that offset).
-pub fn scan(
-    data: &[u8],
+pub fn scan<'data>(
+    data: &'data [u8],
     start: usize,
-    mut visit: impl FnMut(usize, &[u8]) -> Result<(), String>,
+    mut visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
 ) -> Result<Ending, Damage> {
     let mut offset = start;
     // Each turn consumes at least one header, so this ends within data.len() turns.
     while offset < data.len() {
-        let rest = &data[offset..];
-        if rest.len() < FRAME_HEADER_BYTES {
-            return torn_or_damaged(
-                rest,
-                offset,
-                "incomplete frame header",
-                "truncated frame header",
-            );
-        }
-        let length_bytes: [u8; 4] = rest[0..4].try_into().expect("4 bytes");
-        let length_checksum = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let payload_checksum = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&length_bytes) != length_checksum {
-            return torn_or_damaged(
-                rest,
-                offset,
-                "zero-filled tail",
-                "frame length checksum mismatch",
-            );
-        }
-        let length = u32::from_le_bytes(length_bytes) as usize;
-        if length > MAX_PAYLOAD_BYTES {
-            return Err(Damage {
-                offset,
-                reason: format!("frame length {length} exceeds the maximum of {MAX_PAYLOAD_BYTES}"),
-            });
-        }
-        let Some(payload) = rest.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length) else {
-            return Ok(Ending::Torn { offset, reason: "incomplete frame payload" });
+        let payload = match check_frame(&data[offset..]) {
+            Ok(payload) => payload,
+            Err(reason) => return torn_or_damaged(data, offset, reason),
         };
-        if crc32c::crc32c(payload) != payload_checksum {
-            return Err(Damage { offset, reason: "frame payload checksum mismatch".to_owned() });
-        }
         visit(offset, payload).map_err(|reason| Damage { offset, reason })?;
-        offset += FRAME_HEADER_BYTES + length;
+        offset += FRAME_HEADER_BYTES + payload.len();
     }
     Ok(Ending::Clean)
 }
 
-/// A bad frame is a torn tail only if nothing but zeros follows it; any real
-/// data after it means damage in the middle.
-fn torn_or_damaged(
-    rest: &[u8],
-    offset: usize,
-    torn_reason: &'static str,
-    damage_reason: &str,
-) -> Result<Ending, Damage> {
-    let all_zero = rest.iter().all(|&byte| byte == 0);
-    if rest.len() < FRAME_HEADER_BYTES || all_zero {
-        Ok(Ending::Torn { offset, reason: if all_zero { "zero-filled tail" } else { torn_reason } })
-    } else {
-        Err(Damage { offset, reason: damage_reason.to_owned() })
+/// The payload of the frame at the start of `data`, or why there is no
+/// valid frame there.
+fn check_frame(data: &[u8]) -> Result<&[u8], &'static str> {
+    let Some(header) = data.get(..FRAME_HEADER_BYTES) else {
+        return Err("incomplete frame header");
+    };
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    if crc32c::crc32c(&header[0..4]) != word(4) {
+        return Err(if data.iter().all(|&byte| byte == 0) {
+            "zero-filled tail"
+        } else {
+            "frame length checksum mismatch"
+        });
+    }
+    let length = word(0) as usize;
+    if length > MAX_PAYLOAD_BYTES {
+        return Err("frame length exceeds the maximum");
+    }
+    let Some(payload) = data.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length) else {
+        return Err("incomplete frame payload");
+    };
+    if crc32c::crc32c(payload) != word(8) {
+        return Err("frame payload checksum mismatch");
+    }
+    Ok(payload)
+}
+
+/// An invalid frame at `offset` is the torn end of the data if no valid
+/// frame starts at any later byte; otherwise it is damage.
+fn torn_or_damaged(data: &[u8], offset: usize, reason: &'static str) -> Result<Ending, Damage> {
+    // Bounded by the data's length; the length checksum rejects almost every
+    // offset after four bytes, so this is linear in practice.
+    match (offset + 1..data.len()).find(|&candidate| check_frame(&data[candidate..]).is_ok()) {
+        None => Ok(Ending::Torn { offset, reason }),
+        Some(valid) => Err(Damage {
+            offset,
+            reason: format!("{reason}, with a valid frame after it at byte offset {valid}"),
+        }),
     }
 }
 
@@ -127,8 +128,17 @@ pub fn encode_message(message: &impl prost::Message, out: &mut Vec<u8>) {
     out.resize(start + FRAME_HEADER_BYTES, 0);
     message.encode_raw(out);
     debug_assert_eq!(out.len() - start - FRAME_HEADER_BYTES, length);
+    seal(out, start);
+}
+
+/// Completes the frame that starts at `start` in `out`: its header was
+/// reserved (any bytes) and its payload is everything after the header.
+pub fn seal(out: &mut [u8], start: usize) {
+    let payload_start = start + FRAME_HEADER_BYTES;
+    let length = out.len() - payload_start;
+    assert!(length <= MAX_PAYLOAD_BYTES, "payload of {length} bytes is too large");
     let length_bytes = (length as u32).to_le_bytes();
-    let payload_checksum = crc32c::crc32c(&out[start + FRAME_HEADER_BYTES..]);
+    let payload_checksum = crc32c::crc32c(&out[payload_start..]);
     out[start..start + 4].copy_from_slice(&length_bytes);
     out[start + 4..start + 8].copy_from_slice(&crc32c::crc32c(&length_bytes).to_le_bytes());
     out[start + 8..start + 12].copy_from_slice(&payload_checksum.to_le_bytes());
@@ -211,6 +221,39 @@ mod tests {
             let (_, ending) = collect(&damaged);
             assert_eq!(ending.map_err(|damage| damage.offset), Err(second), "byte {index}");
         }
+    }
+
+    /// A last frame whose header landed but whose payload did not (zeros, or
+    /// only some of its sectors) is the torn end, not damage.
+    #[test]
+    fn last_frame_failing_its_payload_checksum_is_torn() {
+        let data = frames(&[b"first", b"a second record, long enough"]);
+        let last = FRAME_HEADER_BYTES + 5;
+        for index in last..data.len() {
+            let mut damaged = data.clone();
+            damaged[index] ^= 0x5a;
+            let (seen, ending) = collect(&damaged);
+            assert_eq!(seen, vec![b"first".to_vec()], "byte {index}");
+            assert!(
+                matches!(ending, Ok(Ending::Torn { offset, .. }) if offset == last),
+                "byte {index}: {ending:?}"
+            );
+        }
+        let mut zero_payload = data.clone();
+        zero_payload[last + FRAME_HEADER_BYTES..].fill(0);
+        assert!(
+            matches!(collect(&zero_payload).1, Ok(Ending::Torn { offset, .. }) if offset == last)
+        );
+    }
+
+    /// An invalid frame followed by garbage that is not a valid frame is torn.
+    #[test]
+    fn garbage_after_a_torn_frame_is_still_torn() {
+        let mut data = frames(&[b"first"]);
+        data.extend_from_slice(&[7u8; 40]);
+        assert!(
+            matches!(collect(&data).1, Ok(Ending::Torn { offset, .. }) if offset == FRAME_HEADER_BYTES + 5)
+        );
     }
 
     /// A visitor's refusal is reported as damage at the frame's offset.

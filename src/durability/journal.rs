@@ -3,23 +3,30 @@
 //!
 //! Commands are framed into a shared buffer while their user's write lock is
 //! held, so the journal has each user's commands in the order its ledger
-//! applied them; no I/O happens under that lock. One writer thread takes everything buffered,
+//! applied them; no I/O happens under that lock. One writer thread takes
+//! everything buffered, frames it as one *batch* (the sequence of its first
+//! record, the record count, the records, one checksum over all of it),
 //! writes it with one `write`, makes it durable with one `fdatasync` (under
 //! `--fsync always`), and publishes the highest durable sequence. Callers wait
 //! for their own sequence outside any lock, so one fsync acknowledges every
 //! command that arrived while the previous one was running: throughput grows
 //! with concurrency instead of being one fsync per call.
 //!
-//! The buffer holds at most one record per call waiting for its reply, so the
-//! server's concurrency bounds it; the writer's own batch buffer is trimmed
-//! back to 1 MiB after each batch.
+//! A batch is the unit of tearing: after a power cut the last batch written
+//! may be partly on disk in any pattern of sectors, and reading treats an
+//! invalid batch with nothing valid after it as the torn end. Every earlier
+//! batch was synced before the next one was written, so an invalid batch
+//! followed by a valid one is damage.
+//!
+//! Bounded: bytes appended but not yet durable are limited by
+//! `max_backlog_bytes`; past it, [`Journal::admit`] refuses new commands
+//! before they change anything (a stalled disk turns into refusals, not
+//! unbounded memory).
 //!
 //! Any write or fsync error is final (fail-stop): the journal reports itself
 //! failed, every waiting and later command fails, and nothing is acknowledged
 //! that might not be on disk.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,8 +34,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch};
 
+use super::file_system::WritableFile;
 use super::files::{self, DataDir};
-use super::frame;
+use super::frame::{self, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use super::records::JournalRecord;
 
 /// When an appended command counts as written.
@@ -41,11 +49,25 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// Bytes of a batch header inside its frame: first sequence (u64 LE) and
+/// record count (u32 LE).
+pub const BATCH_HEADER_BYTES: usize = 12;
+
 /// How far the journal is durable, as published to waiting callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Horizon {
+    /// Every sequence up to this one counts as written under the policy
+    /// (fsynced under `always`, handed to the OS under `never`).
+    durable: u64,
+    /// Every sequence up to this one is fsynced (equal to `durable` under
+    /// `always`).
+    synced: u64,
+}
+
+/// What the writer publishes.
 #[derive(Debug, Clone)]
-enum Durable {
-    /// Every sequence up to and including this one is written (and synced under `always`).
-    UpTo(u64),
+enum Published {
+    Healthy(Horizon),
     /// The journal failed; nothing more will be acknowledged.
     Failed(Arc<str>),
 }
@@ -55,9 +77,29 @@ enum Durable {
 #[error("the journal failed and the server no longer accepts changes: {0}")]
 pub struct JournalFailed(pub Arc<str>);
 
+/// Why the journal does not take a new command now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// Failed or closing: it never will again.
+    #[error(transparent)]
+    Failed(#[from] JournalFailed),
+    /// Too many bytes wait to be made durable; try again shortly.
+    #[error(
+        "the journal has {pending_bytes} bytes waiting for the disk, past its limit of \
+         {limit_bytes} (--max-journal-backlog-bytes); the disk is slower than the writes: retry \
+         shortly"
+    )]
+    Backlog {
+        /// Bytes appended and not yet durable.
+        pending_bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+}
+
 /// The segment being appended to.
 pub struct Segment {
-    file: File,
+    file: Box<dyn WritableFile>,
     path: PathBuf,
     first_sequence: u64,
     size_bytes: u64,
@@ -65,24 +107,37 @@ pub struct Segment {
 
 impl Segment {
     /// Creates a new, empty segment whose first record will be `first_sequence`,
-    /// durable (file and directory entry) before it is used.
+    /// durable (file and directory entry) before it is used. A segment that
+    /// cannot be completed is removed again, so no partial file is left.
     pub fn create(data_dir: &DataDir, first_sequence: u64) -> std::io::Result<Self> {
         let path = data_dir.journal_path(first_sequence);
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
-        file.write_all(&files::encode_header(files::JOURNAL_MAGIC, first_sequence))?;
-        file.sync_all()?;
-        data_dir.sync()?;
+        let mut file = data_dir.fs().create_new(&path)?;
+        let header = files::encode_header(
+            files::JOURNAL_MAGIC,
+            files::JOURNAL_FORMAT_VERSION,
+            first_sequence,
+        );
+        let written =
+            file.append(&header).and_then(|()| file.sync()).and_then(|()| data_dir.sync());
+        if let Err(error) = written {
+            drop(file);
+            if let Err(remove_error) = data_dir.fs().remove_file(&path) {
+                tracing::warn!(path = %path.display(), %remove_error, "cannot remove a partial journal segment; start-up will");
+            }
+            return Err(error);
+        }
         Ok(Self { file, path, first_sequence, size_bytes: files::FILE_HEADER_BYTES as u64 })
     }
 
     /// Opens an existing segment, already checked and cut to `size_bytes`, to
     /// append after its last record.
     pub fn open_existing(
+        data_dir: &DataDir,
         path: PathBuf,
         first_sequence: u64,
         size_bytes: u64,
     ) -> std::io::Result<Self> {
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = data_dir.fs().open_append(&path)?;
         Ok(Self { file, path, first_sequence, size_bytes })
     }
 
@@ -90,18 +145,82 @@ impl Segment {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file.write_all(bytes)?;
-        if fsync == FsyncPolicy::Always {
-            let started = std::time::Instant::now();
-            self.file.sync_data()?;
-            metrics::histogram!("points_journal_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
-        }
+        self.file.append(bytes)?;
         self.size_bytes += bytes.len() as u64;
+        if fsync == FsyncPolicy::Always {
+            self.sync()?;
+        }
         metrics::counter!("points_journal_bytes_total").increment(bytes.len() as u64);
         metrics::gauge!("points_journal_segment_bytes").set(self.size_bytes as f64);
         Ok(())
     }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        self.file.sync()?;
+        metrics::histogram!("points_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// Frames the records in `records` (whole record frames, `count` of them,
+/// the first with sequence `first_sequence`) as batches appended to `out`,
+/// starting a new batch whenever one would pass the frame size limit.
+pub fn encode_batches(records: &[u8], count: usize, first_sequence: u64, out: &mut Vec<u8>) {
+    let mut sequence = first_sequence;
+    let mut rest = records;
+    let mut left = count;
+    // Each turn takes at least one record, so this ends within `count` turns.
+    while left > 0 {
+        let (mut length, mut taken) = (0, 0);
+        while taken < left {
+            let record = FRAME_HEADER_BYTES + frame_payload_length(&rest[length..]);
+            if taken > 0 && BATCH_HEADER_BYTES + length + record > MAX_PAYLOAD_BYTES {
+                break;
+            }
+            length += record;
+            taken += 1;
+        }
+        let start = out.len();
+        out.resize(start + FRAME_HEADER_BYTES, 0);
+        out.extend_from_slice(&sequence.to_le_bytes());
+        out.extend_from_slice(&(taken as u32).to_le_bytes());
+        out.extend_from_slice(&rest[..length]);
+        frame::seal(out, start);
+        sequence += taken as u64;
+        left -= taken;
+        rest = &rest[length..];
+    }
+    assert!(rest.is_empty(), "the record count must match the records");
+}
+
+/// The payload length of the frame at the start of `bytes`, which this
+/// process framed itself.
+fn frame_payload_length(bytes: &[u8]) -> usize {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+/// Reads one batch frame's payload: its first sequence and its records.
+pub fn decode_batch(payload: &[u8]) -> Result<(u64, Vec<&[u8]>), String> {
+    let Some(header) = payload.get(..BATCH_HEADER_BYTES) else {
+        return Err("a journal batch shorter than its header".to_owned());
+    };
+    let first_sequence = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
+    let mut records = Vec::with_capacity(count.min(payload.len() / FRAME_HEADER_BYTES));
+    let ending = frame::scan(payload, BATCH_HEADER_BYTES, |_, record| {
+        records.push(record);
+        Ok(())
+    })
+    .map_err(|damage| format!("a record inside a batch is damaged: {}", damage.reason))?;
+    // The batch's own checksum passed, so anything odd inside is damage.
+    if ending != frame::Ending::Clean || records.len() != count {
+        return Err(format!(
+            "a journal batch announces {count} records but holds {} ({ending:?})",
+            records.len()
+        ));
+    }
+    Ok((first_sequence, records))
 }
 
 /// Snapshot scheduling: the writer asks for a snapshot each time the current
@@ -123,8 +242,10 @@ pub struct RotationTicket {
 
 /// A snapshot's request to start a new segment at an exact point.
 struct Rotation {
-    /// Where in the pending bytes the old segment ends: frames appended after
-    /// the request go to the new segment, never the old one.
+    /// How many of the pending records go to the old segment: those appended
+    /// before the request; later ones start the new segment.
+    at_record: usize,
+    /// Where in the pending bytes those records end.
     at_byte: usize,
     /// The last sequence of the old segment.
     after_sequence: u64,
@@ -136,16 +257,23 @@ struct Rotation {
 pub type DurableReceipt = oneshot::Receiver<Result<(), JournalFailed>>;
 
 struct Pending {
-    /// Frames appended but not yet taken by the writer.
+    /// Record frames appended but not yet taken by the writer.
     bytes: Vec<u8>,
-    /// One notification per frame in `bytes`, in the same order, so that each
-    /// caller is woken exactly once, when its own batch is durable.
+    /// One notification per record in `bytes`, in the same order, so that
+    /// each caller is woken exactly once, when its own batch is durable.
     waiters: Vec<oneshot::Sender<Result<(), JournalFailed>>>,
-    /// The sequence of the last frame appended.
+    /// The sequence of the last record appended.
     last_sequence: u64,
+    /// Bytes appended and not yet durable: those in `bytes` and those the
+    /// writer is writing now.
+    backlog_bytes: u64,
     /// Set by a snapshot: switch segments at a point in `bytes`.
     rotation: Option<Rotation>,
+    /// Set by a snapshot under `--fsync never`: fsync up to this sequence.
+    sync_through: u64,
     closing: bool,
+    /// The writer has stopped; records appended now can never be written.
+    writer_stopped: bool,
     failure: Option<Arc<str>>,
 }
 
@@ -162,23 +290,34 @@ impl Shared {
     }
 }
 
+/// How the journal runs.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// When a change counts as written.
+    pub fsync: FsyncPolicy,
+    /// The most bytes appended and not yet durable before new commands are refused.
+    pub max_backlog_bytes: u64,
+}
+
 /// The journal: the append side used by the store, and its writer thread.
 pub struct Journal {
     shared: Arc<Shared>,
-    durable: watch::Receiver<Durable>,
+    published: watch::Receiver<Published>,
+    max_backlog_bytes: u64,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The most bytes the writer's reusable batch buffer keeps between batches.
+/// The most bytes the writer's reusable buffers keep between batches.
 const BATCH_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
 impl Journal {
-    /// Starts the writer thread on `segment`, after `last_sequence`.
+    /// Starts the writer thread on `segment`, after `last_sequence`, which
+    /// must already be durable.
     pub fn start(
         data_dir: Arc<DataDir>,
         segment: Segment,
         last_sequence: u64,
-        fsync: FsyncPolicy,
+        options: JournalOptions,
         snapshots: Option<SnapshotTrigger>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
@@ -186,18 +325,23 @@ impl Journal {
                 bytes: Vec::new(),
                 waiters: Vec::new(),
                 last_sequence,
+                backlog_bytes: 0,
                 rotation: None,
+                sync_through: 0,
                 closing: false,
+                writer_stopped: false,
                 failure: None,
             }),
             wake_writer: Condvar::new(),
         });
-        let (durable_sender, durable) = watch::channel(Durable::UpTo(last_sequence));
+        let horizon = Horizon { durable: last_sequence, synced: last_sequence };
+        let (publisher, published) = watch::channel(Published::Healthy(horizon));
         let writer = Writer {
             shared: Arc::clone(&shared),
             segment,
-            fsync,
-            durable_sender,
+            fsync: options.fsync,
+            horizon,
+            publisher,
             data_dir,
             snapshots,
             last_request_size: None,
@@ -205,10 +349,15 @@ impl Journal {
         let handle = std::thread::Builder::new()
             .name("journal-writer".to_owned())
             .spawn(move || writer.run())?;
-        Ok(Self { shared, durable, writer: Mutex::new(Some(handle)) })
+        Ok(Self {
+            shared,
+            published,
+            max_backlog_bytes: options.max_backlog_bytes,
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
-    /// Refuses early when the journal has failed, before the ledger changes.
+    /// Refuses when the journal has failed, before anything reads or changes.
     pub fn check_healthy(&self) -> Result<(), JournalFailed> {
         match &self.shared.lock().failure {
             Some(reason) => Err(JournalFailed(Arc::clone(reason))),
@@ -216,25 +365,49 @@ impl Journal {
         }
     }
 
-    /// Buffers `record` for the writer and returns its sequence with a
-    /// receipt that completes once it is durable. Must be called under the
-    /// user's write lock, right after applying the record.
-    pub fn append(&self, record: &JournalRecord) -> Result<(u64, DurableReceipt), JournalFailed> {
-        let mut pending = self.shared.lock();
+    /// Whether a new command may run now: refused when the journal failed,
+    /// is closing, or has too many bytes waiting for the disk. Checked before
+    /// the ledger changes, so that [`Journal::append`] never has to refuse a
+    /// change that is already applied.
+    pub fn admit(&self) -> Result<(), Refusal> {
+        let pending = self.shared.lock();
         if let Some(reason) = &pending.failure {
-            return Err(JournalFailed(Arc::clone(reason)));
+            return Err(JournalFailed(Arc::clone(reason)).into());
         }
         if pending.closing {
-            return Err(JournalFailed("the journal is closing".into()));
+            return Err(JournalFailed("the journal is closing".into()).into());
         }
+        if pending.backlog_bytes >= self.max_backlog_bytes {
+            return Err(Refusal::Backlog {
+                pending_bytes: pending.backlog_bytes,
+                limit_bytes: self.max_backlog_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Buffers `record` for the writer and returns its sequence with a
+    /// receipt that completes once it is durable. Must be called under the
+    /// user's write lock, right after applying the record, after
+    /// [`Journal::admit`]. Never refuses: a record appended after the journal
+    /// failed or stopped gets a receipt that reports so.
+    pub fn append(&self, record: &JournalRecord) -> (u64, DurableReceipt) {
+        let mut pending = self.shared.lock();
+        let before = pending.bytes.len();
         frame::encode_message(record, &mut pending.bytes);
+        pending.backlog_bytes += (pending.bytes.len() - before) as u64;
         pending.last_sequence += 1;
         let sequence = pending.last_sequence;
         let (durable, receipt) = oneshot::channel();
-        pending.waiters.push(durable);
+        if pending.writer_stopped {
+            let reason = pending.failure.clone().unwrap_or_else(|| "the journal is closed".into());
+            let _ = durable.send(Err(JournalFailed(reason)));
+        } else {
+            pending.waiters.push(durable);
+        }
         drop(pending);
         self.shared.wake_writer.notify_one();
-        Ok((sequence, receipt))
+        (sequence, receipt)
     }
 
     /// Waits on a receipt from [`Journal::append`].
@@ -242,34 +415,51 @@ impl Journal {
         receipt.await.unwrap_or_else(|_| Err(JournalFailed("the journal writer stopped".into())))
     }
 
+    /// Whether `sequence` is durable already (no waiting), or the journal failed.
+    pub fn is_durable(&self, sequence: u64) -> Result<bool, JournalFailed> {
+        match &*self.published.borrow() {
+            Published::Healthy(horizon) => Ok(horizon.durable >= sequence),
+            Published::Failed(reason) => Err(JournalFailed(Arc::clone(reason))),
+        }
+    }
+
     /// Waits until `sequence` is durable, or the journal fails.
     pub async fn wait_durable(&self, sequence: u64) -> Result<(), JournalFailed> {
-        let mut durable = self.durable.clone();
-        let outcome = durable
+        if self.is_durable(sequence)? {
+            return Ok(());
+        }
+        let mut published = self.published.clone();
+        let outcome = published
             .wait_for(|state| match state {
-                Durable::UpTo(durable) => *durable >= sequence,
-                Durable::Failed(_) => true,
+                Published::Healthy(horizon) => horizon.durable >= sequence,
+                Published::Failed(_) => true,
             })
             .await;
         match outcome.as_deref() {
-            Ok(Durable::UpTo(_)) => Ok(()),
-            Ok(Durable::Failed(reason)) => Err(JournalFailed(Arc::clone(reason))),
+            Ok(Published::Healthy(_)) => Ok(()),
+            Ok(Published::Failed(reason)) => Err(JournalFailed(Arc::clone(reason))),
             Err(_) => Err(JournalFailed("the journal writer stopped".into())),
         }
     }
 
-    /// Blocks this (non-async) thread until `sequence` is durable, or the
-    /// journal fails. For background threads only.
-    pub fn wait_durable_blocking(&self, sequence: u64) -> Result<(), JournalFailed> {
-        // The writer publishes after every batch, so this polls a short while
-        // at most; each turn is bounded by a millisecond sleep.
+    /// Blocks this (non-async) thread until `sequence` is fsynced, whatever
+    /// the policy, or the journal fails. For background threads only: a
+    /// snapshot must never hold a change the journal could still lose.
+    pub fn wait_synced_blocking(&self, sequence: u64) -> Result<(), JournalFailed> {
+        {
+            let mut pending = self.shared.lock();
+            pending.sync_through = pending.sync_through.max(sequence);
+        }
+        self.shared.wake_writer.notify_one();
+        // The writer publishes after every batch and every requested sync, so
+        // this polls a short while at most; each turn sleeps a millisecond.
         loop {
-            match &*self.durable.borrow() {
-                Durable::UpTo(durable) if *durable >= sequence => return Ok(()),
-                Durable::Failed(reason) => return Err(JournalFailed(Arc::clone(reason))),
-                Durable::UpTo(_) => {}
+            match &*self.published.borrow() {
+                Published::Healthy(horizon) if horizon.synced >= sequence => return Ok(()),
+                Published::Failed(reason) => return Err(JournalFailed(Arc::clone(reason))),
+                Published::Healthy(_) => {}
             }
-            if self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+            if self.shared.lock().writer_stopped {
                 return Err(JournalFailed("the journal writer stopped".into()));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -278,9 +468,9 @@ impl Journal {
 
     /// Completes when the journal fails (never, while it is healthy).
     pub async fn failed(&self) -> JournalFailed {
-        let mut durable = self.durable.clone();
-        match durable.wait_for(|state| matches!(state, Durable::Failed(_))).await.as_deref() {
-            Ok(Durable::Failed(reason)) => JournalFailed(Arc::clone(reason)),
+        let mut published = self.published.clone();
+        match published.wait_for(|state| matches!(state, Published::Failed(_))).await.as_deref() {
+            Ok(Published::Failed(reason)) => JournalFailed(Arc::clone(reason)),
             _ => JournalFailed("the journal writer stopped".into()),
         }
     }
@@ -294,22 +484,39 @@ impl Journal {
         if let Some(reason) = &pending.failure {
             return Err(JournalFailed(Arc::clone(reason)));
         }
-        if pending.closing {
+        if pending.closing || pending.writer_stopped {
             // The writer may already be gone: nobody would ever answer.
             return Ok(None);
         }
         let last_sequence = pending.last_sequence;
-        let at_byte = pending.bytes.len();
-        pending.rotation = Some(Rotation { at_byte, after_sequence: last_sequence, done });
+        let rotation = Rotation {
+            at_record: pending.waiters.len(),
+            at_byte: pending.bytes.len(),
+            after_sequence: last_sequence,
+            done,
+        };
+        if let Some(earlier) = pending.rotation.replace(rotation) {
+            let _ = earlier.done.send(Err("superseded by a later rotation".to_owned()));
+        }
         drop(pending);
         self.shared.wake_writer.notify_one();
         Ok(Some(RotationTicket { last_sequence, switched: finished }))
     }
 
-    /// Writes and syncs everything buffered, then stops the writer thread.
-    pub fn close(&self) {
+    /// Asks the writer to write and sync everything buffered and stop; later
+    /// commands are refused. Does not wait.
+    pub fn begin_close(&self) {
         self.shared.lock().closing = true;
         self.shared.wake_writer.notify_one();
+    }
+
+    /// Whether the writer thread has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().writer_stopped
+    }
+
+    /// Joins the writer thread once it has stopped.
+    pub fn join(&self) {
         let handle = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if let Some(handle) = handle
             && handle.join().is_err()
@@ -323,7 +530,9 @@ struct Writer {
     shared: Arc<Shared>,
     segment: Segment,
     fsync: FsyncPolicy,
-    durable_sender: watch::Sender<Durable>,
+    /// What was last published.
+    horizon: Horizon,
+    publisher: watch::Sender<Published>,
     data_dir: Arc<DataDir>,
     snapshots: Option<SnapshotTrigger>,
     /// Segment size at the last snapshot request, so that a failed snapshot
@@ -331,15 +540,28 @@ struct Writer {
     last_request_size: Option<u64>,
 }
 
+/// One turn's work, taken from [`Pending`] under its lock.
+struct Turn {
+    last_sequence: u64,
+    rotation: Option<Rotation>,
+    sync_through: u64,
+    closing: bool,
+}
+
 impl Writer {
     fn run(mut self) {
         let mut batch: Vec<u8> = Vec::new();
+        let mut framed: Vec<u8> = Vec::new();
         let mut waiters = Vec::new();
         self.maybe_request_snapshot();
         loop {
-            let (last_sequence, rotation, closing) = {
+            let turn = {
                 let mut pending = self.shared.lock();
-                while pending.bytes.is_empty() && pending.rotation.is_none() && !pending.closing {
+                while pending.bytes.is_empty()
+                    && pending.rotation.is_none()
+                    && pending.sync_through <= self.horizon.synced
+                    && !pending.closing
+                {
                     pending = self
                         .shared
                         .wake_writer
@@ -348,15 +570,15 @@ impl Writer {
                 }
                 std::mem::swap(&mut pending.bytes, &mut batch);
                 std::mem::swap(&mut pending.waiters, &mut waiters);
-                (pending.last_sequence, pending.rotation.take(), pending.closing)
+                Turn {
+                    last_sequence: pending.last_sequence,
+                    rotation: pending.rotation.take(),
+                    sync_through: pending.sync_through,
+                    closing: pending.closing,
+                }
             };
-            let written = match rotation {
-                None => self
-                    .segment
-                    .write(&batch, self.fsync)
-                    .map_err(|error| self.write_failure(&error)),
-                Some(rotation) => self.write_rotating(&batch, rotation),
-            };
+            debug_assert_eq!(turn.last_sequence - self.horizon.durable, waiters.len() as u64);
+            let written = self.write_turn(&batch, waiters.len(), &turn, &mut framed);
             if let Err(reason) = written {
                 let failure = self.fail(reason);
                 for waiter in waiters.drain(..) {
@@ -364,37 +586,71 @@ impl Writer {
                 }
                 return;
             }
+            let batch_bytes = batch.len() as u64;
             batch.clear();
             batch.shrink_to(BATCH_BUFFER_KEEP_BYTES);
-            self.durable_sender.send_replace(Durable::UpTo(last_sequence));
+            framed.clear();
+            framed.shrink_to(BATCH_BUFFER_KEEP_BYTES);
+            self.shared.lock().backlog_bytes -= batch_bytes;
+            self.publisher.send_replace(Published::Healthy(self.horizon));
             // A caller that gave up waiting has dropped its receiver: fine.
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(Ok(()));
             }
 
             self.maybe_request_snapshot();
-            if closing {
-                if let Err(error) = self.segment.file.sync_all() {
-                    tracing::error!(%error, "cannot sync the journal at shutdown");
-                }
+            if turn.closing && self.shared.lock().bytes.is_empty() {
+                self.stop();
                 return;
             }
         }
     }
 
-    /// Writes `batch` across a segment switch: the frames before the rotation
-    /// point end the old segment, the rest start the new one.
-    fn write_rotating(&mut self, batch: &[u8], rotation: Rotation) -> Result<(), String> {
-        let (old, new) = batch.split_at(rotation.at_byte);
-        let switched = self
-            .segment
-            .write(old, self.fsync)
-            .map_err(|error| self.write_failure(&error))
-            .and_then(|()| self.rotate(rotation.after_sequence + 1));
-        // The snapshot waits for this answer either way.
-        let _ = rotation.done.send(switched.clone());
-        switched?;
-        self.segment.write(new, self.fsync).map_err(|error| self.write_failure(&error))
+    /// Writes one turn's records (across a segment switch if a rotation was
+    /// asked for) and syncs as the policy and any sync request demand.
+    fn write_turn(
+        &mut self,
+        batch: &[u8],
+        count: usize,
+        turn: &Turn,
+        framed: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let first_sequence = self.horizon.durable + 1;
+        let last_sequence = self.horizon.durable + count as u64;
+        match &turn.rotation {
+            None => self.write_records(batch, count, first_sequence, framed)?,
+            Some(rotation) => {
+                let (old, new) = batch.split_at(rotation.at_byte);
+                let switched = self
+                    .write_records(old, rotation.at_record, first_sequence, framed)
+                    .and_then(|()| self.rotate(rotation.after_sequence + 1));
+                // The snapshot waits for this answer either way.
+                let _ = rotation.done.send(switched.clone());
+                switched?;
+                framed.clear();
+                let new_first = rotation.after_sequence + 1;
+                self.write_records(new, count - rotation.at_record, new_first, framed)?;
+            }
+        }
+        self.horizon.durable = last_sequence;
+        if self.fsync == FsyncPolicy::Always {
+            self.horizon.synced = last_sequence;
+        } else if turn.sync_through > self.horizon.synced || turn.closing {
+            self.segment.sync().map_err(|error| self.write_failure(&error))?;
+            self.horizon.synced = last_sequence;
+        }
+        Ok(())
+    }
+
+    fn write_records(
+        &mut self,
+        records: &[u8],
+        count: usize,
+        first_sequence: u64,
+        framed: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        encode_batches(records, count, first_sequence, framed);
+        self.segment.write(framed, self.fsync).map_err(|error| self.write_failure(&error))
     }
 
     fn write_failure(&self, error: &std::io::Error) -> String {
@@ -407,8 +663,7 @@ impl Writer {
             return Ok(()); // nothing written since the segment began
         }
         self.segment
-            .file
-            .sync_all()
+            .sync()
             .map_err(|error| format!("cannot sync {}: {error}", self.segment.path.display()))?;
         self.segment = Segment::create(&self.data_dir, first_sequence)
             .map_err(|error| format!("cannot create journal segment {first_sequence}: {error}"))?;
@@ -431,19 +686,101 @@ impl Writer {
         }
     }
 
-    /// Fails the journal for good; callers still waiting are told so.
+    /// Stops after a clean close: everything written is synced; a rotation
+    /// asked for meanwhile is told no, and records appended after the last
+    /// turn (none, once closing is seen) are told the journal is closed.
+    fn stop(&mut self) {
+        let leftovers = {
+            let mut pending = self.shared.lock();
+            pending.writer_stopped = true;
+            if let Some(rotation) = pending.rotation.take() {
+                let _ = rotation.done.send(Err("the journal closed".to_owned()));
+            }
+            std::mem::take(&mut pending.waiters)
+        };
+        for waiter in leftovers {
+            let _ = waiter.send(Err(JournalFailed("the journal is closed".into())));
+        }
+    }
+
+    /// Fails the journal for good; callers still waiting, and a snapshot
+    /// waiting for its rotation, are told so.
     fn fail(&self, reason: String) -> JournalFailed {
         tracing::error!(%reason, "journal failed: refusing all further changes (fail-stop)");
         let reason: Arc<str> = reason.into();
-        let waiting = {
+        let (waiting, rotation) = {
             let mut pending = self.shared.lock();
             pending.failure = Some(Arc::clone(&reason));
-            std::mem::take(&mut pending.waiters)
+            pending.writer_stopped = true;
+            (std::mem::take(&mut pending.waiters), pending.rotation.take())
         };
+        if let Some(rotation) = rotation {
+            let _ = rotation.done.send(Err(reason.to_string()));
+        }
         for waiter in waiting {
             let _ = waiter.send(Err(JournalFailed(Arc::clone(&reason))));
         }
-        self.durable_sender.send_replace(Durable::Failed(Arc::clone(&reason)));
+        self.publisher.send_replace(Published::Failed(Arc::clone(&reason)));
         JournalFailed(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn record_frames(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            frame::encode(payload, &mut out);
+        }
+        out
+    }
+
+    /// Batches read back as the records they were made of, with their sequence.
+    #[test]
+    fn batches_round_trip_with_their_first_sequence() {
+        let records = record_frames(&[b"one", b"", b"three"]);
+        let mut out = Vec::new();
+        encode_batches(&records, 3, 41, &mut out);
+        let mut seen = Vec::new();
+        let ending = frame::scan(&out, 0, |_, payload| {
+            let (first, records) = decode_batch(payload)?;
+            seen.push((first, records.iter().map(|record| record.to_vec()).collect::<Vec<_>>()));
+            Ok(())
+        });
+        assert_eq!(ending, Ok(frame::Ending::Clean));
+        assert_eq!(seen, vec![(41, vec![b"one".to_vec(), vec![], b"three".to_vec()])]);
+    }
+
+    /// Records past the frame size limit are split into several batches,
+    /// each numbered from its own first record.
+    #[test]
+    fn large_batches_split_at_record_boundaries() {
+        let big = vec![7u8; MAX_PAYLOAD_BYTES / 2];
+        let records = record_frames(&[&big, &big, b"small"]);
+        let mut out = Vec::new();
+        encode_batches(&records, 3, 1, &mut out);
+        let mut firsts = Vec::new();
+        frame::scan(&out, 0, |_, payload| {
+            let (first, records) = decode_batch(payload)?;
+            firsts.push((first, records.len()));
+            Ok(())
+        })
+        .expect("valid batches");
+        assert_eq!(firsts, vec![(1, 1), (2, 2)]);
+    }
+
+    /// A batch whose record count disagrees with its records is refused.
+    #[test]
+    fn batch_with_a_wrong_record_count_is_refused() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&2u32.to_le_bytes());
+        payload.extend_from_slice(&record_frames(&[b"only one"]));
+        assert!(decode_batch(&payload).is_err());
+        let record = JournalRecord::default().encode_to_vec();
+        assert!(record.is_empty() || decode_batch(&record).is_err());
     }
 }

@@ -1,27 +1,32 @@
 //! Durability: the layer between the service and the ledger core that makes
-//! every acknowledged change survive restarts, kill -9 and power loss.
+//! every acknowledged change survive restarts, kill -9 and power loss, and
+//! never shows what a crash could take back.
 //!
 //! Each user has an in-memory [`Ledger`] behind its own lock, the source of
 //! every read. Each accepted command is applied under that lock and appended,
 //! in the same order, to an append-only journal shared by all users; the
 //! caller's reply waits until the journal has it on disk (see [`journal`] for
 //! group commit). Refused commands write nothing, except refusals of calls
-//! with a request id, which retries must see again. When the current journal
-//! segment grows past a threshold, a background thread writes a snapshot of
-//! every user's ledger and removes the segments it covers. Start-up loads the newest snapshot and replays the
-//! journal after it.
+//! with a request id, which retries must see again. Every reply (a read, a
+//! refusal, a retry) waits until every change it reflects is durable; a user
+//! with nothing pending never waits. When the current journal segment grows
+//! past a threshold, a background thread writes a snapshot of every user's
+//! ledger and removes the segments it covers. Start-up loads the newest
+//! snapshot and replays the journal after it (see [`recovery`]).
 //!
-//! Modules: [`frame`] (checksummed records), [`files`] (the data directory),
-//! [`records`] (what is stored), [`journal`] (group commit), [`snapshot`].
+//! Modules: [`file_system`] (the seam to the disk), [`frame`] (checksummed
+//! frames), [`files`] (the data directory), [`records`] (what is stored),
+//! [`journal`] (group commit), [`snapshot`], [`recovery`], [`backup`].
 
+pub mod backup;
+pub mod file_system;
 pub mod files;
 pub mod frame;
 pub mod journal;
 pub mod records;
+pub mod recovery;
 pub mod snapshot;
 
-use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -30,17 +35,18 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use prost::Message;
 
 use crate::ledger::{
     HistoryCursor, HistoryPage, Ledger, LedgerError, NewTransaction, Outcome, Request, Spend,
     Transaction,
 };
+use file_system::{FileSystem, OsFileSystem};
 use files::DataDir;
 pub use journal::FsyncPolicy;
-use journal::{Journal, JournalFailed, Segment, SnapshotTrigger};
+use journal::{Journal, JournalFailed, JournalOptions, SnapshotTrigger};
 use records::{AddTransactionRecord, AddTransactionsRecord, Command, JournalRecord, SpendRecord};
-use snapshot::UserSnapshot;
+pub use recovery::replay;
+use snapshot::SnapshotFile;
 
 /// The user of calls that name none.
 pub const DEFAULT_USER: &str = "default";
@@ -61,6 +67,11 @@ pub enum Storage {
         fsync: FsyncPolicy,
         /// Journal segment size that triggers a snapshot.
         snapshot_threshold_bytes: u64,
+        /// Bytes appended and not yet durable past which new writes are refused.
+        max_journal_backlog_bytes: u64,
+        /// The file system the directory is on: the operating system's,
+        /// or a simulated disk in tests.
+        file_system: Arc<dyn FileSystem>,
     },
 }
 
@@ -84,6 +95,10 @@ impl StoreOptions {
     pub const DEFAULT_MAX_USERS: usize = 1_000_000;
     /// The default limit of payers per user.
     pub const DEFAULT_MAX_PAYERS_PER_USER: usize = 10_000;
+    /// The default limit of journal bytes waiting for the disk: far above
+    /// what a healthy disk ever has pending (a few batches), small enough
+    /// that a stalled disk cannot exhaust memory.
+    pub const DEFAULT_MAX_JOURNAL_BACKLOG_BYTES: u64 = 64 << 20;
 
     /// In memory, with the default retention and limits.
     pub fn in_memory() -> Self {
@@ -102,6 +117,8 @@ impl StoreOptions {
                 data_dir: data_dir.to_owned(),
                 fsync,
                 snapshot_threshold_bytes,
+                max_journal_backlog_bytes: Self::DEFAULT_MAX_JOURNAL_BACKLOG_BYTES,
+                file_system: Arc::new(OsFileSystem),
             },
             ..Self::in_memory()
         }
@@ -175,11 +192,31 @@ pub enum StoreError {
     /// was left unusable by an internal error.
     #[error("{0}")]
     Unavailable(String),
+    /// The store cannot take this write now, but may shortly (the disk is
+    /// behind); nothing changed.
+    #[error("{message}")]
+    Busy {
+        /// Stable UPPER_SNAKE_CASE name of the condition.
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
 }
 
 impl From<JournalFailed> for StoreError {
     fn from(failure: JournalFailed) -> Self {
         StoreError::Unavailable(failure.to_string())
+    }
+}
+
+impl From<journal::Refusal> for StoreError {
+    fn from(refusal: journal::Refusal) -> Self {
+        match refusal {
+            journal::Refusal::Failed(failure) => failure.into(),
+            backlog @ journal::Refusal::Backlog { .. } => {
+                StoreError::Busy { reason: "JOURNAL_BACKLOG", message: backlog.to_string() }
+            }
+        }
     }
 }
 
@@ -200,6 +237,8 @@ pub struct Store {
     users: Arc<Users>,
     /// `None` in memory-only mode.
     journal: Option<Arc<Journal>>,
+    /// `None` in memory-only mode.
+    snapshotter: Option<Arc<Snapshotter>>,
     request_id_retention_ms: i64,
     max_users: usize,
     max_payers_per_user: usize,
@@ -239,14 +278,22 @@ impl Store {
     /// snapshot, then the journal after it) and starting the journal writer.
     pub fn open(options: &StoreOptions) -> Result<(Self, Recovery), OpenError> {
         let retention_ms = options.request_id_retention_ms;
-        let Storage::Durable { data_dir, fsync, snapshot_threshold_bytes } = &options.storage
+        let Storage::Durable {
+            data_dir,
+            fsync,
+            snapshot_threshold_bytes,
+            max_journal_backlog_bytes,
+            file_system,
+        } = &options.storage
         else {
             let store = Self::assemble(Arc::default(), None, options, Vec::new());
             return Ok((store, Recovery::default()));
         };
         let started = Instant::now();
-        let data_dir = Arc::new(DataDir::lock(data_dir)?);
-        let recovered = recover(&data_dir)?;
+        let data_dir = Arc::new(DataDir::lock(Arc::clone(file_system), data_dir)?);
+        let listing = data_dir.list()?;
+        let mut recovered = recovery::scan(data_dir.fs(), &listing)?;
+        let segment = recovery::prepare(&data_dir, &mut recovered)?;
         let now_ms = Utc::now().timestamp_millis();
         let users: Arc<Users> = Arc::new(DashMap::new());
         let (mut transactions, mut spends, mut payers, mut lots) = (0, 0, 0, 0);
@@ -275,22 +322,30 @@ impl Store {
 
         let (requests, requested) = mpsc::sync_channel(1);
         let trigger = SnapshotTrigger { threshold_bytes: *snapshot_threshold_bytes, requests };
+        let journal_options =
+            JournalOptions { fsync: *fsync, max_backlog_bytes: *max_journal_backlog_bytes };
         let journal = Journal::start(
             Arc::clone(&data_dir),
-            recovered.segment,
+            segment,
             recovered.last_sequence,
-            *fsync,
+            journal_options,
             Some(trigger),
         )
         .map_err(files::io_error("start the journal writer for", data_dir.path()))?;
         let journal = Arc::new(journal);
-        let snapshotter = {
-            let (users, journal) = (Arc::clone(&users), Arc::clone(&journal));
+        let snapshotter = Arc::new(Snapshotter {
+            users: Arc::clone(&users),
+            journal: Arc::clone(&journal),
+            data_dir,
+            one_at_a_time: Mutex::new(()),
+        });
+        let thread = {
+            let snapshotter = Arc::clone(&snapshotter);
             std::thread::Builder::new()
                 .name("snapshotter".to_owned())
                 .spawn(move || {
                     for () in requested {
-                        if let Err(reason) = take_snapshot(&users, &journal, &data_dir) {
+                        if let Err(reason) = snapshotter.take() {
                             tracing::error!(%reason, "snapshot failed; the journal still holds everything");
                         }
                     }
@@ -301,7 +356,8 @@ impl Store {
                     source,
                 })?
         };
-        let store = Self::assemble(users, Some(journal), options, vec![snapshotter]);
+        let mut store = Self::assemble(users, Some(journal), options, vec![thread]);
+        store.snapshotter = Some(snapshotter);
         Ok((store, recovered.recovery))
     }
 
@@ -334,6 +390,7 @@ impl Store {
         Self {
             users,
             journal,
+            snapshotter: None,
             request_id_retention_ms,
             max_users: options.max_users,
             max_payers_per_user: options.max_payers_per_user,
@@ -446,36 +503,52 @@ impl Store {
     }
 
     /// Every payer ever credited to `user_id` with its balance (none for an
-    /// unknown user). Never waits for the disk.
-    pub fn balances(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    /// unknown user), once every change it reflects is durable.
+    pub async fn balances(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(user_id, |ledger| {
             ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect()
         })
+        .await
     }
 
     /// A page of `user_id`'s history, or `None` if `cursor` is not a position
-    /// of it. An unknown user has an empty history.
-    pub fn history_page(
+    /// of it, once every change it reflects is durable. An unknown user has
+    /// an empty history.
+    pub async fn history_page(
         &self,
         user_id: &str,
         cursor: HistoryCursor,
         limit: usize,
     ) -> Result<Option<HistoryPage>, StoreError> {
-        self.read(user_id, |ledger| ledger.history_page(cursor, limit))
+        self.read(user_id, |ledger| ledger.history_page(cursor, limit)).await
     }
 
-    /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user).
-    pub fn read<T>(&self, user_id: &str, read: impl FnOnce(&Ledger) -> T) -> Result<T, StoreError> {
+    /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)
+    /// and returns its result once every change it saw is durable, so that
+    /// no reply shows what a crash could take back. A user with nothing
+    /// pending does not wait.
+    pub async fn read<T>(
+        &self,
+        user_id: &str,
+        read: impl FnOnce(&Ledger) -> T,
+    ) -> Result<T, StoreError> {
         // After a journal failure the in-memory state may hold changes that a
         // restart would not have: serve nothing rather than contradict it.
         if let Some(journal) = &self.journal {
             journal.check_healthy()?;
         }
         let user = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
-        match user {
-            Some(user) => Ok(read(&read_lock(&user)?.ledger)),
-            None => Ok(read(&Ledger::new())),
+        let (result, seen_sequence) = match user {
+            Some(user) => {
+                let user = read_lock(&user)?;
+                (read(&user.ledger), user.last_sequence)
+            }
+            None => (read(&Ledger::new()), 0),
+        };
+        if let Some(journal) = &self.journal {
+            journal.wait_durable(seen_sequence).await?;
         }
+        Ok(result)
     }
 
     /// Completes when the store stops accepting changes because its journal
@@ -487,29 +560,65 @@ impl Store {
         }
     }
 
-    /// Writes out everything buffered and stops the background threads.
+    /// Takes a snapshot now and returns once it is written (or why not);
+    /// normally the journal's growth triggers snapshots on their own. For
+    /// tests and tools; an in-memory store has nothing to snapshot.
+    pub fn snapshot_now(&self) -> Result<(), String> {
+        self.snapshotter.as_ref().map_or(Ok(()), |snapshotter| snapshotter.take())
+    }
+
+    /// Writes out everything buffered and stops the background threads,
+    /// waiting as long as that takes.
     pub fn close(&self) {
+        self.close_within(Duration::MAX);
+    }
+
+    /// Writes out everything buffered and stops the background threads,
+    /// giving up after `grace` (a stalled disk, a long snapshot): returns
+    /// whether everything stopped. What was acknowledged is durable either
+    /// way; giving up only leaves the writing of unacknowledged records, or a
+    /// snapshot, unfinished, which start-up handles as after a crash.
+    pub fn close_within(&self, grace: Duration) -> bool {
+        let deadline = Instant::now().checked_add(grace);
         if let Some(journal) = &self.journal {
-            journal.close();
+            journal.begin_close();
         }
         drop(self.stop_sweeper.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
         // The snapshot thread ends once the journal writer, which holds the
         // other end of its request channel, has stopped.
-        let threads = std::mem::take(
-            &mut *self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for thread in threads {
+        let mut threads = self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Bounded by the deadline: each turn sleeps a millisecond.
+        loop {
+            let journal_stopped = self.journal.as_ref().is_none_or(|journal| journal.is_stopped());
+            if journal_stopped && threads.iter().all(JoinHandle::is_finished) {
+                break;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                tracing::error!(
+                    "the store did not stop within the shutdown grace period (a stalled disk or \
+                     a long snapshot); exiting anyway: every acknowledged change is durable"
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(journal) = &self.journal {
+            journal.join();
+        }
+        for thread in threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a store thread panicked");
             }
         }
+        true
     }
 
     /// Executes a command under the user's write lock and, if it changed
     /// anything or is a refusal to remember, appends its record in the same
     /// critical section (so the journal has each user's commands in order);
-    /// then waits for durability outside the lock. A retry waits too, so that
-    /// it never acknowledges an original that is not yet on disk.
+    /// then waits outside the lock until everything the reply reflects is
+    /// durable: its own record, or for a refusal or a retry, every record
+    /// of the user it was decided on.
     async fn write<T>(
         &self,
         user_id: &str,
@@ -518,7 +627,9 @@ impl Store {
         command: impl FnOnce(&Result<T, LedgerError>) -> Command,
     ) -> Result<T, StoreError> {
         if let Some(journal) = &self.journal {
-            journal.check_healthy()?;
+            // Before anything changes: the journal must be able to take the
+            // record, so that no applied change is ever left unjournaled.
+            journal.admit()?;
         }
         let now_ms = Utc::now().timestamp_millis();
         let request =
@@ -536,10 +647,7 @@ impl Store {
         if let Some(journal) = &self.journal {
             match durable {
                 Durability::Receipt(receipt) => Journal::wait_receipt(receipt).await?,
-                Durability::Sequence(sequence) if sequence > 0 => {
-                    journal.wait_durable(sequence).await?
-                }
-                Durability::Sequence(_) | Durability::Nothing => {}
+                Durability::Sequence(sequence) => journal.wait_durable(sequence).await?,
             }
         }
         Ok(result?)
@@ -573,7 +681,8 @@ impl Store {
             Ok(_) => true,
             Err(error) => step.request_id.is_some() && error.depends_on_state(),
         };
-        let mut durable = Durability::Nothing;
+        // A refusal not journaled was decided on everything the user has.
+        let mut durable = Durability::Sequence(user.last_sequence);
         if changed && let Some(journal) = &self.journal {
             let (sequence, receipt) = journal.append(&JournalRecord {
                 command: Some(command(&result)),
@@ -581,7 +690,8 @@ impl Store {
                 request_id: step.request_id.unwrap_or_default().to_owned(),
                 accepted_at_ms: step.now_ms,
                 refused: result.is_err(),
-            })?;
+            });
+            debug_assert!(sequence > user.last_sequence, "a user's records are in journal order");
             user.last_sequence = sequence;
             durable = Durability::Receipt(receipt);
         }
@@ -643,11 +753,11 @@ struct WriteStep<'a> {
 
 /// What a write must wait for before its reply.
 enum Durability {
-    /// Nothing was journaled (in memory, or a refusal not remembered).
-    Nothing,
     /// Its own record.
     Receipt(journal::DurableReceipt),
-    /// A retry: the user's records up to this sequence, the original's among them.
+    /// Nothing of its own was journaled (a retry, or a refusal not
+    /// remembered): the user's records up to this sequence, on which its
+    /// outcome was decided (0 in memory, or for a new user).
     Sequence(u64),
 }
 
@@ -672,280 +782,83 @@ fn poisoned() -> StoreError {
     )
 }
 
-/// What recovery rebuilt.
-struct Recovered {
-    users: HashMap<String, UserLedger>,
-    segment: Segment,
-    last_sequence: u64,
-    recovery: Recovery,
-}
-
-/// Rebuilds every user's ledger from the data directory: the newest snapshot,
-/// then each journal record after it that the snapshot does not already
-/// hold for its user.
-fn recover(data_dir: &DataDir) -> Result<Recovered, OpenError> {
-    let listing = data_dir.list()?;
-    let mut recovery = Recovery::default();
-    let mut users: HashMap<String, UserLedger> = HashMap::new();
-    let mut rotation_sequence = 0;
-    if let Some((sequence, path)) = listing.snapshots.last() {
-        recovery.snapshot_sequence = Some(*sequence);
-        rotation_sequence = *sequence;
-        for user in snapshot::read(path, *sequence)? {
-            users.insert(
-                user.user_id,
-                UserLedger { ledger: user.ledger, last_sequence: user.last_sequence },
-            );
-        }
-    }
-    // Everything up to the rotation sequence is in the snapshot.
-    let mut last_sequence = rotation_sequence;
-
-    let mut append_to = None;
-    for (index, (first_sequence, path)) in listing.journals.iter().enumerate() {
-        let is_last = index + 1 == listing.journals.len();
-        if *first_sequence > last_sequence + 1 {
-            return Err(OpenError::Inconsistent {
-                path: path.clone(),
-                reason: format!(
-                    "the journal is missing sequences {}..{first_sequence}: a segment or \
-                     snapshot was removed",
-                    last_sequence + 1
-                ),
-            });
-        }
-        let (length, ending) = scan_segment(path, *first_sequence, |sequence, payload| {
-            if sequence > rotation_sequence {
-                let record = JournalRecord::decode(payload).map_err(|error| error.to_string())?;
-                let user = users.entry(record.user_id.clone()).or_default();
-                if sequence > user.last_sequence {
-                    replay(&mut user.ledger, record)
-                        .map_err(|reason| format!("cannot replay sequence {sequence}: {reason}"))?;
-                    user.last_sequence = sequence;
-                    recovery.records_replayed += 1;
-                }
-            }
-            last_sequence = last_sequence.max(sequence);
-            Ok(())
-        })?;
-
-        let mut valid_bytes = length;
-        if let frame::Ending::Torn { offset, reason } = ending {
-            if !is_last {
-                return Err(OpenError::Damaged {
-                    path: path.clone(),
-                    offset,
-                    reason: format!("{reason} in a journal segment that is not the newest"),
-                });
-            }
-            cut_torn_tail(path, offset, length, reason)?;
-            recovery.torn_bytes_cut = (length - offset) as u64;
-            valid_bytes = offset;
-        }
-        if is_last {
-            append_to = Some((path.clone(), *first_sequence, valid_bytes as u64));
-        }
-    }
-    for (user_id, user) in &users {
-        if user.last_sequence > last_sequence {
-            return Err(OpenError::Inconsistent {
-                path: data_dir.path().to_owned(),
-                reason: format!(
-                    "user {user_id:?} includes sequence {} but the journal ends at {last_sequence}",
-                    user.last_sequence
-                ),
-            });
-        }
-        if cfg!(debug_assertions) {
-            user.ledger.check_invariants().map_err(|reason| OpenError::Inconsistent {
-                path: data_dir.path().to_owned(),
-                reason: format!("user {user_id:?} breaks an invariant after recovery: {reason}"),
-            })?;
-        }
-    }
-
-    let segment = match append_to {
-        // Append to the newest segment unless a snapshot already covers all of it.
-        Some((path, first_sequence, size)) if first_sequence <= last_sequence + 1 => {
-            Segment::open_existing(path.clone(), first_sequence, size)
-                .map_err(files::io_error("open for appending", &path))?
-        }
-        _ => Segment::create(data_dir, last_sequence + 1)
-            .map_err(files::io_error("create a journal segment in", data_dir.path()))?,
-    };
-    Ok(Recovered { users, segment, last_sequence, recovery })
-}
-
 /// Reads every journal record in `data_dir` in sequence order, without
 /// locking or changing anything (a torn tail is left in place and skipped).
 /// Records already folded into a snapshot and removed are not returned. For
 /// tests and offline inspection.
 pub fn read_journal(data_dir: &Path) -> Result<Vec<(u64, JournalRecord)>, OpenError> {
-    let mut records = Vec::new();
-    for (first_sequence, path) in files::list(data_dir)?.journals {
-        scan_segment(&path, first_sequence, |sequence, payload| {
-            records.push((
-                sequence,
-                JournalRecord::decode(payload).map_err(|error| error.to_string())?,
-            ));
-            Ok(())
-        })?;
-    }
-    Ok(records)
+    recovery::read_journal(&OsFileSystem, data_dir)
 }
 
-/// Reads the journal segment at `path`, checks its header against the first
-/// sequence its name gives, and hands each record's sequence and payload to
-/// `visit`. Returns the file's length and how its records ended.
-fn scan_segment(
-    path: &Path,
-    first_sequence: u64,
-    mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>,
-) -> Result<(usize, frame::Ending), OpenError> {
-    let data = fs::read(path).map_err(files::io_error("read", path))?;
-    let header_sequence = files::decode_header(path, &data, files::JOURNAL_MAGIC)?;
-    if header_sequence != first_sequence {
-        return Err(OpenError::Damaged {
-            path: path.to_owned(),
-            offset: 0,
-            reason: format!(
-                "header says sequence {header_sequence}, the name says {first_sequence}"
-            ),
-        });
-    }
-    let mut sequence = first_sequence;
-    let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
-        visit(sequence, payload)?;
-        sequence += 1;
-        Ok(())
-    })
-    .map_err(|damage| OpenError::Damaged {
-        path: path.to_owned(),
-        offset: damage.offset,
-        reason: damage.reason,
-    })?;
-    Ok((data.len(), ending))
+/// Writes snapshots: from its own thread when the journal asks, or when
+/// called.
+struct Snapshotter {
+    users: Arc<Users>,
+    journal: Arc<Journal>,
+    data_dir: Arc<DataDir>,
+    /// Snapshots never overlap.
+    one_at_a_time: Mutex<()>,
 }
 
-/// Executes one journal record again. It was executed once on the same
-/// state, so it must have the same outcome: the same id, or a refusal.
-pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> {
-    let request = (!record.request_id.is_empty())
-        .then_some((record.request_id.as_str(), record.accepted_at_ms));
-    let (outcome, recorded_id) = match record.command {
-        Some(Command::AddTransaction(add)) => {
-            let timestamp = add.timestamp()?;
-            let result = ledger.replay_add_transaction(request, &add.payer, add.points, timestamp);
-            (result.map(|transaction| transaction.id), add.transaction_id)
-        }
-        Some(Command::Spend(spend)) => {
-            (ledger.replay_spend(request, spend.points).map(|spend| spend.id), spend.spend_id)
-        }
-        Some(Command::AddTransactions(batch)) => {
-            let entries = batch
-                .transactions
-                .iter()
-                .map(|add| {
-                    let timestamp = add.timestamp()?;
-                    Ok(NewTransaction { payer: &add.payer, points: add.points, timestamp })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let recorded: Vec<u64> =
-                batch.transactions.iter().map(|add| add.transaction_id).collect();
-            let ids = ledger
-                .add_transactions(&entries)
-                .map_err(|error| format!("the ledger refused the batch: {error}"))?
-                .iter()
-                .map(|transaction| transaction.id)
-                .collect::<Vec<_>>();
-            if ids != recorded {
-                return Err(format!(
-                    "replay assigned ids {ids:?}, the journal recorded {recorded:?}"
-                ));
-            }
+impl Snapshotter {
+    /// Writes a snapshot of every user, then removes the journal segments and
+    /// older snapshots it covers.
+    ///
+    /// No global lock and no second copy of the ledgers: the journal is
+    /// rotated at sequence R first, then each user is written out under its
+    /// own read lock with the sequence of its last record. Every record up to
+    /// R is in its user's copy (it was applied before R was read); later ones
+    /// may be, and recovery skips exactly those a user's copy holds. The
+    /// snapshot is put in place only once the journal has everything it holds
+    /// fsynced, whatever the fsync policy, so a snapshot is never ahead of the
+    /// journal on disk.
+    fn take(&self) -> Result<(), String> {
+        let _one_at_a_time =
+            self.one_at_a_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (journal, data_dir) = (&self.journal, &*self.data_dir);
+        let started = Instant::now();
+        let Some(ticket) = journal.request_rotation().map_err(|failure| failure.to_string())?
+        else {
+            tracing::info!("snapshot skipped: the store is closing");
             return Ok(());
+        };
+        let rotation_sequence = ticket.last_sequence;
+        let cannot_write =
+            |error: std::io::Error| format!("cannot write snapshot {rotation_sequence}: {error}");
+        let mut file = SnapshotFile::create(data_dir, rotation_sequence).map_err(cannot_write)?;
+        let mut newest = 0;
+        for (user_id, user) in collect_users(&self.users) {
+            let user = user.read().map_err(|_| format!("user {user_id:?} is poisoned"))?;
+            newest = newest.max(user.last_sequence);
+            file.write_user(&user_id, user.last_sequence, &user.ledger).map_err(cannot_write)?;
         }
-        None => {
-            return Err("a record with an unknown command (written by a newer version?)".to_owned());
-        }
-    };
-    match (outcome, record.refused) {
-        (Ok(id), false) if id == recorded_id => Ok(()),
-        (Ok(id), false) => {
-            Err(format!("replay assigned id {id}, the journal recorded id {recorded_id}"))
-        }
-        (Ok(id), true) => {
-            Err(format!("the command was refused, but replay accepted it as id {id}"))
-        }
-        (Err(_), true) => Ok(()),
-        (Err(error), false) => Err(format!("the ledger refused it: {error}")),
-    }
-}
+        let written_ms = started.elapsed().as_millis() as u64;
+        let size_bytes = file.finish().map_err(cannot_write)?;
+        ticket.switched.recv().map_err(|_| "the journal writer stopped".to_owned())??;
+        journal.wait_synced_blocking(newest).map_err(|failure| failure.to_string())?;
+        file.publish().map_err(cannot_write)?;
 
-/// Cuts a torn tail off the newest segment, like Redis's aof-load-truncated,
-/// and says so in the log.
-fn cut_torn_tail(path: &Path, offset: usize, length: usize, reason: &str) -> Result<(), OpenError> {
-    tracing::warn!(
-        path = %path.display(),
-        offset,
-        bytes_cut = length - offset,
-        reason,
-        "the journal ends in a torn record (a write cut short by a crash); cutting it off: that \
-         command was never acknowledged"
-    );
-    let file = OpenOptions::new().write(true).open(path).map_err(files::io_error("open", path))?;
-    file.set_len(offset as u64).map_err(files::io_error("truncate", path))?;
-    file.sync_all().map_err(files::io_error("sync", path))
-}
-
-/// Writes a snapshot of every user, then removes the journal segments and
-/// older snapshots it covers.
-///
-/// No global lock: the journal is rotated at sequence R first, then each user
-/// is copied under its own lock with the sequence of its last record. Every
-/// record up to R is in its user's copy (it was applied before R was read);
-/// later ones may be, and recovery skips exactly those a user's copy holds.
-fn take_snapshot(users: &Users, journal: &Journal, data_dir: &DataDir) -> Result<(), String> {
-    let started = Instant::now();
-    let Some(ticket) = journal.request_rotation().map_err(|failure| failure.to_string())? else {
-        tracing::info!("snapshot skipped: the store is closing");
-        return Ok(());
-    };
-    let rotation_sequence = ticket.last_sequence;
-    let mut copies = Vec::with_capacity(users.len());
-    for (user_id, user) in collect_users(users) {
-        let user = user.read().map_err(|_| format!("user {user_id:?} is poisoned"))?;
-        copies.push(UserSnapshot {
-            user_id: user_id.to_string(),
-            last_sequence: user.last_sequence,
-            ledger: user.ledger.clone(),
-        });
+        let listing = data_dir.list().map_err(|error| error.to_string())?;
+        let covered_journals =
+            listing.journals.iter().filter(|(first, _)| *first <= rotation_sequence);
+        let older_snapshots =
+            listing.snapshots.iter().filter(|(sequence, _)| *sequence < rotation_sequence);
+        for (_, path) in covered_journals.chain(older_snapshots) {
+            data_dir
+                .fs()
+                .remove_file(path)
+                .map_err(|error| format!("cannot remove {}: {error}", path.display()))?;
+        }
+        data_dir.sync().map_err(|error| format!("cannot sync the data directory: {error}"))?;
+        metrics::histogram!("points_snapshot_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            rotation_sequence,
+            size_bytes,
+            write_ms = written_ms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
     }
-    let copied_ms = started.elapsed().as_millis() as u64;
-    ticket.switched.recv().map_err(|_| "the journal writer stopped".to_owned())??;
-    // A copy may hold a record that is applied but not yet on disk; the
-    // snapshot must never get ahead of the journal.
-    let newest = copies.iter().map(|copy| copy.last_sequence).max().unwrap_or(0);
-    journal.wait_durable_blocking(newest).map_err(|failure| failure.to_string())?;
-    let size_bytes = snapshot::write(data_dir, rotation_sequence, copies)
-        .map_err(|error| format!("cannot write snapshot {rotation_sequence}: {error}"))?;
-
-    let listing = data_dir.list().map_err(|error| error.to_string())?;
-    let covered_journals = listing.journals.iter().filter(|(first, _)| *first <= rotation_sequence);
-    let older_snapshots =
-        listing.snapshots.iter().filter(|(sequence, _)| *sequence < rotation_sequence);
-    for (_, path) in covered_journals.chain(older_snapshots) {
-        fs::remove_file(path)
-            .map_err(|error| format!("cannot remove {}: {error}", path.display()))?;
-    }
-    data_dir.sync().map_err(|error| format!("cannot sync the data directory: {error}"))?;
-    metrics::histogram!("points_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
-    tracing::info!(
-        rotation_sequence,
-        size_bytes,
-        copy_ms = copied_ms,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "snapshot written"
-    );
-    Ok(())
 }

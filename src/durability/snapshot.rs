@@ -4,15 +4,16 @@
 //!
 //! A snapshot is written to a temporary file, fsynced, renamed into place and
 //! the directory fsynced, so a snapshot under its final name is always
-//! complete; its footer, counts and checksums prove it on reading.
+//! complete; its footer, counts and checksums prove it on reading. A
+//! snapshot that fails is removed, not left behind.
 
-use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
 use super::OpenError;
+use super::file_system::{AppendWriter, FileSystem};
 use super::files::{self, DataDir};
 use super::frame;
 use super::records::{
@@ -36,54 +37,74 @@ pub struct UserSnapshot {
     pub ledger: Ledger,
 }
 
-/// Writes the users as a durable snapshot named for `rotation_sequence` and
-/// returns its size in bytes.
-pub fn write(
-    data_dir: &DataDir,
-    rotation_sequence: u64,
-    users: Vec<UserSnapshot>,
-) -> std::io::Result<u64> {
-    let final_path = data_dir.snapshot_path(rotation_sequence);
-    let temporary_path = final_path.with_extension("snap.tmp");
-    let file = File::create(&temporary_path)?;
-    let mut writer =
-        SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), frame: Vec::new() };
-    writer.out.write_all(&files::encode_header(files::SNAPSHOT_MAGIC, rotation_sequence))?;
-    writer.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }))?;
-    let user_count = users.len() as u64;
-    for user in users {
-        writer.user(user)?;
-    }
-    writer.put(SnapshotPart::Footer(SnapshotFooter { user_count }))?;
-
-    let file = writer.out.into_inner().map_err(|error| error.into_error())?;
-    file.sync_all()?;
-    let size_bytes = file.metadata()?.len();
-    drop(file);
-    fs::rename(&temporary_path, &final_path)?;
-    data_dir.sync()?;
-    Ok(size_bytes)
-}
-
-struct SnapshotWriter {
-    out: BufWriter<File>,
+/// A snapshot being written to its temporary file, one user at a time, so
+/// that the store never holds a second copy of the ledgers: each user is
+/// written while the caller holds that user's lock. Dropped before
+/// [`SnapshotFile::publish`], it removes its temporary file.
+pub struct SnapshotFile<'dir> {
+    data_dir: &'dir DataDir,
+    temporary_path: PathBuf,
+    final_path: PathBuf,
+    /// `None` once finished.
+    out: Option<BufWriter<AppendWriter>>,
     frame: Vec<u8>,
+    user_count: u64,
+    size_bytes: u64,
 }
 
-impl SnapshotWriter {
+impl<'dir> SnapshotFile<'dir> {
+    /// Starts the snapshot named for `rotation_sequence` in a temporary file.
+    pub fn create(data_dir: &'dir DataDir, rotation_sequence: u64) -> std::io::Result<Self> {
+        let final_path = data_dir.snapshot_path(rotation_sequence);
+        let temporary_path = final_path.with_extension("snap.tmp");
+        // A leftover of an earlier failed attempt would make create_new fail.
+        let _ = data_dir.fs().remove_file(&temporary_path);
+        let file = data_dir.fs().create_new(&temporary_path)?;
+        let mut snapshot = Self {
+            data_dir,
+            temporary_path,
+            final_path,
+            out: Some(BufWriter::with_capacity(1 << 20, AppendWriter(file))),
+            frame: Vec::new(),
+            user_count: 0,
+            size_bytes: files::FILE_HEADER_BYTES as u64,
+        };
+        let header = files::encode_header(
+            files::SNAPSHOT_MAGIC,
+            files::SNAPSHOT_FORMAT_VERSION,
+            rotation_sequence,
+        );
+        snapshot.out()?.write_all(&header)?;
+        snapshot.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }))?;
+        Ok(snapshot)
+    }
+
+    fn out(&mut self) -> std::io::Result<&mut BufWriter<AppendWriter>> {
+        self.out.as_mut().ok_or_else(|| std::io::Error::other("the snapshot is already finished"))
+    }
+
     fn put(&mut self, part: SnapshotPart) -> std::io::Result<()> {
         self.frame.clear();
         frame::encode_message(&SnapshotRecord { part: Some(part) }, &mut self.frame);
-        self.out.write_all(&self.frame)
+        let frame = std::mem::take(&mut self.frame);
+        let written = self.out()?.write_all(&frame);
+        self.size_bytes += frame.len() as u64;
+        self.frame = frame;
+        written
     }
 
-    /// Writes one user, consuming its copy so that the history is moved,
-    /// not copied again.
-    fn user(&mut self, user: UserSnapshot) -> std::io::Result<()> {
-        let state = user.ledger.into_state();
+    /// Writes one user's whole ledger, whose last journal record is `last_sequence`.
+    pub fn write_user(
+        &mut self,
+        user_id: &str,
+        last_sequence: u64,
+        ledger: &Ledger,
+    ) -> std::io::Result<()> {
+        let state = ledger.view();
+        self.user_count += 1;
         self.put(SnapshotPart::User(UserRecord {
-            user_id: user.user_id.clone(),
-            last_sequence: user.last_sequence,
+            user_id: user_id.to_owned(),
+            last_sequence,
             payer_count: state.payers.len() as u64,
             transaction_count: state.transactions.len() as u64,
             spend_count: state.spends.len() as u64,
@@ -91,7 +112,7 @@ impl SnapshotWriter {
         }))?;
         for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
             self.put(SnapshotPart::Payers(PayersChunk {
-                names: chunk.iter().map(|(name, _)| name.clone()).collect(),
+                names: chunk.iter().map(|&(name, _)| name.to_owned()).collect(),
                 balances: chunk.iter().map(|&(_, balance)| balance).collect(),
             }))?;
         }
@@ -134,17 +155,66 @@ impl SnapshotWriter {
         }
         Ok(())
     }
+
+    /// Writes the footer and makes the temporary file durable; returns its size.
+    pub fn finish(&mut self) -> std::io::Result<u64> {
+        let user_count = self.user_count;
+        self.put(SnapshotPart::Footer(SnapshotFooter { user_count }))?;
+        let out = self.out.take().ok_or_else(|| std::io::Error::other("finished twice"))?;
+        let mut file = out.into_inner().map_err(|error| error.into_error())?.0;
+        file.sync()?;
+        Ok(self.size_bytes)
+    }
+
+    /// Renames the finished snapshot into place, durably, and returns its
+    /// path. Only call once the journal holds everything the snapshot does.
+    pub fn publish(mut self) -> std::io::Result<PathBuf> {
+        if self.out.is_some() {
+            return Err(std::io::Error::other("the snapshot is not finished"));
+        }
+        let fs = self.data_dir.fs();
+        fs.rename(&self.temporary_path, &self.final_path)?;
+        self.temporary_path = PathBuf::new();
+        self.data_dir.sync()?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for SnapshotFile<'_> {
+    fn drop(&mut self) {
+        if self.temporary_path.as_os_str().is_empty() {
+            return;
+        }
+        self.out = None;
+        if let Err(error) = self.data_dir.fs().remove_file(&self.temporary_path) {
+            tracing::warn!(
+                path = %self.temporary_path.display(),
+                %error,
+                "cannot remove an unfinished snapshot; start-up will"
+            );
+        }
+    }
 }
 
 /// Reads and fully checks the snapshot at `path`, named for `rotation_sequence`.
-pub fn read(path: &Path, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, OpenError> {
-    let data = fs::read(path).map_err(files::io_error("read", path))?;
+pub fn read(
+    fs: &dyn FileSystem,
+    path: &Path,
+    rotation_sequence: u64,
+) -> Result<Vec<UserSnapshot>, OpenError> {
+    let data = fs.read(path).map_err(files::io_error("read", path))?;
     let damaged = |offset: usize, reason: String| OpenError::Damaged {
         path: path.to_owned(),
         offset,
         reason,
     };
-    let base = files::decode_header(path, &data, files::SNAPSHOT_MAGIC)?;
+    let base = files::decode_header(
+        path,
+        &data,
+        files::SNAPSHOT_MAGIC,
+        &[files::SNAPSHOT_FORMAT_VERSION],
+    )?
+    .base_sequence;
     if base != rotation_sequence {
         return Err(damaged(
             0,

@@ -191,6 +191,19 @@ pub struct LedgerState {
     pub requests: Vec<RequestRecord>,
 }
 
+/// A ledger's whole state, borrowed; the same records as [`LedgerState`].
+#[derive(Debug)]
+pub struct LedgerView<'a> {
+    /// (name, balance) of each payer, in the order first credited.
+    pub payers: Vec<(&'a str, i64)>,
+    /// Every transaction, by id.
+    pub transactions: &'a [TransactionRecord],
+    /// Every spend, by id.
+    pub spends: &'a [SpendRecord],
+    /// The remembered requests, oldest first.
+    pub requests: Vec<RequestRecord>,
+}
+
 /// Points attributed to one payer, as in a spend's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayerPoints {
@@ -662,6 +675,17 @@ impl Ledger {
     /// The number of lots ever credited (transactions with positive points).
     pub fn lot_count(&self) -> usize {
         self.lots
+    }
+
+    /// The ledger's whole state, borrowed: a snapshot writes it out without
+    /// copying the history.
+    pub fn view(&self) -> LedgerView<'_> {
+        LedgerView {
+            payers: self.balances().collect(),
+            transactions: &self.transactions,
+            spends: &self.spends,
+            requests: self.requests.records().collect(),
+        }
     }
 
     /// The ledger's whole state as plain records, for snapshots.

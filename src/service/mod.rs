@@ -222,6 +222,7 @@ impl PointsServiceApi for PointsService {
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
+                .await
                 .map_err(|error| status::store_error(&error))?
                 .into_iter()
                 .collect();
@@ -240,6 +241,7 @@ impl PointsServiceApi for PointsService {
             let history = self
                 .store
                 .history_page(page.user_id, page.cursor, page.page_size)
+                .await
                 .map_err(|error| status::store_error(&error))?
                 .ok_or_else(|| status::invalid_argument(&[validation::invalid_page_token()]))?;
             let entries = history

@@ -111,6 +111,11 @@ pub fn store_error(error: &StoreError) -> Status {
     match error {
         StoreError::Refused(refusal) => ledger_refusal(refusal),
         StoreError::LimitReached { reason, message } => resource_exhausted(reason, message.clone()),
+        StoreError::Busy { reason, message } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(*reason, ERROR_DOMAIN, HashMap::new());
+            Status::with_error_details(Code::Unavailable, message.as_str(), details)
+        }
         StoreError::Unavailable(reason) => {
             let mut details = ErrorDetails::new();
             details.set_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
