@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use points::durability::files::{self, JOURNAL_MAGIC};
 use points::durability::records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
-use points::durability::{FsyncPolicy, Store, StoreOptions, frame, journal};
+use points::durability::{FsyncPolicy, Store, StoreOptions, journal};
 use points::ledger::Ledger;
 
 const TRANSACTIONS: u64 = 1_000_000;
@@ -55,12 +55,18 @@ fn write_history(data_dir: &Path) {
                 accepted_at_ms: 1_700_000_000_000,
                 ..JournalRecord::default()
             };
-            frame::encode_message(&record, &mut records);
+            journal::encode_record(&record, &mut records);
             record_count += 1;
         }
         if record_count >= 1000 || step + 1 == TRANSACTIONS {
             batch.clear();
-            journal::encode_batches(&records, record_count, next_sequence, &mut batch);
+            journal::encode_batches(
+                &records,
+                record_count,
+                next_sequence,
+                next_sequence - 1,
+                &mut batch,
+            );
             out.write_all(&batch).expect("write");
             next_sequence += record_count as u64;
             (records, record_count) = (Vec::new(), 0);

@@ -153,6 +153,31 @@ pub struct Config {
     /// After SIGINT or SIGTERM, how long in-flight calls get to finish, in milliseconds.
     #[arg(long, env = "POINTS_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// A command to run instead of serving; without one, the server starts
+    /// with the flags above.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands that run instead of the server, then exit.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Copy a data directory consistently, even while a server runs on it.
+    ///
+    /// The backup takes no lock and changes nothing in the data directory;
+    /// it copies the newest snapshot and the journal after it into DEST (new
+    /// or empty), fsyncs it, verifies it by reading it back with the checks
+    /// of start-up, and prints a one-line summary. Restore by starting a
+    /// server with --data-dir DEST.
+    Backup {
+        /// The data directory to back up (the server's --data-dir).
+        #[arg(long, env = "POINTS_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Where to write the backup: a new or empty directory.
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+    },
 }
 
 impl Config {

@@ -1,5 +1,5 @@
 //! `points-server`: parses the configuration, binds the listener and serves
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM; or runs a command instead (`points-server backup`).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use points::auth::Authenticator;
-use points::config::Config;
+use points::config::{Command, Config};
 use points::durability::Store;
 use points::server;
 use points::service::{Access, PointsService};
@@ -18,6 +18,9 @@ use points::telemetry;
 async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init(config.log_format);
+    if let Some(command) = &config.command {
+        return run(command);
+    }
     tracing::info!(?config, "starting points-server");
     if let Err(message) = config.check_protected_mode() {
         eprintln!("points-server: {message}");
@@ -109,6 +112,25 @@ async fn main() -> ExitCode {
             tracing::error!(%error, "server failed");
             eprintln!("points-server: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command other than serving: prints its one-line result to stdout,
+/// or why it failed to stderr.
+fn run(command: &Command) -> ExitCode {
+    match command {
+        Command::Backup { data_dir, to } => {
+            match points::durability::backup::backup(data_dir, to) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("points-server: backup failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -62,19 +62,59 @@ pub struct Damage {
 pub fn scan<'data>(
     data: &'data [u8],
     start: usize,
-    mut visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
+    visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
 ) -> Result<Ending, Damage> {
+    match scan_until_invalid(data, start, visit)? {
+        None => Ok(Ending::Clean),
+        Some((offset, reason)) => match valid_frames_after(data, offset).next() {
+            None => Ok(Ending::Torn { offset, reason }),
+            Some((valid, _)) => Err(Damage {
+                offset,
+                reason: format!("{reason}, with a valid frame after it at byte offset {valid}"),
+            }),
+        },
+    }
+}
+
+/// Reads the frames in `data` from `start` like [`scan`], stopping at the
+/// first invalid frame: returns its offset and what is wrong with it, or
+/// `None` if every frame was valid up to the end. The caller decides whether
+/// that frame is a torn end or damage.
+pub fn scan_until_invalid<'data>(
+    data: &'data [u8],
+    start: usize,
+    mut visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
+) -> Result<Option<(usize, &'static str)>, Damage> {
     let mut offset = start;
     // Each turn consumes at least one header, so this ends within data.len() turns.
     while offset < data.len() {
         let payload = match check_frame(&data[offset..]) {
             Ok(payload) => payload,
-            Err(reason) => return torn_or_damaged(data, offset, reason),
+            Err(reason) => return Ok(Some((offset, reason))),
         };
         visit(offset, payload).map_err(|reason| Damage { offset, reason })?;
         offset += FRAME_HEADER_BYTES + payload.len();
     }
-    Ok(Ending::Clean)
+    Ok(None)
+}
+
+/// Every valid frame that starts after byte `offset` of `data` (at any byte,
+/// not only where the frame at `offset` claims to end), with its offset.
+pub fn valid_frames_after(data: &[u8], offset: usize) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut candidate = offset + 1;
+    // Bounded by the data's length; the length checksum rejects almost every
+    // offset after four bytes, so this is linear in practice.
+    std::iter::from_fn(move || {
+        while candidate < data.len() {
+            let at = candidate;
+            if let Ok(payload) = check_frame(&data[at..]) {
+                candidate = at + FRAME_HEADER_BYTES + payload.len();
+                return Some((at, payload));
+            }
+            candidate += 1;
+        }
+        None
+    })
 }
 
 /// The payload of the frame at the start of `data`, or why there is no
@@ -104,20 +144,6 @@ fn check_frame(data: &[u8]) -> Result<&[u8], &'static str> {
         return Err("frame payload checksum mismatch");
     }
     Ok(payload)
-}
-
-/// An invalid frame at `offset` is the torn end of the data if no valid
-/// frame starts at any later byte; otherwise it is damage.
-fn torn_or_damaged(data: &[u8], offset: usize, reason: &'static str) -> Result<Ending, Damage> {
-    // Bounded by the data's length; the length checksum rejects almost every
-    // offset after four bytes, so this is linear in practice.
-    match (offset + 1..data.len()).find(|&candidate| check_frame(&data[candidate..]).is_ok()) {
-        None => Ok(Ending::Torn { offset, reason }),
-        Some(valid) => Err(Damage {
-            offset,
-            reason: format!("{reason}, with a valid frame after it at byte offset {valid}"),
-        }),
-    }
 }
 
 /// Appends one frame holding `message`, encoded in place (no extra copy).

@@ -49,9 +49,28 @@ pub enum FsyncPolicy {
     Never,
 }
 
-/// Bytes of a batch header inside its frame: first sequence (u64 LE) and
-/// record count (u32 LE).
-pub const BATCH_HEADER_BYTES: usize = 12;
+/// Bytes of a batch header inside its frame: first sequence (u64 LE),
+/// record count (u32 LE), synced-through sequence (u64 LE).
+pub const BATCH_HEADER_BYTES: usize = 20;
+
+/// Bytes of the length (u32 LE) before each record inside a batch. Records
+/// carry no checksum of their own (the batch's covers them), so no record
+/// inside a torn batch can pass for a valid frame when reading looks for
+/// valid data after a torn one.
+pub const RECORD_LENGTH_BYTES: usize = 4;
+
+/// Appends `record` to `out`, length-prefixed, as batches hold it.
+pub fn encode_record(record: &JournalRecord, out: &mut Vec<u8>) {
+    use prost::Message;
+    let length = record.encoded_len();
+    assert!(
+        length <= MAX_PAYLOAD_BYTES - BATCH_HEADER_BYTES - RECORD_LENGTH_BYTES,
+        "record of {length} bytes is too large"
+    );
+    out.reserve(RECORD_LENGTH_BYTES + length);
+    out.extend_from_slice(&(length as u32).to_le_bytes());
+    record.encode_raw(out);
+}
 
 /// How far the journal is durable, as published to waiting callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,10 +182,22 @@ impl Segment {
     }
 }
 
-/// Frames the records in `records` (whole record frames, `count` of them,
-/// the first with sequence `first_sequence`) as batches appended to `out`,
+/// Frames the records in `records` (length-prefixed by [`encode_record`],
+/// `count` of them, the first with sequence `first_sequence`) as batches
+/// appended to `out`,
 /// starting a new batch whenever one would pass the frame size limit.
-pub fn encode_batches(records: &[u8], count: usize, first_sequence: u64, out: &mut Vec<u8>) {
+///
+/// `synced_through` is the highest sequence fsynced before these batches
+/// were written: reading uses it to tell damage (an invalid batch that a
+/// later batch says was synced) from the unsynced end of a journal written
+/// under `--fsync never`, whose batches may reach the disk in any order.
+pub fn encode_batches(
+    records: &[u8],
+    count: usize,
+    first_sequence: u64,
+    synced_through: u64,
+    out: &mut Vec<u8>,
+) {
     let mut sequence = first_sequence;
     let mut rest = records;
     let mut left = count;
@@ -174,7 +205,7 @@ pub fn encode_batches(records: &[u8], count: usize, first_sequence: u64, out: &m
     while left > 0 {
         let (mut length, mut taken) = (0, 0);
         while taken < left {
-            let record = FRAME_HEADER_BYTES + frame_payload_length(&rest[length..]);
+            let record = RECORD_LENGTH_BYTES + record_length(&rest[length..]);
             if taken > 0 && BATCH_HEADER_BYTES + length + record > MAX_PAYLOAD_BYTES {
                 break;
             }
@@ -185,6 +216,7 @@ pub fn encode_batches(records: &[u8], count: usize, first_sequence: u64, out: &m
         out.resize(start + FRAME_HEADER_BYTES, 0);
         out.extend_from_slice(&sequence.to_le_bytes());
         out.extend_from_slice(&(taken as u32).to_le_bytes());
+        out.extend_from_slice(&synced_through.to_le_bytes());
         out.extend_from_slice(&rest[..length]);
         frame::seal(out, start);
         sequence += taken as u64;
@@ -194,33 +226,53 @@ pub fn encode_batches(records: &[u8], count: usize, first_sequence: u64, out: &m
     assert!(rest.is_empty(), "the record count must match the records");
 }
 
-/// The payload length of the frame at the start of `bytes`, which this
-/// process framed itself.
-fn frame_payload_length(bytes: &[u8]) -> usize {
+/// The length of the record at the start of `bytes`, which this process
+/// encoded itself.
+fn record_length(bytes: &[u8]) -> usize {
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
 }
 
-/// Reads one batch frame's payload: its first sequence and its records.
-pub fn decode_batch(payload: &[u8]) -> Result<(u64, Vec<&[u8]>), String> {
+/// One batch as read back.
+#[derive(Debug)]
+pub struct Batch<'data> {
+    /// The sequence of its first record.
+    pub first_sequence: u64,
+    /// The highest sequence fsynced before it was written.
+    pub synced_through: u64,
+    /// Its records, encoded.
+    pub records: Vec<&'data [u8]>,
+}
+
+/// Reads one batch frame's payload.
+pub fn decode_batch(payload: &[u8]) -> Result<Batch<'_>, String> {
     let Some(header) = payload.get(..BATCH_HEADER_BYTES) else {
         return Err("a journal batch shorter than its header".to_owned());
     };
     let first_sequence = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-    let mut records = Vec::with_capacity(count.min(payload.len() / FRAME_HEADER_BYTES));
-    let ending = frame::scan(payload, BATCH_HEADER_BYTES, |_, record| {
+    let synced_through = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    let mut records = Vec::with_capacity(count.min(payload.len() / RECORD_LENGTH_BYTES));
+    let mut rest = &payload[BATCH_HEADER_BYTES..];
+    // Each turn consumes at least the length bytes, so this ends.
+    while !rest.is_empty() {
+        let Some(length) = rest.get(..RECORD_LENGTH_BYTES) else {
+            return Err("a journal batch ends inside a record length".to_owned());
+        };
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        let Some(record) = rest.get(RECORD_LENGTH_BYTES..RECORD_LENGTH_BYTES + length) else {
+            return Err("a journal batch ends inside a record".to_owned());
+        };
         records.push(record);
-        Ok(())
-    })
-    .map_err(|damage| format!("a record inside a batch is damaged: {}", damage.reason))?;
+        rest = &rest[RECORD_LENGTH_BYTES + length..];
+    }
     // The batch's own checksum passed, so anything odd inside is damage.
-    if ending != frame::Ending::Clean || records.len() != count {
+    if records.len() != count {
         return Err(format!(
-            "a journal batch announces {count} records but holds {} ({ending:?})",
+            "a journal batch announces {count} records but holds {}",
             records.len()
         ));
     }
-    Ok((first_sequence, records))
+    Ok(Batch { first_sequence, synced_through, records })
 }
 
 /// Snapshot scheduling: the writer asks for a snapshot each time the current
@@ -394,7 +446,7 @@ impl Journal {
     pub fn append(&self, record: &JournalRecord) -> (u64, DurableReceipt) {
         let mut pending = self.shared.lock();
         let before = pending.bytes.len();
-        frame::encode_message(record, &mut pending.bytes);
+        encode_record(record, &mut pending.bytes);
         pending.backlog_bytes += (pending.bytes.len() - before) as u64;
         pending.last_sequence += 1;
         let sequence = pending.last_sequence;
@@ -649,7 +701,7 @@ impl Writer {
         first_sequence: u64,
         framed: &mut Vec<u8>,
     ) -> Result<(), String> {
-        encode_batches(records, count, first_sequence, framed);
+        encode_batches(records, count, first_sequence, self.horizon.synced, framed);
         self.segment.write(framed, self.fsync).map_err(|error| self.write_failure(&error))
     }
 
@@ -665,6 +717,7 @@ impl Writer {
         self.segment
             .sync()
             .map_err(|error| format!("cannot sync {}: {error}", self.segment.path.display()))?;
+        self.horizon.synced = first_sequence - 1;
         self.segment = Segment::create(&self.data_dir, first_sequence)
             .map_err(|error| format!("cannot create journal segment {first_sequence}: {error}"))?;
         self.last_request_size = None;
@@ -733,7 +786,8 @@ mod tests {
     fn record_frames(payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for payload in payloads {
-            frame::encode(payload, &mut out);
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(payload);
         }
         out
     }
@@ -743,11 +797,13 @@ mod tests {
     fn batches_round_trip_with_their_first_sequence() {
         let records = record_frames(&[b"one", b"", b"three"]);
         let mut out = Vec::new();
-        encode_batches(&records, 3, 41, &mut out);
+        encode_batches(&records, 3, 41, 40, &mut out);
         let mut seen = Vec::new();
         let ending = frame::scan(&out, 0, |_, payload| {
-            let (first, records) = decode_batch(payload)?;
-            seen.push((first, records.iter().map(|record| record.to_vec()).collect::<Vec<_>>()));
+            let batch = decode_batch(payload)?;
+            assert_eq!(batch.synced_through, 40);
+            let records = batch.records.iter().map(|record| record.to_vec()).collect::<Vec<_>>();
+            seen.push((batch.first_sequence, records));
             Ok(())
         });
         assert_eq!(ending, Ok(frame::Ending::Clean));
@@ -761,11 +817,11 @@ mod tests {
         let big = vec![7u8; MAX_PAYLOAD_BYTES / 2];
         let records = record_frames(&[&big, &big, b"small"]);
         let mut out = Vec::new();
-        encode_batches(&records, 3, 1, &mut out);
+        encode_batches(&records, 3, 1, 0, &mut out);
         let mut firsts = Vec::new();
         frame::scan(&out, 0, |_, payload| {
-            let (first, records) = decode_batch(payload)?;
-            firsts.push((first, records.len()));
+            let batch = decode_batch(payload)?;
+            firsts.push((batch.first_sequence, batch.records.len()));
             Ok(())
         })
         .expect("valid batches");
@@ -778,6 +834,7 @@ mod tests {
         let mut payload = Vec::new();
         payload.extend_from_slice(&1u64.to_le_bytes());
         payload.extend_from_slice(&2u32.to_le_bytes());
+        payload.extend_from_slice(&0u64.to_le_bytes());
         payload.extend_from_slice(&record_frames(&[b"only one"]));
         assert!(decode_batch(&payload).is_err());
         let record = JournalRecord::default().encode_to_vec();

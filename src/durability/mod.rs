@@ -823,6 +823,10 @@ impl Snapshotter {
             return Ok(());
         };
         let rotation_sequence = ticket.last_sequence;
+        // The new segment first: then a failed rotation costs no snapshot
+        // work, and the snapshot's file operations never interleave with the
+        // rotation's (which keeps simulated-disk runs deterministic).
+        ticket.switched.recv().map_err(|_| "the journal writer stopped".to_owned())??;
         let cannot_write =
             |error: std::io::Error| format!("cannot write snapshot {rotation_sequence}: {error}");
         let mut file = SnapshotFile::create(data_dir, rotation_sequence).map_err(cannot_write)?;
@@ -834,7 +838,6 @@ impl Snapshotter {
         }
         let written_ms = started.elapsed().as_millis() as u64;
         let size_bytes = file.finish().map_err(cannot_write)?;
-        ticket.switched.recv().map_err(|_| "the journal writer stopped".to_owned())??;
         journal.wait_synced_blocking(newest).map_err(|failure| failure.to_string())?;
         file.publish().map_err(cannot_write)?;
 

@@ -313,35 +313,94 @@ fn read_segment(
             ),
         });
     }
+    let damaged = |damage: frame::Damage| OpenError::Damaged {
+        path: path.to_owned(),
+        offset: damage.offset,
+        reason: damage.reason,
+    };
     let mut next = first_sequence;
-    let ending = frame::scan(data, files::FILE_HEADER_BYTES, |_, payload| {
-        if header.version == files::JOURNAL_FORMAT_VERSION_1 {
+    if header.version == files::JOURNAL_FORMAT_VERSION_1 {
+        let ending = frame::scan(data, files::FILE_HEADER_BYTES, |_, payload| {
             visit(next, payload)?;
             next += 1;
-            return Ok(());
-        }
-        let (batch_first, records) = journal::decode_batch(payload)?;
-        if batch_first != next {
+            Ok(())
+        })
+        .map_err(damaged)?;
+        let torn_at = match ending {
+            frame::Ending::Clean => None,
+            frame::Ending::Torn { offset, reason } => Some((offset, reason)),
+        };
+        return Ok(SegmentRead {
+            version: header.version,
+            record_count: next - first_sequence,
+            torn_at,
+        });
+    }
+    let invalid = frame::scan_until_invalid(data, files::FILE_HEADER_BYTES, |_, payload| {
+        let batch = journal::decode_batch(payload)?;
+        if batch.first_sequence != next {
             return Err(format!(
-                "a batch starts at sequence {batch_first} where sequence {next} belongs"
+                "a batch starts at sequence {} where sequence {next} belongs",
+                batch.first_sequence
             ));
         }
-        for record in records {
+        for record in batch.records {
             visit(next, record)?;
             next += 1;
         }
         Ok(())
     })
-    .map_err(|damage| OpenError::Damaged {
-        path: path.to_owned(),
-        offset: damage.offset,
-        reason: damage.reason,
-    })?;
-    let torn_at = match ending {
-        frame::Ending::Clean => None,
-        frame::Ending::Torn { offset, reason } => Some((offset, reason)),
+    .map_err(damaged)?;
+    let torn_at = match invalid {
+        None => None,
+        Some((offset, reason)) => {
+            check_unsynced_end(data, offset, next).map_err(damaged)?;
+            Some((offset, reason))
+        }
     };
     Ok(SegmentRead { version: header.version, record_count: next - first_sequence, torn_at })
+}
+
+/// Decides whether the invalid batch at `offset`, where sequence `next`
+/// belongs, is the unsynced end of the journal (Ok) or damage. It is damage
+/// if any valid batch after it says that sequence `next` had been fsynced
+/// before it was written: synced data cannot tear. Under `--fsync always`
+/// every batch is written after the one before it was synced, so any valid
+/// batch after an invalid one means damage; under `--fsync never`, unsynced
+/// batches may reach the disk in any order after a power cut, and the valid
+/// ones after a hole were never synced, so they end the journal too.
+fn check_unsynced_end(data: &[u8], offset: usize, next: u64) -> Result<(), frame::Damage> {
+    let mut unsynced_after = 0;
+    for (at, payload) in frame::valid_frames_after(data, offset) {
+        match journal::decode_batch(payload) {
+            Ok(batch) if batch.synced_through < next => unsynced_after += 1,
+            Ok(batch) => {
+                return Err(frame::Damage {
+                    offset,
+                    reason: format!(
+                        "an invalid batch where sequence {next} belongs, but the valid batch at \
+                         byte offset {at} was written after sequences up to {} were synced",
+                        batch.synced_through
+                    ),
+                });
+            }
+            Err(reason) => {
+                return Err(frame::Damage {
+                    offset,
+                    reason: format!("an invalid batch, and at byte offset {at} {reason}"),
+                });
+            }
+        }
+    }
+    if unsynced_after > 0 {
+        tracing::warn!(
+            offset,
+            batches = unsynced_after,
+            "the journal has a hole in data that was never fsynced (--fsync never and a power \
+             cut): it ends at the hole, and the later unsynced batches are dropped"
+        );
+    }
+    Ok(())
 }
 
 /// Applies what [`scan`] decided: removes leftover temporary files (done by
