@@ -11,15 +11,15 @@
 mod sim_disk;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use points::durability::file_system::FileSystem;
+use points::durability::file_system::{FileSystem, LockGuard, WritableFile};
 use points::durability::{FsyncPolicy, Storage, Store, StoreError, StoreOptions};
 use points::ledger::{Ledger, LedgerState, NewTransaction, Request};
-use sim_disk::SimDisk;
+use sim_disk::{SimDisk, SimFault, SimOp};
 
 const DATA_DIR: &str = "/data";
 const USERS: [&str; 3] = ["alice", "bob", "default"];
@@ -417,4 +417,175 @@ fn recovery_under_fsync_never_keeps_a_consistent_prefix() {
     if stats.cases >= 500 {
         assert!(stats.acknowledged_steps_lost > 0, "never lost anything unsynced: {stats:?}");
     }
+}
+
+/// A disk whose syncs can be held, to stand for one that stalls.
+#[derive(Debug)]
+struct StallingDisk {
+    inner: Arc<SimDisk>,
+    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StallingDisk {
+    fn hold(&self, held: bool) {
+        *self.held.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = held;
+        self.held.1.notify_all();
+    }
+}
+
+struct StallingFile {
+    inner: Box<dyn WritableFile>,
+    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl WritableFile for StallingFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.append(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let (held, released) = &*self.held;
+        let mut guard = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *guard {
+            guard = released.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        self.inner.sync()
+    }
+
+    fn truncate(&mut self, length_bytes: u64) -> std::io::Result<()> {
+        self.inner.truncate(length_bytes)
+    }
+}
+
+impl FileSystem for StallingDisk {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Option<LockGuard>> {
+        self.inner.try_lock(path)
+    }
+    fn list(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        let inner = self.inner.create_new(path)?;
+        Ok(Box::new(StallingFile { inner, held: Arc::clone(&self.held) }))
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        let inner = self.inner.open_append(path)?;
+        Ok(Box::new(StallingFile { inner, held: Arc::clone(&self.held) }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+}
+
+/// While the disk stalls, appended bytes pile up only to the backlog limit:
+/// past it, writes are refused with JOURNAL_BACKLOG before they change
+/// anything, also when the callers that filled it gave up waiting; once the
+/// disk catches up, exactly the admitted writes are there.
+#[test]
+fn a_stalled_disk_turns_into_journal_backlog_refusals_that_change_nothing() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let disk = Arc::new(StallingDisk {
+            inner: SimDisk::new(7),
+            held: Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new())),
+        });
+        let mut options = options(disk.clone(), FsyncPolicy::Always);
+        if let Storage::Durable { max_journal_backlog_bytes, .. } = &mut options.storage {
+            *max_journal_backlog_bytes = 2048;
+        }
+        let (store, _) = Store::open(&options).expect("open");
+        let store = Arc::new(store);
+        disk.hold(true);
+        let mut admitted = 0u64;
+        let mut refused = 0u64;
+        let timestamp = epoch();
+        // Each write waits for a disk that does not answer; its caller gives
+        // up after a moment (a cancelled call), which must not free room.
+        for _ in 0..400 {
+            let store = Arc::clone(&store);
+            let attempt = tokio::time::timeout(Duration::from_millis(2), async move {
+                store.add_transaction("alice", None, "DANNON", 5, timestamp).await
+            })
+            .await;
+            match attempt {
+                Err(_elapsed) => admitted += 1,
+                Ok(Err(StoreError::Busy { reason, message })) => {
+                    assert_eq!(reason, "JOURNAL_BACKLOG");
+                    assert!(message.contains("--max-journal-backlog-bytes"), "{message}");
+                    refused += 1;
+                }
+                Ok(other) => panic!("a write on a stalled disk finished: {other:?}"),
+            }
+        }
+        assert!(refused > 0, "nothing was refused: the backlog is not bounded");
+        assert!(admitted > 0 && admitted < 400, "admitted {admitted}");
+        disk.hold(false);
+        let transactions = store
+            .read("alice", |ledger| ledger.next_transaction_id() - 1)
+            .await
+            .expect("read once the disk caught up");
+        assert_eq!(
+            transactions, admitted,
+            "refused writes left no trace, admitted ones all stayed"
+        );
+        store.close();
+        drop(store);
+        let (store, _) = Store::open(&options).expect("reopen");
+        let recovered =
+            store.read("alice", |ledger| ledger.next_transaction_id() - 1).await.expect("read");
+        assert_eq!(recovered, admitted);
+        store.close();
+    });
+}
+
+/// A snapshot that fails part-way leaves no temporary file behind.
+#[test]
+fn a_failed_snapshot_leaves_no_temporary_file() {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let disk = SimDisk::new(11);
+        let (store, _) = Store::open(&options(disk.clone(), FsyncPolicy::Always)).expect("open");
+        for day in 0..20 {
+            store
+                .add_transaction("alice", None, "DANNON", 10, epoch() + TimeDelta::days(day))
+                .await
+                .expect("write");
+        }
+        for (op, kind) in [
+            (SimOp::Append, SimFault::Enospc),
+            (SimOp::Sync, SimFault::Eio),
+            (SimOp::Rename, SimFault::Eio),
+        ] {
+            disk.fail_calls_matching(op, ".snap", kind, 1);
+            let failed = store.snapshot_now();
+            assert!(failed.is_err(), "{op:?} failing did not fail the snapshot");
+            let leftovers: Vec<_> = disk
+                .current_files()
+                .into_keys()
+                .filter(|path| path.to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{op:?}: left {leftovers:?}");
+        }
+        // The store still works and a later snapshot succeeds.
+        store.snapshot_now().expect("a snapshot on a healthy disk");
+        assert_eq!(store.read("alice", |ledger| ledger.total()).await.expect("read"), 200);
+        store.close();
+    });
 }

@@ -14,9 +14,9 @@
 //!    segments read after the snapshot hold at least what it does. A listed
 //!    file that is gone when read was removed by a newer snapshot: start over.
 //! 3. Older segments must be whole. The newest may be growing: keep its valid
-//!    prefix, cut before a batch still being written, exactly as start-up
-//!    cuts a torn tail; a newest segment whose header is not written yet
-//!    holds no record and is left out.
+//!    prefix, cut before a batch still being written, decided by the same
+//!    code that cuts a torn tail at start-up; a newest segment whose header
+//!    is not written yet holds no record and is left out.
 //! 4. Write each file as `*.tmp` in the destination and fsync it; then rename
 //!    the segments into place oldest first and the snapshot last, and fsync
 //!    the directory. A file under its final name is always whole.
@@ -38,7 +38,6 @@ use std::time::Duration;
 use super::OpenError;
 use super::file_system::{FileSystem, OsFileSystem};
 use super::files::{self, Listing};
-use super::frame;
 use super::recovery;
 
 /// How many times a copy is started over because the data directory changed
@@ -241,7 +240,11 @@ pub fn backup_with(
                 });
             }
             Ok(Err(problem)) => {
-                tracing::info!(attempt, %problem, "the data directory changed during the backup; starting over");
+                tracing::info!(
+                    attempt,
+                    %problem,
+                    "the data directory changed during the backup; starting over"
+                );
                 remove_copies(fs, destination, &created)?;
                 last = problem;
                 // Give a snapshot in progress a moment to finish removing files.
@@ -298,10 +301,12 @@ fn copy_once(
     let rotation_sequence = snapshot.map_or(0, |(sequence, _)| *sequence);
     let segments = segments_to_copy(&listing, rotation_sequence);
     let mut copies = Vec::new();
-    for (index, path) in segments.iter().enumerate() {
+    for (index, (first_sequence, path)) in segments.iter().enumerate() {
         let is_newest = index + 1 == segments.len();
         let Some(mut data) = read_source(fs, path)? else { return Ok(Err(vanished(path))) };
-        let Some(length) = journal_length(path, &data, is_newest)? else { continue };
+        let Some(length) = journal_length(path, *first_sequence, &data, is_newest)? else {
+            continue;
+        };
         data.truncate(length);
         copies.push(write_copy(fs, destination, path, &data, created)?);
     }
@@ -365,7 +370,7 @@ fn list_data_dir(fs: &dyn FileSystem, source: &Path) -> Result<Listing, BackupEr
 /// The journal segments the copy needs, oldest first: all but those wholly
 /// covered by the snapshot at `rotation_sequence` (whose successor starts at
 /// or before the sequence after it). The newest is always kept.
-fn segments_to_copy(listing: &Listing, rotation_sequence: u64) -> Vec<PathBuf> {
+fn segments_to_copy(listing: &Listing, rotation_sequence: u64) -> Vec<(u64, PathBuf)> {
     let journals = &listing.journals;
     journals
         .iter()
@@ -373,33 +378,36 @@ fn segments_to_copy(listing: &Listing, rotation_sequence: u64) -> Vec<PathBuf> {
         .filter(|(index, _)| {
             journals.get(index + 1).is_none_or(|(next, _)| *next > rotation_sequence + 1)
         })
-        .map(|(_, (_, path))| path.clone())
+        .map(|(_, segment)| segment.clone())
         .collect()
 }
 
-/// How many bytes of the journal segment `data` (read from `path`) to copy:
-/// all of an older segment, which must end clean; the valid prefix of the
-/// newest, which may be growing; `None` for a newest segment whose header
-/// is not written yet (it holds no record).
-fn journal_length(path: &Path, data: &[u8], is_newest: bool) -> Result<Option<usize>, BackupError> {
+/// How many bytes of the journal segment `data` (read from `path`, named for
+/// `first_sequence`) to copy, decided exactly as start-up reads it: all of an
+/// older segment, which must end clean; the valid prefix of the newest, which
+/// may be growing (or, after a power cut under `--fsync never`, end in a hole
+/// of unsynced data); `None` for a newest segment whose header is not written
+/// yet (it holds no record). Anything else is damage.
+fn journal_length(
+    path: &Path,
+    first_sequence: u64,
+    data: &[u8],
+    is_newest: bool,
+) -> Result<Option<usize>, BackupError> {
     let header_bytes = files::FILE_HEADER_BYTES;
     if is_newest && (data.len() < header_bytes || data[..header_bytes].iter().all(|&b| b == 0)) {
         return Ok(None);
     }
-    let versions = [files::JOURNAL_FORMAT_VERSION, files::JOURNAL_FORMAT_VERSION_1];
-    files::decode_header(path, data, files::JOURNAL_MAGIC, &versions)
+    let read = recovery::read_segment(path, first_sequence, data, |_, _| Ok(()))
         .map_err(BackupError::Damaged)?;
-    let damaged = |offset, reason| {
-        BackupError::Damaged(OpenError::Damaged { path: path.to_owned(), offset, reason })
-    };
-    match frame::scan(data, header_bytes, |_, _| Ok(()))
-        .map_err(|damage| damaged(damage.offset, damage.reason))?
-    {
-        frame::Ending::Clean => Ok(Some(data.len())),
-        frame::Ending::Torn { offset, .. } if is_newest => Ok(Some(offset)),
-        frame::Ending::Torn { offset, reason } => {
-            Err(damaged(offset, format!("{reason} in a journal segment that is not the newest")))
-        }
+    match read.torn_at {
+        None => Ok(Some(data.len())),
+        Some((offset, _)) if is_newest => Ok(Some(offset)),
+        Some((offset, reason)) => Err(BackupError::Damaged(OpenError::Damaged {
+            path: path.to_owned(),
+            offset,
+            reason: format!("{reason} in a journal segment that is not the newest"),
+        })),
     }
 }
 
@@ -479,28 +487,21 @@ mod tests {
         }
     }
 
-    fn firsts(paths: &[PathBuf]) -> Vec<String> {
-        paths
-            .iter()
-            .map(|path| {
-                path.file_name().unwrap().to_string_lossy()[8..28]
-                    .trim_start_matches('0')
-                    .to_owned()
-            })
-            .collect()
+    fn firsts(segments: &[(u64, PathBuf)]) -> Vec<u64> {
+        segments.iter().map(|(first, _)| *first).collect()
     }
 
     #[test]
     fn segments_wholly_covered_by_the_snapshot_are_left_out() {
         // Segments 1..=40, 41..=90, 91..: a snapshot at 90 covers the first two.
-        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41, 91], &[90]), 90)), ["91"]);
+        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41, 91], &[90]), 90)), [91]);
         // At 60 it covers only the first; the second holds 61..=90.
-        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41, 91], &[60]), 60)), ["41", "91"]);
+        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41, 91], &[60]), 60)), [41, 91]);
         // Without a snapshot every segment is needed.
-        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41], &[]), 0)), ["1", "41"]);
+        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41], &[]), 0)), [1, 41]);
         // The newest is kept even when the snapshot covers it (a rotation the
         // listing missed); verification decides whether the copy fits.
-        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41], &[95]), 95)), ["41"]);
+        assert_eq!(firsts(&segments_to_copy(&listing(&[1, 41], &[95]), 95)), [41]);
     }
 
     #[test]
@@ -508,13 +509,20 @@ mod tests {
         let path = Path::new("journal-00000000000000000001.log");
         let mut data =
             files::encode_header(files::JOURNAL_MAGIC, files::JOURNAL_FORMAT_VERSION, 1).to_vec();
-        frame::encode(b"batch", &mut data);
+        let mut records = Vec::new();
+        for payload in [&b"one"[..], b"two"] {
+            records.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            records.extend_from_slice(payload);
+        }
+        crate::durability::journal::encode_batches(&records, 2, 1, 0, &mut data);
         let whole = data.len();
-        data.extend_from_slice(&[7, 0, 0]); // a frame header still being written
-        assert_eq!(journal_length(path, &data, true).unwrap(), Some(whole));
-        assert!(matches!(journal_length(path, &data, false), Err(BackupError::Damaged(_))));
-        assert_eq!(journal_length(path, &data[..whole], false).unwrap(), Some(whole));
-        assert_eq!(journal_length(path, &[0; 10], true).unwrap(), None);
-        assert_eq!(journal_length(path, &[0; 24], true).unwrap(), None);
+        data.extend_from_slice(&[7, 0, 0]); // a batch still being written
+        assert_eq!(journal_length(path, 1, &data, true).unwrap(), Some(whole));
+        assert!(matches!(journal_length(path, 1, &data, false), Err(BackupError::Damaged(_))));
+        assert_eq!(journal_length(path, 1, &data[..whole], false).unwrap(), Some(whole));
+        // Named for another sequence than its header says: damage, as at start-up.
+        assert!(matches!(journal_length(path, 5, &data, true), Err(BackupError::Damaged(_))));
+        assert_eq!(journal_length(path, 1, &[0; 10], true).unwrap(), None);
+        assert_eq!(journal_length(path, 1, &[0; 24], true).unwrap(), None);
     }
 }

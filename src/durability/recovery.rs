@@ -285,17 +285,18 @@ fn finish(
 }
 
 /// How a segment's records ended.
-struct SegmentRead {
+pub(super) struct SegmentRead {
     version: u32,
     record_count: u64,
     /// Where a torn tail starts, and why.
-    torn_at: Option<(usize, &'static str)>,
+    pub(super) torn_at: Option<(usize, &'static str)>,
 }
 
 /// Reads the journal segment `data` (from `path`), checks its header against
 /// the first sequence its name gives and every record's sequence against its
-/// place, and hands each record's sequence and payload to `visit`.
-fn read_segment(
+/// place, and hands each record's sequence and payload to `visit`. Also
+/// decides, for a backup, how much of a segment to copy.
+pub(super) fn read_segment(
     path: &Path,
     first_sequence: u64,
     data: &[u8],
