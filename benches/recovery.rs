@@ -26,6 +26,9 @@ fn write_history(data_dir: &Path) {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let header = files::encode_header(JOURNAL_MAGIC, files::JOURNAL_FORMAT_VERSION, 1);
     out.write_all(&header).expect("write");
+    let salt = 0x5eed_5a17;
+    out.write_all(&files::encode_journal_salt(salt)).expect("write");
+    let seed = files::frame_seed(salt);
     // Records are framed in batches of about a thousand, as group commit
     // under load would write them.
     let (mut records, mut record_count, mut next_sequence) = (Vec::new(), 0, 1);
@@ -60,13 +63,7 @@ fn write_history(data_dir: &Path) {
         }
         if record_count >= 1000 || step + 1 == TRANSACTIONS {
             batch.clear();
-            journal::encode_batches(
-                &records,
-                record_count,
-                next_sequence,
-                next_sequence - 1,
-                &mut batch,
-            );
+            journal::encode_batches(&records, record_count, next_sequence, seed, &mut batch);
             out.write_all(&batch).expect("write");
             next_sequence += record_count as u64;
             (records, record_count) = (Vec::new(), 0);

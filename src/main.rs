@@ -56,8 +56,17 @@ async fn main() -> ExitCode {
         }
     };
 
+    // When the signal came: the grace period bounds the whole shutdown,
+    // calls and store together.
+    let signalled = Arc::new(std::sync::OnceLock::new());
     let shutdown = match shutdown_signal() {
-        Ok(shutdown) => shutdown,
+        Ok(shutdown) => {
+            let signalled = Arc::clone(&signalled);
+            async move {
+                shutdown.await;
+                let _ = signalled.set(std::time::Instant::now());
+            }
+        }
         Err(error) => {
             eprintln!("points-server: cannot install signal handlers: {error}");
             return ExitCode::FAILURE;
@@ -101,8 +110,9 @@ async fn main() -> ExitCode {
     // threads, within a bound of its own so that a stalled disk cannot hang
     // shutdown (everything acknowledged is durable already).
     let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+    let remaining = signalled.get().map_or(grace, |at| grace.saturating_sub(at.elapsed()));
     let closing_store = Arc::clone(&store);
-    let closed = tokio::task::spawn_blocking(move || closing_store.close_within(grace)).await;
+    let closed = tokio::task::spawn_blocking(move || closing_store.close_within(remaining)).await;
     if !matches!(closed, Ok(true)) {
         tracing::error!("the store did not stop cleanly within the shutdown grace period");
     }

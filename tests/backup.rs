@@ -445,7 +445,7 @@ async fn snapshot_ahead_of_the_journal_copied_is_refused_naming_the_missing_segm
     {
         let data_dir = DataDir::lock(Arc::new(OsFileSystem), copy.path()).expect("lock the copy");
         let mut snapshot = SnapshotFile::create(&data_dir, 12).expect("create a snapshot");
-        snapshot.write_user("default", 15, &ledger).expect("write the user");
+        snapshot.encode_user("default", 15, &ledger);
         snapshot.finish().expect("finish the snapshot");
         snapshot.publish().expect("publish the snapshot");
     }

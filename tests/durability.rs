@@ -34,10 +34,10 @@ fn journal_files(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Byte offsets where each frame of a journal segment starts, read with the
-/// documented format (24-byte file header; batch frames of 12-byte header + payload).
+/// documented format (36-byte segment header; batch frames of 12-byte header + payload).
 fn frame_offsets(journal: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
-    let mut offset = 24;
+    let mut offset = 36;
     while offset + 12 <= journal.len() {
         offsets.push(offset);
         let length = u32::from_le_bytes(journal[offset..offset + 4].try_into().unwrap()) as usize;

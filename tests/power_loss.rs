@@ -487,6 +487,9 @@ impl FileSystem for StallingDisk {
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
         self.inner.sync_dir(path)
     }
+    fn new_salt(&self) -> u64 {
+        self.inner.new_salt()
+    }
 }
 
 /// While the disk stalls, appended bytes pile up only to the backlog limit:
@@ -588,4 +591,124 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
         assert_eq!(store.read("alice", |ledger| ledger.total()).await.expect("read"), 200);
         store.close();
     });
+}
+
+/// The journal segment files of a real data directory, oldest first.
+fn journal_paths(data_dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .expect("list")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Writes `payers` (one transaction each) to a store in `data_dir` and closes it.
+fn write_and_close(data_dir: &Path, payers: &[&str]) {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let options = StoreOptions::durable(data_dir, FsyncPolicy::Always, u64::MAX);
+        let (store, _) = Store::open(&options).expect("open");
+        for payer in payers {
+            store.add_transaction("alice", None, payer, 5, epoch()).await.expect("write");
+        }
+        store.close();
+    });
+}
+
+fn reopen(data_dir: &Path) -> Result<(i64, points::durability::Recovery), String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let options = StoreOptions::durable(data_dir, FsyncPolicy::Always, u64::MAX);
+        let (store, recovery) = Store::open(&options).map_err(|error| error.to_string())?;
+        let total = store
+            .read("alice", |ledger| ledger.total())
+            .await
+            .map_err(|error| error.to_string())?;
+        store.close();
+        Ok((total, recovery))
+    })
+}
+
+/// A payer name is stored verbatim inside a record; one shaped like a valid
+/// frame (found by brute force against unsalted checksums) must not make a
+/// torn end after it look like damage: frame checksums are seeded from each
+/// segment's random salt.
+#[test]
+fn a_payer_name_shaped_like_a_frame_cannot_turn_a_torn_end_into_damage() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    // Length 4, its CRC32C ("4zE3"), the CRC32C of "aoig", then "aoig".
+    let forged = "x\u{4}\0\0\u{0}4zE32\u{2}\u{7}8aoig";
+    // The premise: without a salt these bytes are a valid frame.
+    let mut payloads = Vec::new();
+    let ending = points::durability::frame::scan(&forged.as_bytes()[1..], 0, 0, |_, payload| {
+        payloads.push(payload.to_vec());
+        Ok(())
+    });
+    assert_eq!(
+        (ending, payloads),
+        (Ok(points::durability::frame::Ending::Clean), vec![b"aoig".to_vec()])
+    );
+    write_and_close(data_dir.path(), &["DANNON", forged]);
+    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let data = std::fs::read(&path).expect("read");
+    let at =
+        data.windows(forged.len()).rposition(|window| window == forged.as_bytes()).expect("found");
+    // A power cut that kept the batch only up to the end of the payer name.
+    std::fs::write(&path, &data[..at + forged.len()]).expect("cut");
+    let (total, recovery) = reopen(data_dir.path()).expect("a torn end is cut, not damage");
+    assert_eq!(total, 5);
+    assert!(recovery.torn_bytes_cut > 0);
+}
+
+/// A segment whose header was zeroed after records were written is damage:
+/// headers are synced before any record, so it cannot be a crash while the
+/// segment was created.
+#[test]
+fn a_zeroed_segment_header_with_records_after_it_refuses_start() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    write_and_close(data_dir.path(), &["DANNON", "UNILEVER"]);
+    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let mut data = std::fs::read(&path).expect("read");
+    data[..24].fill(0);
+    std::fs::write(&path, &data).expect("write");
+    let error = reopen(data_dir.path()).expect_err("must refuse");
+    assert!(error.contains("is damaged at byte offset 0"), "{error}");
+    assert_eq!(std::fs::read(&path).expect("read"), data, "refusing changed nothing");
+}
+
+/// A long zero-filled tail (a file extended but never written, common after
+/// a power cut) is cut in one pass, not searched byte by byte.
+#[test]
+fn a_long_zero_filled_tail_is_cut() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    write_and_close(data_dir.path(), &["DANNON"]);
+    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let mut data = std::fs::read(&path).expect("read");
+    let valid = data.len();
+    data.resize(valid + (4 << 20), 0);
+    std::fs::write(&path, &data).expect("write");
+    let (total, recovery) = reopen(data_dir.path()).expect("starts");
+    assert_eq!((total, recovery.torn_bytes_cut), (5, 4 << 20));
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), valid as u64);
+}
+
+/// A journal segment numbered 0 was not written by this server: refused
+/// with a message, never a panic or a wrapped sequence.
+#[test]
+fn a_segment_numbered_zero_is_refused() {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let mut data = points::durability::files::encode_header(
+        points::durability::files::JOURNAL_MAGIC,
+        points::durability::files::JOURNAL_FORMAT_VERSION,
+        0,
+    )
+    .to_vec();
+    data.extend_from_slice(&points::durability::files::encode_journal_salt(1));
+    std::fs::write(data_dir.path().join(format!("journal-{:020}.log", 0)), &data).expect("write");
+    let error = reopen(data_dir.path()).expect_err("must refuse");
+    assert!(error.contains("journal sequences start at 1"), "{error}");
 }

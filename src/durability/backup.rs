@@ -394,8 +394,7 @@ fn journal_length(
     data: &[u8],
     is_newest: bool,
 ) -> Result<Option<usize>, BackupError> {
-    let header_bytes = files::FILE_HEADER_BYTES;
-    if is_newest && (data.len() < header_bytes || data[..header_bytes].iter().all(|&b| b == 0)) {
+    if is_newest && recovery::header_never_written(data) {
         return Ok(None);
     }
     let read = recovery::read_segment(path, first_sequence, data, |_, _| Ok(()))
@@ -509,12 +508,14 @@ mod tests {
         let path = Path::new("journal-00000000000000000001.log");
         let mut data =
             files::encode_header(files::JOURNAL_MAGIC, files::JOURNAL_FORMAT_VERSION, 1).to_vec();
+        data.extend_from_slice(&files::encode_journal_salt(42));
         let mut records = Vec::new();
         for payload in [&b"one"[..], b"two"] {
             records.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             records.extend_from_slice(payload);
         }
-        crate::durability::journal::encode_batches(&records, 2, 1, 0, &mut data);
+        let seed = files::frame_seed(42);
+        crate::durability::journal::encode_batches(&records, 2, 1, seed, &mut data);
         let whole = data.len();
         data.extend_from_slice(&[7, 0, 0]); // a batch still being written
         assert_eq!(journal_length(path, 1, &data, true).unwrap(), Some(whole));
@@ -524,5 +525,9 @@ mod tests {
         assert!(matches!(journal_length(path, 5, &data, true), Err(BackupError::Damaged(_))));
         assert_eq!(journal_length(path, 1, &[0; 10], true).unwrap(), None);
         assert_eq!(journal_length(path, 1, &[0; 24], true).unwrap(), None);
+        // A zeroed header with records after it is damage, not a new segment.
+        let mut zeroed = data[..whole].to_vec();
+        zeroed[..files::JOURNAL_HEADER_BYTES].fill(0);
+        assert!(matches!(journal_length(path, 1, &zeroed, true), Err(BackupError::Damaged(_))));
     }
 }

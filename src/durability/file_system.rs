@@ -53,6 +53,12 @@ pub trait FileSystem: Debug + Send + Sync {
 
     /// Makes the creations, renames and removals in directory `path` durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// A fresh number nobody can predict, for a new journal segment's salt.
+    /// Here so that a simulation can make it deterministic.
+    fn new_salt(&self) -> u64 {
+        fastrand::u64(..)
+    }
 }
 
 /// A file open for appending.

@@ -27,6 +27,12 @@ pub const FILE_HEADER_BYTES: usize = 24;
 pub const JOURNAL_FORMAT_VERSION: u32 = 2;
 /// The journal format version that framed each record alone.
 pub const JOURNAL_FORMAT_VERSION_1: u32 = 1;
+/// Bytes of a journal segment's header from format version 2 on: the file
+/// header, then the segment's salt (u64 LE) and the CRC32C of those 8 bytes
+/// (u32 LE). Every frame's checksums in the segment are seeded from the salt,
+/// so bytes a client chose (a payer name inside a record) can never pass for
+/// a valid frame when reading looks for valid data after a torn one.
+pub const JOURNAL_HEADER_BYTES: usize = FILE_HEADER_BYTES + 12;
 /// The format version of snapshots this build writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// Magic of a journal segment.
@@ -46,6 +52,37 @@ pub fn encode_header(magic: &[u8; 8], version: u32, base_sequence: u64) -> [u8; 
     let checksum = crc32c::crc32c(&header[0..20]);
     header[20..24].copy_from_slice(&checksum.to_le_bytes());
     header
+}
+
+/// The salt block that follows the file header of a journal segment.
+pub fn encode_journal_salt(salt: u64) -> [u8; JOURNAL_HEADER_BYTES - FILE_HEADER_BYTES] {
+    let mut block = [0u8; JOURNAL_HEADER_BYTES - FILE_HEADER_BYTES];
+    block[0..8].copy_from_slice(&salt.to_le_bytes());
+    let checksum = crc32c::crc32c(&block[0..8]);
+    block[8..12].copy_from_slice(&checksum.to_le_bytes());
+    block
+}
+
+/// Reads the salt of the journal segment `data` (from `path`), version 2 on.
+pub fn decode_journal_salt(path: &Path, data: &[u8]) -> Result<u64, OpenError> {
+    let invalid = |reason: &str| OpenError::Damaged {
+        path: path.to_owned(),
+        offset: FILE_HEADER_BYTES,
+        reason: reason.to_owned(),
+    };
+    let block = data
+        .get(FILE_HEADER_BYTES..JOURNAL_HEADER_BYTES)
+        .ok_or_else(|| invalid("the journal header ends before its salt"))?;
+    let checksum = u32::from_le_bytes([block[8], block[9], block[10], block[11]]);
+    if crc32c::crc32c(&block[0..8]) != checksum {
+        return Err(invalid("journal salt checksum mismatch"));
+    }
+    Ok(u64::from_le_bytes(block[0..8].try_into().expect("8 bytes")))
+}
+
+/// The checksum seed of a segment's frames, from its salt.
+pub fn frame_seed(salt: u64) -> u32 {
+    (salt ^ (salt >> 32)) as u32
 }
 
 /// A checked file header.

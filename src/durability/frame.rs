@@ -16,6 +16,10 @@
 //!   that was written after it was complete, so this is not a torn write:
 //!   nothing is dropped silently, the caller refuses to start.
 
+/// The checksum seed of files whose frames are not salted (snapshots, and
+/// journal segments of format version 1).
+pub const UNSALTED: u32 = 0;
+
 /// Bytes of a frame header.
 pub const FRAME_HEADER_BYTES: usize = 12;
 
@@ -23,15 +27,14 @@ pub const FRAME_HEADER_BYTES: usize = 12;
 /// snapshot records are chunked far below this; a larger length is damage.
 pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
 
-/// Appends one frame holding `payload` to `out`.
-pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
-    assert!(payload.len() <= MAX_PAYLOAD_BYTES, "payload of {} bytes is too large", payload.len());
-    let length = (payload.len() as u32).to_le_bytes();
-    out.reserve(FRAME_HEADER_BYTES + payload.len());
-    out.extend_from_slice(&length);
-    out.extend_from_slice(&crc32c::crc32c(&length).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+/// Appends one frame holding `payload` to `out`, its checksums seeded with
+/// `seed` (a file's salt, so that bytes a client chose can never pass for
+/// a frame of that file; [`UNSALTED`] for none).
+pub fn encode(payload: &[u8], seed: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + FRAME_HEADER_BYTES, 0);
     out.extend_from_slice(payload);
+    seal(out, start, seed);
 }
 
 /// How a run of frames ended.
@@ -62,11 +65,12 @@ pub struct Damage {
 pub fn scan<'data>(
     data: &'data [u8],
     start: usize,
+    seed: u32,
     visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
 ) -> Result<Ending, Damage> {
-    match scan_until_invalid(data, start, visit)? {
+    match scan_until_invalid(data, start, seed, visit)? {
         None => Ok(Ending::Clean),
-        Some((offset, reason)) => match valid_frames_after(data, offset).next() {
+        Some((offset, reason)) => match valid_frames_after(data, offset, seed).next() {
             None => Ok(Ending::Torn { offset, reason }),
             Some((valid, _)) => Err(Damage {
                 offset,
@@ -83,14 +87,18 @@ pub fn scan<'data>(
 pub fn scan_until_invalid<'data>(
     data: &'data [u8],
     start: usize,
+    seed: u32,
     mut visit: impl FnMut(usize, &'data [u8]) -> Result<(), String>,
 ) -> Result<Option<(usize, &'static str)>, Damage> {
     let mut offset = start;
     // Each turn consumes at least one header, so this ends within data.len() turns.
     while offset < data.len() {
-        let payload = match check_frame(&data[offset..]) {
+        let payload = match check_frame(&data[offset..], seed) {
             Ok(payload) => payload,
-            Err(reason) => return Ok(Some((offset, reason))),
+            Err(reason) => {
+                let zeros = data[offset..].iter().all(|&byte| byte == 0);
+                return Ok(Some((offset, if zeros { "zero-filled tail" } else { reason })));
+            }
         };
         visit(offset, payload).map_err(|reason| Damage { offset, reason })?;
         offset += FRAME_HEADER_BYTES + payload.len();
@@ -100,14 +108,18 @@ pub fn scan_until_invalid<'data>(
 
 /// Every valid frame that starts after byte `offset` of `data` (at any byte,
 /// not only where the frame at `offset` claims to end), with its offset.
-pub fn valid_frames_after(data: &[u8], offset: usize) -> impl Iterator<Item = (usize, &[u8])> {
+pub fn valid_frames_after(
+    data: &[u8],
+    offset: usize,
+    seed: u32,
+) -> impl Iterator<Item = (usize, &[u8])> {
     let mut candidate = offset + 1;
     // Bounded by the data's length; the length checksum rejects almost every
     // offset after four bytes, so this is linear in practice.
     std::iter::from_fn(move || {
         while candidate < data.len() {
             let at = candidate;
-            if let Ok(payload) = check_frame(&data[at..]) {
+            if let Ok(payload) = check_frame(&data[at..], seed) {
                 candidate = at + FRAME_HEADER_BYTES + payload.len();
                 return Some((at, payload));
             }
@@ -119,19 +131,17 @@ pub fn valid_frames_after(data: &[u8], offset: usize) -> impl Iterator<Item = (u
 
 /// The payload of the frame at the start of `data`, or why there is no
 /// valid frame there.
-fn check_frame(data: &[u8]) -> Result<&[u8], &'static str> {
+fn check_frame(data: &[u8], seed: u32) -> Result<&[u8], &'static str> {
     let Some(header) = data.get(..FRAME_HEADER_BYTES) else {
         return Err("incomplete frame header");
     };
     let word = |at: usize| {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
-    if crc32c::crc32c(&header[0..4]) != word(4) {
-        return Err(if data.iter().all(|&byte| byte == 0) {
-            "zero-filled tail"
-        } else {
-            "frame length checksum mismatch"
-        });
+    // O(1) per call: reading looks for valid frames at every byte after an
+    // invalid one, so nothing here may scan the rest of the data.
+    if crc32c::crc32c_append(seed, &header[0..4]) != word(4) {
+        return Err("frame length checksum mismatch");
     }
     let length = word(0) as usize;
     if length > MAX_PAYLOAD_BYTES {
@@ -140,33 +150,34 @@ fn check_frame(data: &[u8]) -> Result<&[u8], &'static str> {
     let Some(payload) = data.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length) else {
         return Err("incomplete frame payload");
     };
-    if crc32c::crc32c(payload) != word(8) {
+    if crc32c::crc32c_append(seed, payload) != word(8) {
         return Err("frame payload checksum mismatch");
     }
     Ok(payload)
 }
 
 /// Appends one frame holding `message`, encoded in place (no extra copy).
-pub fn encode_message(message: &impl prost::Message, out: &mut Vec<u8>) {
+pub fn encode_message(message: &impl prost::Message, seed: u32, out: &mut Vec<u8>) {
     let length = message.encoded_len();
     assert!(length <= MAX_PAYLOAD_BYTES, "record of {length} bytes is too large");
     let start = out.len();
     out.resize(start + FRAME_HEADER_BYTES, 0);
     message.encode_raw(out);
     debug_assert_eq!(out.len() - start - FRAME_HEADER_BYTES, length);
-    seal(out, start);
+    seal(out, start, seed);
 }
 
 /// Completes the frame that starts at `start` in `out`: its header was
 /// reserved (any bytes) and its payload is everything after the header.
-pub fn seal(out: &mut [u8], start: usize) {
+pub fn seal(out: &mut [u8], start: usize, seed: u32) {
     let payload_start = start + FRAME_HEADER_BYTES;
     let length = out.len() - payload_start;
     assert!(length <= MAX_PAYLOAD_BYTES, "payload of {length} bytes is too large");
     let length_bytes = (length as u32).to_le_bytes();
-    let payload_checksum = crc32c::crc32c(&out[payload_start..]);
+    let payload_checksum = crc32c::crc32c_append(seed, &out[payload_start..]);
     out[start..start + 4].copy_from_slice(&length_bytes);
-    out[start + 4..start + 8].copy_from_slice(&crc32c::crc32c(&length_bytes).to_le_bytes());
+    let length_checksum = crc32c::crc32c_append(seed, &length_bytes);
+    out[start + 4..start + 8].copy_from_slice(&length_checksum.to_le_bytes());
     out[start + 8..start + 12].copy_from_slice(&payload_checksum.to_le_bytes());
 }
 
@@ -177,14 +188,14 @@ mod tests {
     fn frames(payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for payload in payloads {
-            encode(payload, &mut out);
+            encode(payload, UNSALTED, &mut out);
         }
         out
     }
 
     fn collect(data: &[u8]) -> (Vec<Vec<u8>>, Result<Ending, Damage>) {
         let mut seen = Vec::new();
-        let ending = scan(data, 0, |_, payload| {
+        let ending = scan(data, 0, UNSALTED, |_, payload| {
             seen.push(payload.to_vec());
             Ok(())
         });
@@ -196,9 +207,9 @@ mod tests {
     fn encode_message_matches_encode() {
         let message = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 };
         let mut in_place = Vec::new();
-        encode_message(&message, &mut in_place);
+        encode_message(&message, 7, &mut in_place);
         let mut separate = Vec::new();
-        encode(&prost::Message::encode_to_vec(&message), &mut separate);
+        encode(&prost::Message::encode_to_vec(&message), 7, &mut separate);
         assert_eq!(in_place, separate);
     }
 
@@ -287,7 +298,14 @@ mod tests {
     fn visitor_error_is_damage_at_the_frame() {
         let data = frames(&[b"ok", b"bad"]);
         let ending =
-            scan(&data, 0, |_, payload| if payload == b"bad" { Err("no".into()) } else { Ok(()) });
+            scan(
+                &data,
+                0,
+                UNSALTED,
+                |_, payload| {
+                    if payload == b"bad" { Err("no".into()) } else { Ok(()) }
+                },
+            );
         assert_eq!(ending, Err(Damage { offset: FRAME_HEADER_BYTES + 2, reason: "no".into() }));
     }
 }

@@ -122,6 +122,8 @@ pub struct Segment {
     path: PathBuf,
     first_sequence: u64,
     size_bytes: u64,
+    /// The checksum seed of its frames, from its salt.
+    seed: u32,
 }
 
 impl Segment {
@@ -131,11 +133,14 @@ impl Segment {
     pub fn create(data_dir: &DataDir, first_sequence: u64) -> std::io::Result<Self> {
         let path = data_dir.journal_path(first_sequence);
         let mut file = data_dir.fs().create_new(&path)?;
-        let header = files::encode_header(
+        let salt = data_dir.fs().new_salt();
+        let mut header = files::encode_header(
             files::JOURNAL_MAGIC,
             files::JOURNAL_FORMAT_VERSION,
             first_sequence,
-        );
+        )
+        .to_vec();
+        header.extend_from_slice(&files::encode_journal_salt(salt));
         let written =
             file.append(&header).and_then(|()| file.sync()).and_then(|()| data_dir.sync());
         if let Err(error) = written {
@@ -145,19 +150,21 @@ impl Segment {
             }
             return Err(error);
         }
-        Ok(Self { file, path, first_sequence, size_bytes: files::FILE_HEADER_BYTES as u64 })
+        let size_bytes = files::JOURNAL_HEADER_BYTES as u64;
+        Ok(Self { file, path, first_sequence, size_bytes, seed: files::frame_seed(salt) })
     }
 
     /// Opens an existing segment, already checked and cut to `size_bytes`, to
-    /// append after its last record.
+    /// append after its last record; `seed` is its frames' checksum seed.
     pub fn open_existing(
         data_dir: &DataDir,
         path: PathBuf,
         first_sequence: u64,
         size_bytes: u64,
+        seed: u32,
     ) -> std::io::Result<Self> {
         let file = data_dir.fs().open_append(&path)?;
-        Ok(Self { file, path, first_sequence, size_bytes })
+        Ok(Self { file, path, first_sequence, size_bytes, seed })
     }
 
     fn write(&mut self, bytes: &[u8], fsync: FsyncPolicy) -> std::io::Result<()> {
@@ -182,46 +189,60 @@ impl Segment {
     }
 }
 
-/// Frames the records in `records` (length-prefixed by [`encode_record`],
-/// `count` of them, the first with sequence `first_sequence`) as batches
-/// appended to `out`,
-/// starting a new batch whenever one would pass the frame size limit.
+/// Frames the first records of `records` (length-prefixed by
+/// [`encode_record`], `count` of them, the first with sequence
+/// `first_sequence`) as one batch appended to `out`, taking as many as fit
+/// under the frame size limit (at least one, or none for an empty batch when
+/// `count` is 0). Returns how many records and bytes of `records` it took.
 ///
-/// `synced_through` is the highest sequence fsynced before these batches
-/// were written: reading uses it to tell damage (an invalid batch that a
-/// later batch says was synced) from the unsynced end of a journal written
-/// under `--fsync never`, whose batches may reach the disk in any order.
-pub fn encode_batches(
+/// `synced_through` is the highest sequence fsynced before this batch is
+/// written: reading uses it to tell damage (an invalid batch that a later
+/// batch says was synced) from the unsynced end of a journal written under
+/// `--fsync never`, whose batches may reach the disk in any order. `seed` is
+/// the segment's checksum seed.
+pub fn encode_batch(
     records: &[u8],
     count: usize,
     first_sequence: u64,
     synced_through: u64,
+    seed: u32,
+    out: &mut Vec<u8>,
+) -> (usize, usize) {
+    let (mut length, mut taken) = (0, 0);
+    // Each turn takes one record, so this ends within `count` turns.
+    while taken < count {
+        let record = RECORD_LENGTH_BYTES + record_length(&records[length..]);
+        if taken > 0 && BATCH_HEADER_BYTES + length + record > MAX_PAYLOAD_BYTES {
+            break;
+        }
+        length += record;
+        taken += 1;
+    }
+    let start = out.len();
+    out.resize(start + FRAME_HEADER_BYTES, 0);
+    out.extend_from_slice(&first_sequence.to_le_bytes());
+    out.extend_from_slice(&(taken as u32).to_le_bytes());
+    out.extend_from_slice(&synced_through.to_le_bytes());
+    out.extend_from_slice(&records[..length]);
+    frame::seal(out, start, seed);
+    (taken, length)
+}
+
+/// Frames all `count` records of `records` as batches, each marked as
+/// written after everything before it was synced: for tools that write a
+/// whole journal segment offline and sync it.
+pub fn encode_batches(
+    records: &[u8],
+    count: usize,
+    first_sequence: u64,
+    seed: u32,
     out: &mut Vec<u8>,
 ) {
-    let mut sequence = first_sequence;
-    let mut rest = records;
-    let mut left = count;
+    let (mut rest, mut left, mut sequence) = (records, count, first_sequence);
     // Each turn takes at least one record, so this ends within `count` turns.
     while left > 0 {
-        let (mut length, mut taken) = (0, 0);
-        while taken < left {
-            let record = RECORD_LENGTH_BYTES + record_length(&rest[length..]);
-            if taken > 0 && BATCH_HEADER_BYTES + length + record > MAX_PAYLOAD_BYTES {
-                break;
-            }
-            length += record;
-            taken += 1;
-        }
-        let start = out.len();
-        out.resize(start + FRAME_HEADER_BYTES, 0);
-        out.extend_from_slice(&sequence.to_le_bytes());
-        out.extend_from_slice(&(taken as u32).to_le_bytes());
-        out.extend_from_slice(&synced_through.to_le_bytes());
-        out.extend_from_slice(&rest[..length]);
-        frame::seal(out, start);
-        sequence += taken as u64;
-        left -= taken;
-        rest = &rest[length..];
+        let (taken, bytes) = encode_batch(rest, left, sequence, sequence - 1, seed, out);
+        (rest, left, sequence) = (&rest[bytes..], left - taken, sequence + taken as u64);
     }
     assert!(rest.is_empty(), "the record count must match the records");
 }
@@ -685,15 +706,27 @@ impl Writer {
             }
         }
         self.horizon.durable = last_sequence;
-        if self.fsync == FsyncPolicy::Always {
-            self.horizon.synced = last_sequence;
-        } else if turn.sync_through > self.horizon.synced || turn.closing {
+        if self.fsync == FsyncPolicy::Never
+            && (turn.sync_through > self.horizon.synced || turn.closing)
+        {
             self.segment.sync().map_err(|error| self.write_failure(&error))?;
             self.horizon.synced = last_sequence;
+            // An empty batch that says so, synced too: were a synced batch
+            // later damaged, reading must not take it for the unsynced end.
+            framed.clear();
+            encode_batch(&[], 0, last_sequence + 1, last_sequence, self.segment.seed, framed);
+            self.segment
+                .write(framed, FsyncPolicy::Always)
+                .map_err(|error| self.write_failure(&error))?;
         }
+        debug_assert!(self.horizon.synced <= self.horizon.durable);
         Ok(())
     }
 
+    /// Writes `count` records, the first with sequence `first_sequence`, as
+    /// batches. Under `--fsync always` each batch is synced before the next
+    /// is written, and says so, so that an invalid batch followed by a valid
+    /// one is always recognised as damage.
     fn write_records(
         &mut self,
         records: &[u8],
@@ -701,8 +734,20 @@ impl Writer {
         first_sequence: u64,
         framed: &mut Vec<u8>,
     ) -> Result<(), String> {
-        encode_batches(records, count, first_sequence, self.horizon.synced, framed);
-        self.segment.write(framed, self.fsync).map_err(|error| self.write_failure(&error))
+        let (mut rest, mut left, mut sequence) = (records, count, first_sequence);
+        // Each turn writes at least one record, so this ends within `count` turns.
+        while left > 0 {
+            framed.clear();
+            let synced = self.horizon.synced;
+            let (taken, bytes) =
+                encode_batch(rest, left, sequence, synced, self.segment.seed, framed);
+            self.segment.write(framed, self.fsync).map_err(|error| self.write_failure(&error))?;
+            (rest, left, sequence) = (&rest[bytes..], left - taken, sequence + taken as u64);
+            if self.fsync == FsyncPolicy::Always {
+                self.horizon.synced = sequence - 1;
+            }
+        }
+        Ok(())
     }
 
     fn write_failure(&self, error: &std::io::Error) -> String {
@@ -797,9 +842,9 @@ mod tests {
     fn batches_round_trip_with_their_first_sequence() {
         let records = record_frames(&[b"one", b"", b"three"]);
         let mut out = Vec::new();
-        encode_batches(&records, 3, 41, 40, &mut out);
+        encode_batches(&records, 3, 41, 9, &mut out);
         let mut seen = Vec::new();
-        let ending = frame::scan(&out, 0, |_, payload| {
+        let ending = frame::scan(&out, 0, 9, |_, payload| {
             let batch = decode_batch(payload)?;
             assert_eq!(batch.synced_through, 40);
             let records = batch.records.iter().map(|record| record.to_vec()).collect::<Vec<_>>();
@@ -819,7 +864,7 @@ mod tests {
         let mut out = Vec::new();
         encode_batches(&records, 3, 1, 0, &mut out);
         let mut firsts = Vec::new();
-        frame::scan(&out, 0, |_, payload| {
+        frame::scan(&out, 0, 0, |_, payload| {
             let batch = decode_batch(payload)?;
             firsts.push((batch.first_sequence, batch.records.len()));
             Ok(())

@@ -832,9 +832,14 @@ impl Snapshotter {
         let mut file = SnapshotFile::create(data_dir, rotation_sequence).map_err(cannot_write)?;
         let mut newest = 0;
         for (user_id, user) in collect_users(&self.users) {
-            let user = user.read().map_err(|_| format!("user {user_id:?} is poisoned"))?;
-            newest = newest.max(user.last_sequence);
-            file.write_user(&user_id, user.last_sequence, &user.ledger).map_err(cannot_write)?;
+            {
+                // Encoding only, under the lock: a stalled disk must never
+                // hold a user's lock (and with it the callers of that user).
+                let user = user.read().map_err(|_| format!("user {user_id:?} is poisoned"))?;
+                newest = newest.max(user.last_sequence);
+                file.encode_user(&user_id, user.last_sequence, &user.ledger);
+            }
+            file.write_encoded(snapshot::ENCODED_KEEP_BYTES).map_err(cannot_write)?;
         }
         let written_ms = started.elapsed().as_millis() as u64;
         let size_bytes = file.finish().map_err(cannot_write)?;

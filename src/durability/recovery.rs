@@ -60,6 +60,8 @@ pub(super) enum Tail {
         first_sequence: u64,
         /// Its length once cut.
         valid_bytes: u64,
+        /// The checksum seed of its frames.
+        seed: u32,
     },
     /// Start a new segment after the last sequence, first removing a newest
     /// segment of that name that holds no record (a header that never
@@ -81,7 +83,7 @@ struct SegmentSpan {
 impl SegmentSpan {
     /// Its last sequence, or `first_sequence - 1` when it holds none.
     fn last_sequence(&self) -> u64 {
-        self.first_sequence + self.record_count - 1
+        (self.first_sequence + self.record_count).saturating_sub(1)
     }
 }
 
@@ -166,7 +168,8 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
             files_read.push(path.clone());
         }
         if is_newest {
-            newest_version = Some((read.version, torn.as_ref().map_or(data.len() as u64, |t| t.1)));
+            let valid_bytes = torn.as_ref().map_or(data.len() as u64, |torn| torn.1);
+            newest_version = Some((read.version, valid_bytes, read.seed));
         }
         previous = Some(span);
     }
@@ -176,11 +179,16 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
     let tail = match (previous, newest_version) {
         // Appending needs a segment of the current format that ends exactly
         // at the last sequence (a snapshot may be ahead of it).
-        (Some(newest), Some((version, valid_bytes)))
+        (Some(newest), Some((version, valid_bytes, seed)))
             if version == files::JOURNAL_FORMAT_VERSION
                 && newest.last_sequence() == last_sequence =>
         {
-            Tail::Append { path: newest.path, first_sequence: newest.first_sequence, valid_bytes }
+            Tail::Append {
+                path: newest.path,
+                first_sequence: newest.first_sequence,
+                valid_bytes,
+                seed,
+            }
         }
         // A newest segment with no record (its header never written, or of
         // the old format) would have the new segment's name.
@@ -190,11 +198,15 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
     Ok(Scan { users, last_sequence, recovery, files_read, torn, tail })
 }
 
-/// Whether `data`, a newest segment, is shorter than its header or has an
-/// all-zero header: it was being created when the machine stopped.
-fn header_never_written(data: &[u8]) -> bool {
-    data.len() < files::FILE_HEADER_BYTES
-        || data[..files::FILE_HEADER_BYTES].iter().all(|&byte| byte == 0)
+/// Whether `data`, a newest segment, is shorter than its header or nothing
+/// but zeros: it was being created when the machine stopped (its header is
+/// synced before any record is written, so one with anything after a zeroed
+/// header is damage, not this).
+pub(super) fn header_never_written(data: &[u8]) -> bool {
+    let version_1 = data.get(8..12) == Some(&files::JOURNAL_FORMAT_VERSION_1.to_le_bytes()[..]);
+    let header_bytes =
+        if version_1 { files::FILE_HEADER_BYTES } else { files::JOURNAL_HEADER_BYTES };
+    data.len() < header_bytes || data.iter().all(|&byte| byte == 0)
 }
 
 /// Checks that `segment` continues `previous` with no overlap, and with no
@@ -224,9 +236,9 @@ fn check_fits(
         }
         None => 1,
     };
-    if first > expected.max(rotation_sequence + 1) {
+    if first > expected.max(rotation_sequence.saturating_add(1)) {
         let after = match snapshot {
-            Some(snapshot) if expected <= rotation_sequence + 1 => {
+            Some(snapshot) if expected <= rotation_sequence.saturating_add(1) => {
                 format!("snapshot {} ends at sequence {rotation_sequence}", snapshot.display())
             }
             _ => match previous {
@@ -242,7 +254,7 @@ fn check_fits(
                 "this journal segment starts at sequence {first}, but {after}: sequences {}..{} \
                  are missing (a journal segment or snapshot was removed or not copied). Restore \
                  the missing file, or the whole directory from one backup",
-                expected.max(rotation_sequence + 1),
+                expected.max(rotation_sequence.saturating_add(1)),
                 first - 1
             ),
         });
@@ -270,7 +282,7 @@ fn finish(
                      snapshot (journal-{:020}.log) is missing or was copied before the \
                      snapshot. Copy it too, or make backups with `points-server backup`",
                     user.last_sequence,
-                    rotation_sequence + 1
+                    rotation_sequence.saturating_add(1)
                 ),
             });
         }
@@ -290,6 +302,8 @@ pub(super) struct SegmentRead {
     record_count: u64,
     /// Where a torn tail starts, and why.
     pub(super) torn_at: Option<(usize, &'static str)>,
+    /// The checksum seed of its frames.
+    seed: u32,
 }
 
 /// Reads the journal segment `data` (from `path`), checks its header against
@@ -319,12 +333,22 @@ pub(super) fn read_segment(
         offset: damage.offset,
         reason: damage.reason,
     };
+    if first_sequence == 0 {
+        return Err(OpenError::Inconsistent {
+            path: path.to_owned(),
+            reason: "journal sequences start at 1; this file is not one this server wrote"
+                .to_owned(),
+        });
+    }
     let mut next = first_sequence;
+    let advance = |next: &mut u64| {
+        *next = next.checked_add(1).ok_or("journal sequences overflow")?;
+        Ok::<(), String>(())
+    };
     if header.version == files::JOURNAL_FORMAT_VERSION_1 {
-        let ending = frame::scan(data, files::FILE_HEADER_BYTES, |_, payload| {
+        let ending = frame::scan(data, files::FILE_HEADER_BYTES, frame::UNSALTED, |_, payload| {
             visit(next, payload)?;
-            next += 1;
-            Ok(())
+            advance(&mut next)
         })
         .map_err(damaged)?;
         let torn_at = match ending {
@@ -335,31 +359,35 @@ pub(super) fn read_segment(
             version: header.version,
             record_count: next - first_sequence,
             torn_at,
+            seed: frame::UNSALTED,
         });
     }
-    let invalid = frame::scan_until_invalid(data, files::FILE_HEADER_BYTES, |_, payload| {
-        let batch = journal::decode_batch(payload)?;
-        if batch.first_sequence != next {
-            return Err(format!(
-                "a batch starts at sequence {} where sequence {next} belongs",
-                batch.first_sequence
-            ));
-        }
-        for record in batch.records {
-            visit(next, record)?;
-            next += 1;
-        }
-        Ok(())
-    })
-    .map_err(damaged)?;
+    let seed = files::frame_seed(files::decode_journal_salt(path, data)?);
+    let invalid =
+        frame::scan_until_invalid(data, files::JOURNAL_HEADER_BYTES, seed, |_, payload| {
+            let batch = journal::decode_batch(payload)?;
+            if batch.first_sequence != next {
+                return Err(format!(
+                    "a batch starts at sequence {} where sequence {next} belongs",
+                    batch.first_sequence
+                ));
+            }
+            for record in batch.records {
+                visit(next, record)?;
+                advance(&mut next)?;
+            }
+            Ok(())
+        })
+        .map_err(damaged)?;
     let torn_at = match invalid {
         None => None,
         Some((offset, reason)) => {
-            check_unsynced_end(data, offset, next).map_err(damaged)?;
+            check_unsynced_end(data, offset, next, seed).map_err(damaged)?;
             Some((offset, reason))
         }
     };
-    Ok(SegmentRead { version: header.version, record_count: next - first_sequence, torn_at })
+    let record_count = next - first_sequence;
+    Ok(SegmentRead { version: header.version, record_count, torn_at, seed })
 }
 
 /// Decides whether the invalid batch at `offset`, where sequence `next`
@@ -370,9 +398,14 @@ pub(super) fn read_segment(
 /// batch after an invalid one means damage; under `--fsync never`, unsynced
 /// batches may reach the disk in any order after a power cut, and the valid
 /// ones after a hole were never synced, so they end the journal too.
-fn check_unsynced_end(data: &[u8], offset: usize, next: u64) -> Result<(), frame::Damage> {
+fn check_unsynced_end(
+    data: &[u8],
+    offset: usize,
+    next: u64,
+    seed: u32,
+) -> Result<(), frame::Damage> {
     let mut unsynced_after = 0;
-    for (at, payload) in frame::valid_frames_after(data, offset) {
+    for (at, payload) in frame::valid_frames_after(data, offset, seed) {
         match journal::decode_batch(payload) {
             Ok(batch) if batch.synced_through < next => unsynced_after += 1,
             Ok(batch) => {
@@ -423,8 +456,8 @@ pub(super) fn prepare(data_dir: &DataDir, scan: &mut Scan) -> Result<Segment, Op
     }
     data_dir.sync().map_err(files::io_error("sync", data_dir.path()))?;
     let segment = match &scan.tail {
-        Tail::Append { path, first_sequence, valid_bytes } => {
-            Segment::open_existing(data_dir, path.clone(), *first_sequence, *valid_bytes)
+        Tail::Append { path, first_sequence, valid_bytes, seed } => {
+            Segment::open_existing(data_dir, path.clone(), *first_sequence, *valid_bytes, *seed)
                 .map_err(files::io_error("open for appending", path))?
         }
         Tail::New { remove } => {

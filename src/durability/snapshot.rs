@@ -7,7 +7,7 @@
 //! complete; its footer, counts and checksums prove it on reading. A
 //! snapshot that fails is removed, not left behind.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -26,6 +26,10 @@ use crate::ledger::{Ledger, LedgerState, RequestRecord, SpendRecord, Transaction
 /// keep each frame far under the frame size limit.
 const ITEMS_PER_CHUNK: usize = 4096;
 
+/// Encoded bytes gathered before they are written, and the most the buffer
+/// keeps between writes.
+pub const ENCODED_KEEP_BYTES: usize = 1 << 20;
+
 /// One user's state in a snapshot.
 #[derive(Debug, Clone)]
 pub struct UserSnapshot {
@@ -39,15 +43,18 @@ pub struct UserSnapshot {
 
 /// A snapshot being written to its temporary file, one user at a time, so
 /// that the store never holds a second copy of the ledgers: each user is
-/// written while the caller holds that user's lock. Dropped before
-/// [`SnapshotFile::publish`], it removes its temporary file.
+/// encoded while the caller holds that user's lock (no I/O under it: a
+/// stalled disk must not hold a user's lock), and the encoding is written
+/// after the lock is released. Dropped before [`SnapshotFile::publish`], it
+/// removes its temporary file.
 pub struct SnapshotFile<'dir> {
     data_dir: &'dir DataDir,
     temporary_path: PathBuf,
     final_path: PathBuf,
     /// `None` once finished.
-    out: Option<BufWriter<AppendWriter>>,
-    frame: Vec<u8>,
+    out: Option<AppendWriter>,
+    /// Frames encoded and not yet written.
+    encoded: Vec<u8>,
     user_count: u64,
     size_bytes: u64,
 }
@@ -64,8 +71,8 @@ impl<'dir> SnapshotFile<'dir> {
             data_dir,
             temporary_path,
             final_path,
-            out: Some(BufWriter::with_capacity(1 << 20, AppendWriter(file))),
-            frame: Vec::new(),
+            out: Some(AppendWriter(file)),
+            encoded: Vec::new(),
             user_count: 0,
             size_bytes: files::FILE_HEADER_BYTES as u64,
         };
@@ -74,32 +81,35 @@ impl<'dir> SnapshotFile<'dir> {
             files::SNAPSHOT_FORMAT_VERSION,
             rotation_sequence,
         );
-        snapshot.out()?.write_all(&header)?;
-        snapshot.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }))?;
+        snapshot.encoded.extend_from_slice(&header);
+        snapshot.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }));
         Ok(snapshot)
     }
 
-    fn out(&mut self) -> std::io::Result<&mut BufWriter<AppendWriter>> {
-        self.out.as_mut().ok_or_else(|| std::io::Error::other("the snapshot is already finished"))
+    fn put(&mut self, part: SnapshotPart) {
+        let before = self.encoded.len();
+        let record = SnapshotRecord { part: Some(part) };
+        frame::encode_message(&record, frame::UNSALTED, &mut self.encoded);
+        self.size_bytes += (self.encoded.len() - before) as u64;
     }
 
-    fn put(&mut self, part: SnapshotPart) -> std::io::Result<()> {
-        self.frame.clear();
-        frame::encode_message(&SnapshotRecord { part: Some(part) }, &mut self.frame);
-        let frame = std::mem::take(&mut self.frame);
-        let written = self.out()?.write_all(&frame);
-        self.size_bytes += frame.len() as u64;
-        self.frame = frame;
-        written
+    /// Writes what was encoded so far once it passes `threshold_bytes`
+    /// (0: always). Call it without holding any user's lock.
+    pub fn write_encoded(&mut self, threshold_bytes: usize) -> std::io::Result<()> {
+        if self.encoded.len() < threshold_bytes.max(1) {
+            return Ok(());
+        }
+        let out =
+            self.out.as_mut().ok_or_else(|| std::io::Error::other("the snapshot is finished"))?;
+        out.write_all(&self.encoded)?;
+        self.encoded.clear();
+        self.encoded.shrink_to(ENCODED_KEEP_BYTES);
+        Ok(())
     }
 
-    /// Writes one user's whole ledger, whose last journal record is `last_sequence`.
-    pub fn write_user(
-        &mut self,
-        user_id: &str,
-        last_sequence: u64,
-        ledger: &Ledger,
-    ) -> std::io::Result<()> {
+    /// Encodes one user's whole ledger, whose last journal record is
+    /// `last_sequence`, in memory; [`SnapshotFile::write_encoded`] writes it.
+    pub fn encode_user(&mut self, user_id: &str, last_sequence: u64, ledger: &Ledger) {
         let state = ledger.view();
         self.user_count += 1;
         self.put(SnapshotPart::User(UserRecord {
@@ -109,12 +119,12 @@ impl<'dir> SnapshotFile<'dir> {
             transaction_count: state.transactions.len() as u64,
             spend_count: state.spends.len() as u64,
             request_count: state.requests.len() as u64,
-        }))?;
+        }));
         for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
             self.put(SnapshotPart::Payers(PayersChunk {
                 names: chunk.iter().map(|&(name, _)| name.to_owned()).collect(),
                 balances: chunk.iter().map(|&(_, balance)| balance).collect(),
-            }))?;
+            }));
         }
         for chunk in state.transactions.chunks(ITEMS_PER_CHUNK) {
             self.put(SnapshotPart::Transactions(TransactionsChunk {
@@ -128,7 +138,7 @@ impl<'dir> SnapshotFile<'dir> {
                     .iter()
                     .map(|record| record.timestamp.timestamp_subsec_nanos())
                     .collect(),
-            }))?;
+            }));
         }
         for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
             let taken = chunk.iter().flat_map(|spend| spend.taken.iter());
@@ -138,7 +148,7 @@ impl<'dir> SnapshotFile<'dir> {
                 taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
                 taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
                 taken_points: taken.map(|&(_, points)| points).collect(),
-            }))?;
+            }));
         }
         for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
             let requests = chunk
@@ -151,17 +161,17 @@ impl<'dir> SnapshotFile<'dir> {
                     refusal: request.outcome.as_ref().err().map(records::refusal_of),
                 })
                 .collect();
-            self.put(SnapshotPart::Requests(RequestsChunk { requests }))?;
+            self.put(SnapshotPart::Requests(RequestsChunk { requests }));
         }
-        Ok(())
     }
 
-    /// Writes the footer and makes the temporary file durable; returns its size.
+    /// Writes the footer and everything still encoded, and makes the
+    /// temporary file durable; returns its size.
     pub fn finish(&mut self) -> std::io::Result<u64> {
         let user_count = self.user_count;
-        self.put(SnapshotPart::Footer(SnapshotFooter { user_count }))?;
-        let out = self.out.take().ok_or_else(|| std::io::Error::other("finished twice"))?;
-        let mut file = out.into_inner().map_err(|error| error.into_error())?.0;
+        self.put(SnapshotPart::Footer(SnapshotFooter { user_count }));
+        self.write_encoded(0)?;
+        let mut file = self.out.take().ok_or_else(|| std::io::Error::other("finished twice"))?.0;
         file.sync()?;
         Ok(self.size_bytes)
     }
@@ -222,7 +232,7 @@ pub fn read(
         ));
     }
     let mut reader = SnapshotReader::default();
-    let ending = frame::scan(&data, files::FILE_HEADER_BYTES, |_, payload| {
+    let ending = frame::scan(&data, files::FILE_HEADER_BYTES, frame::UNSALTED, |_, payload| {
         let record = SnapshotRecord::decode(payload).map_err(|error| error.to_string())?;
         reader.accept(record.part.ok_or("a snapshot record with no part")?)
     })

@@ -801,6 +801,11 @@ impl FileSystem for SimDisk {
         Ok(())
     }
 
+    /// Salts come from the seeded PRNG too, so a seed replays exactly.
+    fn new_salt(&self) -> u64 {
+        lock(&self.state).rng.u64(..)
+    }
+
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
         state.check_on()?;
