@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo bench --bench ledger --bench recovery --bench group_commit --bench users
+cargo bench --bench ledger --bench recovery --bench group_commit --bench users --bench snapshot_memory
 
 cargo build --release --bin points-server --bin points-bench
 echo "== gRPC, in memory"

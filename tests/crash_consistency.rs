@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
 use common::client::{add, balances, spend};
+use common::{ServerProcess, copy_dir, journal_files};
 use points::durability::read_journal;
 use points::proto::v1::history_entry::Entry;
 use points::proto::v1::points_service_client::PointsServiceClient;
@@ -84,16 +84,6 @@ fn stop(mut server: ServerProcess) {
     assert_eq!(status.code(), Some(0), "clean stop; log:\n{}", server.log());
 }
 
-fn journal_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)
-        .expect("list the data directory")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-        .collect();
-    files.sort();
-    files
-}
-
 /// Every file of `data_dir` with its bytes.
 fn directory_contents(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(data_dir)
@@ -104,16 +94,6 @@ fn directory_contents(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
             (name, std::fs::read(&path).expect("read a data file"))
         })
         .collect()
-}
-
-/// Copies every file of `from` into a new temporary directory.
-fn copy_dir(from: &Path) -> tempfile::TempDir {
-    let copy = tempfile::tempdir().expect("temporary directory");
-    for entry in std::fs::read_dir(from).expect("list") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).expect("copy");
-    }
-    copy
 }
 
 /// The last journal sequence on disk.

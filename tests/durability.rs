@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::ServerProcess;
 use common::client::{add, balances, spend, transaction as request};
+use common::{ServerProcess, copy_dir, journal_files};
 use points::durability::records::Command;
 use points::durability::{read_journal, replay};
 use points::ledger::Ledger;
@@ -22,16 +22,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn journal_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)
-        .expect("list the data directory")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-        .collect();
-    files.sort();
-    files
-}
 
 /// Byte offsets where each frame of a journal segment starts, read with the
 /// documented format (36-byte segment header; batch frames of 12-byte header + payload).
@@ -45,16 +35,6 @@ fn frame_offsets(journal: &[u8]) -> Vec<usize> {
     }
     assert_eq!(offset, journal.len(), "the journal ends on a frame boundary");
     offsets
-}
-
-/// Copies every file of `from` into a new temporary directory.
-fn copy_dir(from: &Path) -> tempfile::TempDir {
-    let copy = tempfile::tempdir().expect("temporary directory");
-    for entry in std::fs::read_dir(from).expect("list") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).expect("copy");
-    }
-    copy
 }
 
 /// A ledger rebuilt in the test from the journal records alone.

@@ -7,6 +7,7 @@
 //! seed; `POINTS_SIM_SEED=<seed> cargo test --test power_loss` replays it, and
 //! `POINTS_SIM_SEEDS=<n>` runs more cases than the default.
 
+mod common;
 #[path = "common/sim_disk.rs"]
 mod sim_disk;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::journal_files;
 use points::durability::file_system::{FileSystem, LockGuard, WritableFile};
 use points::durability::{FsyncPolicy, Storage, Store, StoreError, StoreOptions};
 use points::ledger::{Ledger, LedgerState, NewTransaction, Request};
@@ -593,17 +595,6 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
     });
 }
 
-/// The journal segment files of a real data directory, oldest first.
-fn journal_paths(data_dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(data_dir)
-        .expect("list")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-        .collect();
-    paths.sort();
-    paths
-}
-
 /// Writes `payers` (one transaction each) to a store in `data_dir` and closes it.
 fn write_and_close(data_dir: &Path, payers: &[&str]) {
     let runtime =
@@ -653,7 +644,7 @@ fn a_payer_name_shaped_like_a_frame_cannot_turn_a_torn_end_into_damage() {
         (Ok(points::durability::frame::Ending::Clean), vec![b"aoig".to_vec()])
     );
     write_and_close(data_dir.path(), &["DANNON", forged]);
-    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let path = journal_files(data_dir.path()).pop().expect("a segment");
     let data = std::fs::read(&path).expect("read");
     let at =
         data.windows(forged.len()).rposition(|window| window == forged.as_bytes()).expect("found");
@@ -671,7 +662,7 @@ fn a_payer_name_shaped_like_a_frame_cannot_turn_a_torn_end_into_damage() {
 fn a_zeroed_segment_header_with_records_after_it_refuses_start() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     write_and_close(data_dir.path(), &["DANNON", "UNILEVER"]);
-    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let path = journal_files(data_dir.path()).pop().expect("a segment");
     let mut data = std::fs::read(&path).expect("read");
     data[..24].fill(0);
     std::fs::write(&path, &data).expect("write");
@@ -686,7 +677,7 @@ fn a_zeroed_segment_header_with_records_after_it_refuses_start() {
 fn a_long_zero_filled_tail_is_cut() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     write_and_close(data_dir.path(), &["DANNON"]);
-    let path = journal_paths(data_dir.path()).pop().expect("a segment");
+    let path = journal_files(data_dir.path()).pop().expect("a segment");
     let mut data = std::fs::read(&path).expect("read");
     let valid = data.len();
     data.resize(valid + (4 << 20), 0);

@@ -275,3 +275,25 @@ pub async fn call_raw(
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// The journal segment files of a data directory, oldest first.
+pub fn journal_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(data_dir)
+        .expect("list the data directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies every file of `from` into a new temporary directory.
+pub fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("temporary directory");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.path().join(path.file_name().expect("a file name")))
+            .expect("copy");
+    }
+    copy
+}
