@@ -166,3 +166,22 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
     };
     pairs.into_iter().map(|(key, value)| (key.to_owned(), value)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal backlog is UNAVAILABLE (retry shortly) with its own reason,
+    /// told apart from a failed store.
+    #[test]
+    fn journal_backlog_is_unavailable_with_its_own_reason() {
+        let busy = StoreError::Busy { reason: "JOURNAL_BACKLOG", message: "retry".to_owned() };
+        let failed = StoreError::Unavailable("the journal failed".to_owned());
+        for (error, reason) in [(busy, "JOURNAL_BACKLOG"), (failed, "STORE_UNAVAILABLE")] {
+            let status = store_error(&error);
+            assert_eq!(status.code(), Code::Unavailable);
+            let info = status.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, ERROR_DOMAIN));
+        }
+    }
+}
