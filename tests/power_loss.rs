@@ -703,3 +703,37 @@ fn a_segment_numbered_zero_is_refused() {
     let error = reopen(data_dir.path()).expect_err("must refuse");
     assert!(error.contains("journal sequences start at 1"), "{error}");
 }
+
+/// A journal segment whose creation fails part-way is removed again, the
+/// journal fails stop, and the directory opens afterwards with everything
+/// acknowledged.
+#[test]
+fn a_failed_segment_creation_leaves_no_partial_file() {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let disk = SimDisk::new(13);
+        let options = options(disk.clone(), FsyncPolicy::Always);
+        let (store, _) = Store::open(&options).expect("open");
+        for day in 0..3 {
+            let timestamp = epoch() + TimeDelta::days(day);
+            store.add_transaction("alice", None, "DANNON", 10, timestamp).await.expect("write");
+        }
+        let new_segment = format!("journal-{:020}.log", 4);
+        disk.fail_calls_matching(SimOp::Append, &new_segment, SimFault::Enospc, 1);
+        assert!(store.snapshot_now().is_err(), "the rotation cannot succeed");
+        let names: Vec<_> = disk.current_files().into_keys().collect();
+        assert!(
+            !names.iter().any(|path| path.ends_with(&new_segment)),
+            "a partial segment was left: {names:?}"
+        );
+        let refused = store.add_transaction("alice", None, "DANNON", 10, epoch()).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+        store.close();
+        drop(store);
+        disk.clear_faults();
+        let (store, _) = Store::open(&options).expect("reopen");
+        assert_eq!(store.read("alice", |ledger| ledger.total()).await.expect("read"), 30);
+        store.close();
+    });
+}
