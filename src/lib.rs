@@ -13,7 +13,8 @@
 //!   or to statuses with error details.
 //! - [`durability`]: the store between the service and the ledgers: one
 //!   ledger per user behind its own lock, the journal (group commit),
-//!   snapshots and crash recovery; in memory when asked.
+//!   snapshots, recovery with its checks, online backup, all through one
+//!   file-system seam (simulated in tests); in memory when asked.
 //! - [`proto`]: code generated from `proto/points/v1/points.proto`.
 //! - [`ledger`]: the pure core. One user's payers, lots, history and request
 //!   ids, with the exact spending rules; no I/O, no async, no transport types.
