@@ -21,7 +21,7 @@
 //!    the segments into place oldest first and the snapshot last, and fsync
 //!    the directory. A file under its final name is always whole.
 //! 5. Verify by reading the copy back: every file's bytes against what was
-//!    written, then the same checks as start-up ([`recovery::scan`]). If the
+//!    written, then the same checks as start-up (`recovery::scan`). If the
 //!    files do not fit together (the listing raced a snapshot or a
 //!    rotation), remove them and start over, at most [`MAX_ATTEMPTS`] times.
 //!

@@ -1,7 +1,7 @@
 //! Recovery: rebuilds every user's ledger from a data directory, checking
 //! that its files fit together, and readies the journal for appending.
 //!
-//! Reading ([`scan`]) changes nothing, so the same code verifies a backup.
+//! Reading (`scan`) changes nothing, so the same code verifies a backup.
 //! The rules, in the order they are checked:
 //! - the newest snapshot at rotation sequence R holds every record up to R
 //!   (and, per user, possibly some after it);
@@ -14,7 +14,7 @@
 //! - only the newest segment may end torn; an older one ending torn is damage.
 //!
 //! Files that do not fit together are refused with a message naming them,
-//! never silently repaired into a loss. Opening ([`prepare`]) then cuts a
+//! never silently repaired into a loss. Opening (`prepare`) then cuts a
 //! torn tail, replaces a newest segment whose header never reached the disk,
 //! starts a new segment unless the newest one ends exactly at the last
 //! sequence, and fsyncs everything it read before the store serves, so that
