@@ -376,7 +376,9 @@ fn segments_to_copy(listing: &Listing, rotation_sequence: u64) -> Vec<(u64, Path
         .iter()
         .enumerate()
         .filter(|(index, _)| {
-            journals.get(index + 1).is_none_or(|(next, _)| *next > rotation_sequence + 1)
+            journals
+                .get(index + 1)
+                .is_none_or(|(next, _)| *next > rotation_sequence.saturating_add(1))
         })
         .map(|(_, segment)| segment.clone())
         .collect()

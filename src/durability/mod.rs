@@ -292,8 +292,8 @@ impl Store {
         let started = Instant::now();
         let data_dir = Arc::new(DataDir::lock(Arc::clone(file_system), data_dir)?);
         let listing = data_dir.list()?;
-        let mut recovered = recovery::scan(data_dir.fs(), &listing)?;
-        let segment = recovery::prepare(&data_dir, &mut recovered)?;
+        let recovered = recovery::scan(data_dir.fs(), &listing)?;
+        let segment = recovery::prepare(&data_dir, &recovered)?;
         let now_ms = Utc::now().timestamp_millis();
         let users: Arc<Users> = Arc::new(DashMap::new());
         let (mut transactions, mut spends, mut payers, mut lots) = (0, 0, 0, 0);

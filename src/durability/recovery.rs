@@ -110,8 +110,8 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
 
     let mut previous: Option<SegmentSpan> = None;
     let mut torn = None;
-    // The newest segment's format version, or `None` if its header never
-    // reached the disk.
+    // The newest segment's format version, valid length and checksum seed;
+    // `None` if its header never reached the disk.
     let mut newest_version = None;
     let segment_count = listing.journals.len();
     for (index, (first_sequence, path)) in listing.journals.iter().enumerate() {
@@ -440,12 +440,12 @@ fn check_unsynced_end(
 /// Applies what [`scan`] decided: removes leftover temporary files (done by
 /// the listing), cuts a torn tail, makes every file read durable, and opens
 /// or creates the segment to append to.
-pub(super) fn prepare(data_dir: &DataDir, scan: &mut Scan) -> Result<Segment, OpenError> {
+pub(super) fn prepare(data_dir: &DataDir, scan: &Scan) -> Result<Segment, OpenError> {
     let fs = data_dir.fs();
+    // The cut is synced with the other files read, just below.
     if let Some((path, valid_bytes)) = &scan.torn {
         let mut file = fs.open_append(path).map_err(files::io_error("open", path))?;
         file.truncate(*valid_bytes).map_err(files::io_error("truncate", path))?;
-        file.sync().map_err(files::io_error("sync", path))?;
     }
     // What was read may so far be only in the page cache (a crash during an
     // fsync, or files just copied in): make it durable before anything that
