@@ -151,5 +151,87 @@ fn memory(_: &mut Criterion) {
     drop(black_box(ledger));
 }
 
-criterion_group!(benches, memory, core);
+/// Times `iterations` of `step` on copies of `base` (which has `lots` lots),
+/// starting over from a fresh copy (untimed) before the steps' own lots
+/// could grow it by half: each size is measured at that size.
+fn timed_from(
+    base: &Ledger,
+    lots: usize,
+    iterations: u64,
+    mut step: impl FnMut(&mut Ledger),
+) -> Duration {
+    // Each step adds two lots.
+    let steps_per_copy = (lots as u64 / 4).max(1);
+    // A copy's vectors are full: its first step reallocates them (copying
+    // every lot), which a ledger growing in place pays once per doubling, not
+    // once per copy. Take that step untimed.
+    let fresh_copy = |step: &mut dyn FnMut(&mut Ledger)| {
+        let mut ledger = base.clone();
+        step(&mut ledger);
+        ledger
+    };
+    let mut ledger = fresh_copy(&mut step);
+    let mut total = Duration::ZERO;
+    for done in 0..iterations {
+        if done > 0 && done % steps_per_copy == 0 {
+            ledger = fresh_copy(&mut step);
+        }
+        let started = Instant::now();
+        step(&mut ledger);
+        total += started.elapsed();
+    }
+    total
+}
+
+/// The two orders that once made the ledger walk lots one by one, at 1,000
+/// and 1,000,000 lots; the target is that each costs within 2× at
+/// both sizes (cost independent of history and arrival order).
+///
+/// - `late_lot_resettle`: one payer's one-point lots, all taken back; then
+///   a 100,000-point lot older than all of them arrives late (re-settling
+///   the payer's past deductions) and is taken back again. Timed per pair.
+/// - `interleaved_spend`: two payers' one-point lots alternate in time, so
+///   taking the oldest 1,000 points switches payer at every lot; then one
+///   late 500-point lot per payer, older than everything, refills what was
+///   spent. Timed per spend plus its two refills.
+fn adversarial(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("adversarial");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    let long_ago = DateTime::from_timestamp(1_000_000_000, 0).expect("valid");
+    for lots in [1_000usize, 1_000_000] {
+        let mut ledger = Ledger::new();
+        for lot in 0..lots {
+            let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+            ledger.add_transaction("DANNON", 1, timestamp).expect("valid");
+        }
+        ledger.add_transaction("DANNON", -(lots as i64), epoch()).expect("all points are there");
+        group.bench_with_input(BenchmarkId::new("late_lot_resettle", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                timed_from(&ledger, lots, iterations, |ledger| {
+                    black_box(ledger.add_transaction("DANNON", 100_000, long_ago).expect("valid"));
+                    black_box(ledger.add_transaction("DANNON", -100_000, epoch()).expect("valid"));
+                })
+            })
+        });
+
+        let mut ledger = Ledger::new();
+        for lot in 0..lots {
+            let payer = if lot % 2 == 0 { "DANNON" } else { "UNILEVER" };
+            let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+            ledger.add_transaction(payer, 1, timestamp).expect("valid");
+        }
+        group.bench_with_input(BenchmarkId::new("interleaved_spend", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                timed_from(&ledger, lots, iterations, |ledger| {
+                    black_box(ledger.spend(1_000).expect("enough points"));
+                    black_box(ledger.add_transaction("DANNON", 500, long_ago).expect("valid"));
+                    black_box(ledger.add_transaction("UNILEVER", 500, long_ago).expect("valid"));
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, memory, core, adversarial);
 criterion_main!(benches);

@@ -26,6 +26,7 @@
 
 mod error;
 mod history;
+mod lots;
 mod payer;
 mod requests;
 #[cfg(test)]
@@ -61,11 +62,28 @@ struct LotKey {
     nanos_and_id: u64,
 }
 
-/// Transaction ids of one user must stay below this to fit a [`LotKey`]:
-/// 17 billion transactions per user.
-pub const MAX_TRANSACTION_ID: TransactionId = (1 << 34) - 1;
+/// The most transactions one user may record (about 4.29 billion): ids must
+/// fit a [`LotKey`] (below 2^34) and index a payer's lots in 32 bits.
+pub const MAX_TRANSACTION_ID: TransactionId = u32::MAX as TransactionId - 1;
+
+/// Payer switches a spend makes lot by lot (plus four per payer involved)
+/// before it takes the rest through a time cut; see [`Ledger::take_oldest`].
+const MERGE_SWITCH_BUDGET: usize = 32;
 
 impl LotKey {
+    /// The key as one number of the same order, for binary searches.
+    fn ordinal(self) -> u128 {
+        // Flipping the sign bit maps i64 order onto u64 order.
+        let seconds = (self.seconds as u64) ^ (1 << 63);
+        u128::from(seconds) << 64 | u128::from(self.nanos_and_id)
+    }
+
+    /// The inverse of [`LotKey::ordinal`]; every number is some key.
+    fn from_ordinal(ordinal: u128) -> Self {
+        let seconds = ((ordinal >> 64) as u64 ^ (1 << 63)) as i64;
+        Self { seconds, nanos_and_id: ordinal as u64 }
+    }
+
     fn new(timestamp: DateTime<Utc>, id: TransactionId) -> Self {
         let nanos = u64::from(timestamp.timestamp_subsec_nanos());
         assert!(nanos < 1 << 30, "nanoseconds below one second fit 30 bits");
@@ -441,6 +459,16 @@ impl Ledger {
     /// Refused, changing nothing, when `points` is not positive or is more than
     /// the total.
     pub fn spend(&mut self, points: i64) -> Result<Spend, LedgerError> {
+        self.spend_with_switch_budget(points, MERGE_SWITCH_BUDGET)
+    }
+
+    /// [`Ledger::spend`] with the merge's switch budget given, so that tests
+    /// can send every spend through the time cut (budget 0).
+    fn spend_with_switch_budget(
+        &mut self,
+        points: i64,
+        switch_budget: usize,
+    ) -> Result<Spend, LedgerError> {
         validate_spend_points(points)?;
         if points > self.total {
             return Err(LedgerError::InsufficientPoints {
@@ -449,18 +477,7 @@ impl Ledger {
             });
         }
 
-        let mut taken_by_payer = TakenByPayer::default();
-        let mut left = points;
-        while left > 0 {
-            let (_, &index) = self
-                .fronts
-                .first_key_value()
-                .expect("the total covers the spend, so some payer has points");
-            let taken = self.update_payer(index, |payer| payer.take_from_front(left));
-            debug_assert!(taken > 0);
-            taken_by_payer.add(index, taken);
-            left -= taken;
-        }
+        let taken_by_payer = self.take_oldest(points, switch_budget);
         self.total -= points;
         debug_assert!(self.total >= 0);
         self.spends.push(SpendRecord {
@@ -469,6 +486,132 @@ impl Ledger {
             taken: taken_by_payer.entries,
         });
         Ok(self.spend_reply(self.spends.len() - 1))
+    }
+
+    /// Takes the oldest `points` across all payers (the total covers them)
+    /// and returns what each payer gave, in the order each was first taken
+    /// from.
+    ///
+    /// A merge of the payers' lots: take from the payer with the oldest front
+    /// everything older than the next payer's front, then switch. Each switch
+    /// costs O(log n), but lots that alternate between payers make one switch
+    /// per lot, so after `switch_budget` plus four per payer involved, the
+    /// rest is taken at once through a time cut ([`Ledger::take_by_cut`]):
+    /// the cost of a spend is bounded by the payers it involves, never by
+    /// how their lots interleave.
+    fn take_oldest(&mut self, points: i64, switch_budget: usize) -> TakenByPayer {
+        let mut taken_by_payer = TakenByPayer::default();
+        let mut left = points;
+        let mut switches = 0usize;
+        while left > 0 {
+            if switches >= switch_budget.saturating_add(4 * taken_by_payer.entries.len()) {
+                self.take_by_cut(left, &mut taken_by_payer);
+                break;
+            }
+            let mut oldest_fronts = self.fronts.iter();
+            let (_, &index) =
+                oldest_fronts.next().expect("the total covers the spend, so some payer has points");
+            let next_front = oldest_fronts.next().map(|(&key, _)| key);
+            let taken = self.update_payer(index, |payer| payer.take_before(next_front, left));
+            taken_by_payer.add(index, taken);
+            left -= taken;
+            switches += 1;
+        }
+        taken_by_payer
+    }
+
+    /// Takes the oldest `points` across all payers in one step: finds the
+    /// lot K where they end (a binary search over lot keys of the sums of
+    /// every payer's points at or before the key), then takes from each
+    /// payer everything older than K, and the rest from K.
+    ///
+    /// Only payers whose front is older than K take part; they are a prefix
+    /// of `fronts`, found first by a galloping search over its length. With
+    /// c payers taking part the cost is O(c · log c · log n) for the prefix
+    /// and O(c · 128 · log n) for the key (a key is 128 bits), whatever the
+    /// number of lots or how they interleave.
+    fn take_by_cut(&mut self, points: i64, taken_by_payer: &mut TakenByPayer) {
+        debug_assert!(points > 0 && points <= self.total);
+        // Payers in front order, collected as far as the search needs.
+        let mut fronts = self.fronts.iter().map(|(&key, &index)| (key, index));
+        let mut order: Vec<(LotKey, PayerIndex)> = Vec::new();
+        let payers_with_points = self.fronts.len();
+        // The points older than the front of payer `count` (all points when
+        // `count` is every payer): only payers before it have any.
+        let older_than_front = |order: &[(LotKey, PayerIndex)], count: usize| -> i128 {
+            let limit = order.get(count).map(|&(key, _)| key);
+            order[..count]
+                .iter()
+                .map(|&(_, index)| i128::from(self.payers[index as usize].available_before(limit)))
+                .sum()
+        };
+        // Smallest `count` with at least `points` older than payer `count`'s
+        // front: gallop to an upper bound, then bisect.
+        let mut low = 0usize; // older_than_front(low) < points
+        let mut high = 1usize;
+        loop {
+            high = high.min(payers_with_points);
+            while order.len() <= high.min(payers_with_points - 1) {
+                order.push(fronts.next().expect("fronts has payers_with_points entries"));
+            }
+            if older_than_front(&order, high) >= i128::from(points) {
+                break;
+            }
+            assert!(high < payers_with_points, "the total covers the spend");
+            low = high;
+            high = high.saturating_mul(2);
+        }
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if older_than_front(&order, middle) >= i128::from(points) {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        let involved = &order[..high];
+
+        // The cut: the smallest key with `points` at or before it, between
+        // the last involved payer's front and the next payer's front.
+        let through = |key: LotKey| -> i128 {
+            involved
+                .iter()
+                .map(|&(_, index)| i128::from(self.payers[index as usize].available_through(key)))
+                .sum()
+        };
+        let mut low_key = involved[high - 1].0.ordinal();
+        let mut high_key = order.get(high).map_or(u128::MAX, |&(key, _)| key.ordinal() - 1);
+        debug_assert!(through(LotKey::from_ordinal(high_key)) >= i128::from(points));
+        // Bounded: the interval halves each turn, from at most 2^128 keys.
+        while low_key < high_key {
+            let middle = low_key + (high_key - low_key) / 2;
+            if through(LotKey::from_ordinal(middle)) >= i128::from(points) {
+                high_key = middle;
+            } else {
+                low_key = middle + 1;
+            }
+        }
+        let cut = LotKey::from_ordinal(low_key);
+
+        // Everything older than the cut, and the rest from the cut's lot.
+        let gifts: Vec<(PayerIndex, i64, i64)> = involved
+            .iter()
+            .map(|&(_, index)| {
+                let payer = &self.payers[index as usize];
+                (index, payer.available_before(Some(cut)), payer.available_through(cut))
+            })
+            .collect();
+        let older: i64 = gifts.iter().map(|&(_, before, _)| before).sum();
+        let mut rest = points - older;
+        debug_assert!(rest > 0, "the cut is the first key with enough points");
+        for (index, before, through) in gifts {
+            let from_cut = if through > before { std::mem::take(&mut rest) } else { 0 };
+            let gives = before + from_cut;
+            assert!(gives > 0, "every payer with a front before the cut gives points");
+            self.update_payer(index, |payer| payer.debit(gives));
+            taken_by_payer.add(index, gives);
+        }
+        assert_eq!(rest, 0, "the cut's lot belongs to one involved payer");
     }
 
     /// The reply of the spend at `index`, rebuilt from the history.

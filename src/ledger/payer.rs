@@ -1,41 +1,43 @@
 //! One payer's lots and which of them still hold points.
 //!
 //! Every deduction from a payer takes its oldest points, so what is left is
-//! always a suffix of its lots in (timestamp, id) order: the lots before the
-//! *front* are used up, the front lot is partly or wholly left, and every lot
-//! after it is whole. The state is therefore just the lots plus the front.
-
-use std::collections::BTreeMap;
-use std::ops::Bound;
+//! always "every lot but the oldest D points", where D is the points ever
+//! debited: the lots before the *front* are used up, the front lot is partly
+//! or wholly left, and every lot after it is whole. The state is therefore
+//! just the lots (with prefix sums, see [`super::lots`]) plus D; the front is
+//! one prefix-sum search away, whatever order the lots arrived in.
 
 use super::LotKey;
+use super::lots::LotTree;
 
 /// A payer's lots and remaining points.
 #[derive(Debug, Clone)]
 pub(super) struct Payer {
     pub(super) name: Box<str>,
     /// Every lot ever credited, with its original points. Used-up lots are
-    /// kept because a late, older lot can hand their points back.
-    lots: BTreeMap<LotKey, i64>,
-    /// The oldest lot with points left and how many it has left (1..=original).
+    /// kept because a late, older lot takes the place of newer points in the
+    /// payer's past deductions.
+    lots: LotTree,
+    /// Points ever taken from this payer: they used up its oldest lots.
+    debited: i128,
+    /// The oldest lot with points left and how many it has left
+    /// (1..=original), kept as the lots and `debited` determine it.
     /// `None` exactly when the balance is 0.
     front: Option<(LotKey, i64)>,
+    /// The newest lot's key: at or after it, every point is available.
+    newest: Option<LotKey>,
     balance: i64,
-    /// Lifetime sums, kept wide so they cannot overflow; they back the
-    /// invariant balance = credited − debited.
-    credited: i128,
-    debited: i128,
 }
 
 impl Payer {
     pub(super) fn new(name: &str) -> Self {
         Self {
             name: name.into(),
-            lots: BTreeMap::new(),
-            front: None,
-            balance: 0,
-            credited: 0,
+            lots: LotTree::default(),
             debited: 0,
+            front: None,
+            newest: None,
+            balance: 0,
         }
     }
 
@@ -53,28 +55,15 @@ impl Payer {
         if let Some((key, points)) = lots.iter().find(|(_, points)| *points <= 0) {
             return Err(format!("payer {name:?}: lot {key:?} has {points} points"));
         }
-        let credited: i128 = lots.iter().map(|&(_, points)| i128::from(points)).sum();
+        let lots = LotTree::from_sorted(&lots);
+        let credited = lots.total();
         if balance < 0 || i128::from(balance) > credited {
             return Err(format!("payer {name:?}: balance {balance} outside 0..={credited}"));
         }
-        let mut used_up = credited - i128::from(balance);
-        let mut front = None;
-        for &(key, points) in &lots {
-            if used_up < i128::from(points) {
-                // `used_up` < points <= i64::MAX here, so the cast is exact.
-                front = Some((key, points - used_up as i64));
-                break;
-            }
-            used_up -= i128::from(points);
-        }
-        Ok(Self {
-            name: name.into(),
-            lots: lots.into_iter().collect(),
-            front,
-            balance,
-            credited,
-            debited: credited - i128::from(balance),
-        })
+        let debited = credited - i128::from(balance);
+        let front = lots.first_past(debited);
+        let newest = lots.iter().last().map(|(key, _)| key);
+        Ok(Self { name: name.into(), lots, debited, front, newest, balance })
     }
 
     pub(super) fn balance(&self) -> i64 {
@@ -89,134 +78,118 @@ impl Payer {
     /// Adds a lot. The caller has checked that the balance cannot overflow.
     ///
     /// A lot newer than the front lands among whole lots and moves nothing.
-    /// Otherwise it lands among used-up points: the payer's past deductions now
-    /// count against it first, which hands the same number of points back to
-    /// the newest used-up points. Cost: O(log n) per lot the front moves over.
+    /// Otherwise it lands among used-up points: the payer's past deductions
+    /// now count against it first, which hands the same number of points
+    /// back to the newest used-up points, so the front moves to older lots.
+    /// O(log n) either way.
     pub(super) fn credit(&mut self, key: LotKey, points: i64) {
         assert!(points > 0, "a lot has positive points");
-        let previous = self.lots.insert(key, points);
-        assert!(previous.is_none(), "lot keys are unique (they hold the id)");
+        self.lots.insert(key, points);
+        self.newest = self.newest.max(Some(key));
         self.balance =
             self.balance.checked_add(points).expect("caller checked the balance for overflow");
-        self.credited += i128::from(points);
-
-        if let Some((front_key, _)) = self.front
-            && key > front_key
-        {
-            return;
+        match self.front {
+            Some((front_key, _)) if key > front_key => {}
+            _ => self.front = self.lots.first_past(self.debited),
         }
-        self.hand_back(points);
-    }
-
-    /// Moves the front towards older lots, refilling `points` used-up points,
-    /// newest first. Only called when the new lot sits at or before the front,
-    /// so the walk stops at that lot at the latest.
-    fn hand_back(&mut self, mut points: i64) {
-        let (mut cursor, mut remaining) = match self.front {
-            Some(front) => front,
-            None => {
-                let (&newest, _) = self.lots.last_key_value().expect("a lot was just added");
-                (newest, 0)
-            }
-        };
-        let mut steps = 0usize;
-        loop {
-            assert!(steps <= self.lots.len(), "hand_back walks each lot at most once");
-            steps += 1;
-            let original = self.lots[&cursor];
-            let refill = (original - remaining).min(points);
-            remaining += refill;
-            points -= refill;
-            if points == 0 {
-                debug_assert!(remaining > 0);
-                self.front = Some((cursor, remaining));
-                return;
-            }
-            let (&older, _) = self
-                .lots
-                .range(..cursor)
-                .next_back()
-                .expect("the newly credited lot bounds the walk");
-            cursor = older;
-            remaining = 0;
-        }
-    }
-
-    /// Takes up to `points` from the front lot only, and returns how many were
-    /// taken. Spends use this so that they can switch payers between lots.
-    pub(super) fn take_from_front(&mut self, points: i64) -> i64 {
-        let (key, remaining) = self.front.expect("take_from_front needs a positive balance");
-        assert!(points > 0);
-        let taken = remaining.min(points);
-        self.balance -= taken;
-        self.debited += i128::from(taken);
-        self.front = if taken < remaining {
-            Some((key, remaining - taken))
-        } else {
-            self.lots
-                .range((Bound::Excluded(key), Bound::Unbounded))
-                .next()
-                .map(|(&next, &original)| (next, original))
-        };
         debug_assert_eq!(self.front.is_none(), self.balance == 0);
+    }
+
+    /// Takes `points` (at most the balance), oldest lots first. O(log n).
+    pub(super) fn debit(&mut self, points: i64) {
+        assert!(0 < points && points <= self.balance, "caller checked the balance");
+        self.balance -= points;
+        self.debited += i128::from(points);
+        self.front = self.lots.first_past(self.debited);
+        debug_assert_eq!(self.front.is_none(), self.balance == 0);
+    }
+
+    /// The points left in lots with a key before `limit` (`None`: all of
+    /// them). O(1) when `limit` is at or before the front or after the
+    /// newest lot, O(log n) otherwise.
+    pub(super) fn available_before(&self, limit: Option<LotKey>) -> i64 {
+        match (limit, self.front) {
+            (_, None) => 0,
+            (Some(limit), Some((front, _))) if limit <= front => 0,
+            (Some(limit), _) if Some(limit) <= self.newest => {
+                Self::clamp_available(self.lots.sum_before(Some(limit)) - self.debited, self.balance)
+            }
+            _ => self.balance,
+        }
+    }
+
+    /// The points left in lots with a key at or before `limit`; O(1) outside
+    /// the front and the newest lot, as [`Payer::available_before`].
+    pub(super) fn available_through(&self, limit: LotKey) -> i64 {
+        match self.front {
+            None => 0,
+            Some((front, _)) if limit < front => 0,
+            Some(_) if Some(limit) < self.newest => {
+                Self::clamp_available(self.lots.sum_through(limit) - self.debited, self.balance)
+            }
+            Some(_) => self.balance,
+        }
+    }
+
+    /// Points left in a prefix of the lots: between 0 and the balance, so
+    /// the cast is exact.
+    fn clamp_available(left: i128, balance: i64) -> i64 {
+        left.clamp(0, i128::from(balance)) as i64
+    }
+
+    /// Takes up to `points` from the lots older than `limit` (the next
+    /// payer's front in a spend), and returns how many were taken: a spend
+    /// switches payers only there. O(log n).
+    pub(super) fn take_before(&mut self, limit: Option<LotKey>, points: i64) -> i64 {
+        assert!(points > 0);
+        let taken = self.available_before(limit).min(points);
+        assert!(taken > 0, "a spend takes from the payer with the oldest front");
+        self.debit(taken);
         taken
     }
 
-    /// Takes `points` (at most the balance), oldest lots first.
-    pub(super) fn debit(&mut self, points: i64) {
-        assert!(0 < points && points <= self.balance, "caller checked the balance");
-        let mut left = points;
-        let mut steps = 0usize;
-        while left > 0 {
-            assert!(steps <= self.lots.len(), "debit walks each lot at most once");
-            steps += 1;
-            left -= self.take_from_front(left);
-        }
-    }
-
-    /// Points still held by the lot with `key`, which must belong to this payer.
+    /// Points still held by the lot with `key`, which must belong to this
+    /// payer. O(log n).
     pub(super) fn remaining_in(&self, key: LotKey) -> i64 {
-        let original = self.lots[&key];
-        match self.front {
-            Some((front_key, remaining)) if key == front_key => remaining,
-            Some((front_key, _)) if key > front_key => original,
-            _ => 0,
-        }
+        let (before, original) = self.lots.find(key).expect("the lot belongs to this payer");
+        // Clamped to 0..=original, so the cast is exact.
+        (before + i128::from(original) - self.debited).clamp(0, i128::from(original)) as i64
     }
 
     /// Checks this payer's invariants in O(lots); for tests and debugging.
     pub(super) fn check_invariants(&self) -> Result<(), String> {
         let name = &self.name;
+        self.lots.check().map_err(|error| format!("payer {name:?}: {error}"))?;
         if self.balance < 0 {
             return Err(format!("payer {name:?} balance {} is negative", self.balance));
         }
-        if i128::from(self.balance) != self.credited - self.debited {
+        let credited = self.lots.total();
+        if i128::from(self.balance) != credited - self.debited {
             return Err(format!(
-                "payer {name:?} balance {} != credited {} - debited {}",
-                self.balance, self.credited, self.debited
+                "payer {name:?} balance {} != credited {credited} - debited {}",
+                self.balance, self.debited
             ));
         }
-        let credited: i128 = self.lots.values().map(|&points| i128::from(points)).sum();
-        if credited != self.credited {
-            return Err(format!(
-                "payer {name:?} lots sum {credited} != credited {}",
-                self.credited
-            ));
+        // What is left, lot by lot, oldest points used up first.
+        let mut used_up = self.debited;
+        let mut front = None;
+        for (key, points) in self.lots.iter() {
+            let used = used_up.min(i128::from(points));
+            used_up -= used;
+            let left = i128::from(points) - used;
+            if left > 0 && front.is_none() {
+                front = Some((key, left as i64));
+            }
+            if i128::from(self.remaining_in(key)) != left {
+                return Err(format!("payer {name:?} lot {key:?} should have {left} left"));
+            }
         }
-        let remaining: i128 = self.lots.keys().map(|&key| i128::from(self.remaining_in(key))).sum();
-        if remaining != i128::from(self.balance) {
-            return Err(format!(
-                "payer {name:?} remaining in lots {remaining} != balance {}",
-                self.balance
-            ));
+        if self.newest != self.lots.iter().last().map(|(key, _)| key) {
+            return Err(format!("payer {name:?} newest lot {:?} is wrong", self.newest));
         }
-        match self.front {
-            None if self.balance != 0 => Err(format!("payer {name:?} has points but no front")),
-            Some((key, remaining)) if !(1..=self.lots[&key]).contains(&remaining) => Err(format!(
-                "payer {name:?} front {key:?} has {remaining} of {} points",
-                self.lots[&key]
-            )),
-            _ => Ok(()),
+        if front != self.front {
+            return Err(format!("payer {name:?} front {:?} should be {front:?}", self.front));
         }
+        Ok(())
     }
 }

@@ -51,3 +51,35 @@ pub fn operation_strategy() -> impl Strategy<Value = Operation> {
             .prop_map(|points| Operation::Spend { points }),
     ]
 }
+
+/// The orders that once made the ledger walk lots one by one: one-point lots
+/// alternating between payers (so a spend switches payer at every lot),
+/// arriving shuffled; lots older than everything, arriving late; take-backs;
+/// and spends large enough to cross many lots.
+pub fn adversarial_block_strategy() -> impl Strategy<Value = Vec<Operation>> {
+    let payer = prop::sample::select(vec!["DANNON", "UNILEVER", "MILLER COORS"]);
+    prop_oneof![
+        3 => (20usize..150, 2usize..4, 0i64..48)
+            .prop_flat_map(|(lots, payers, hour)| {
+                let block: Vec<Operation> = (0..lots)
+                    .map(|lot| Operation::Add {
+                        payer: ["DANNON", "UNILEVER", "MILLER COORS"][lot % payers].to_owned(),
+                        points: 1,
+                        timestamp: epoch() + TimeDelta::hours(hour) + TimeDelta::seconds(lot as i64),
+                    })
+                    .collect();
+                Just(block).prop_shuffle()
+            }),
+        2 => (payer.clone(), 1i64..5_000, 1i64..1_000).prop_map(|(payer, points, days_before)| {
+            vec![Operation::Add {
+                payer: payer.to_owned(),
+                points,
+                timestamp: epoch() - TimeDelta::days(days_before),
+            }]
+        }),
+        2 => (payer, 1i64..300).prop_map(|(payer, points)| {
+            vec![Operation::Add { payer: payer.to_owned(), points: -points, timestamp: epoch() }]
+        }),
+        2 => (1i64..700).prop_map(|points| vec![Operation::Spend { points }]),
+    ]
+}
