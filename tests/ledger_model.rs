@@ -206,7 +206,8 @@ fn check_against_reference(operations: &[Operation]) -> Result<(), TestCaseError
             if let Err(violation) = ledger.check_invariants() {
                 return Err(TestCaseError::fail(violation));
             }
-            let balances: Vec<_> = ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();
+            let balances: Vec<_> =
+                ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();
             prop_assert_eq!(balances, reference.balances());
             prop_assert_eq!(i128::from(ledger.total()), reference.total());
         }

@@ -7,9 +7,11 @@
 //! ever debited), so its front lot is found by a prefix-sum search instead of
 //! a walk over used-up lots.
 //!
-//! An AVL tree in an arena: lots are never removed, so nodes are only ever
-//! appended, indices are stable, and the height stays below 1.44·log2(n + 2)
-//! in the worst case (no randomness, so no input order can degrade it).
+//! AVL trees in one arena per ledger: lots are never removed, so nodes are
+//! only ever appended, indices are stable, and a tree's height stays below
+//! 1.44·log2(n + 2) in the worst case (no randomness, so no input order can
+//! degrade it). All payers of a ledger share the arena, so its spare
+//! capacity is one vector's, not one per payer: a node is 48 bytes.
 
 use std::cmp::Ordering;
 
@@ -28,61 +30,107 @@ const _: () = assert!(MAX_TRANSACTION_ID < NIL as u64);
 /// The deepest an AVL tree of fewer than 2^32 nodes can be (1.44·32 < 47).
 const MAX_HEIGHT: usize = 48;
 
-/// A sum of lots' points. A payer's lifetime credits can pass `i64::MAX`
-/// (its balance cannot), so sums are 128 bits wide; they are stored as two
-/// words to keep a node at 8-byte alignment (56 bytes, not 64).
-#[derive(Debug, Clone, Copy, Default)]
-struct WideSum {
-    low: u64,
-    high: i64,
-}
-
-impl WideSum {
-    fn get(self) -> i128 {
-        i128::from(self.high) << 64 | i128::from(self.low)
-    }
-
-    fn new(value: i128) -> Self {
-        // Truncation to the two halves is the point of these casts.
-        Self { low: value as u64, high: (value >> 64) as i64 }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Node {
     key: LotKey,
     points: i64,
-    /// Points of this node and all its descendants.
-    sum: WideSum,
+    /// Points of this node and all its descendants: never negative, and
+    /// below 2^95 (fewer than 2^32 lots of less than 2^63 points; a payer's
+    /// lifetime credits can pass `i64::MAX`, its balance cannot). Two words,
+    /// so that the node packs into 48 bytes.
+    sum_low: u64,
+    sum_high: u32,
     left: NodeIndex,
     right: NodeIndex,
     /// Height of the subtree: 1 for a leaf.
     height: u8,
 }
 
-/// A payer's lots: an ordered set of (key, points) with prefix sums.
-#[derive(Debug, Clone)]
-pub(super) struct LotTree {
+const _: () = assert!(std::mem::size_of::<Node>() == 48);
+
+impl Node {
+    fn sum(&self) -> i128 {
+        i128::from(self.sum_high) << 64 | i128::from(self.sum_low)
+    }
+
+    fn set_sum(&mut self, sum: i128) {
+        debug_assert!((0..1 << 95).contains(&sum), "a sum of lots fits 95 bits");
+        // Truncation to the two halves is the point of these casts.
+        (self.sum_low, self.sum_high) = (sum as u64, (sum >> 64) as u32);
+    }
+}
+
+/// The nodes of every lot tree of one ledger.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LotArena {
     nodes: Vec<Node>,
+}
+
+impl LotArena {
+    /// The number of lots of all trees.
+    pub(super) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// A payer's lots: an ordered set of (key, points) with prefix sums, whose
+/// nodes live in the ledger's [`LotArena`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LotTree {
     root: NodeIndex,
 }
 
 impl Default for LotTree {
     fn default() -> Self {
-        Self { nodes: Vec::new(), root: NIL }
+        Self { root: NIL }
     }
 }
 
+/// A tree with its arena, for the queries.
+pub(super) struct Lots<'a> {
+    nodes: &'a [Node],
+    root: NodeIndex,
+}
+
+/// A tree with its arena, for inserts.
+pub(super) struct LotsMut<'a> {
+    nodes: &'a mut Vec<Node>,
+    tree: &'a mut LotTree,
+}
+
 impl LotTree {
-    /// A tree of `lots`, which must be sorted by key with unique keys
-    /// (the caller checks), built balanced in O(n).
-    pub(super) fn from_sorted(lots: &[(LotKey, i64)]) -> Self {
-        debug_assert!(lots.windows(2).all(|pair| pair[0].0 < pair[1].0));
-        let mut tree = Self { nodes: Vec::with_capacity(lots.len()), root: NIL };
-        tree.root = tree.build(lots);
-        tree
+    /// The tree, readable.
+    pub(super) fn read<'a>(&self, arena: &'a LotArena) -> Lots<'a> {
+        Lots { nodes: &arena.nodes, root: self.root }
     }
 
+    /// The tree, for inserts.
+    pub(super) fn write<'a>(&'a mut self, arena: &'a mut LotArena) -> LotsMut<'a> {
+        LotsMut { nodes: &mut arena.nodes, tree: self }
+    }
+
+    /// A tree of `lots`, which must be sorted by key with unique keys
+    /// (the caller checks), built balanced in O(n).
+    pub(super) fn from_sorted(arena: &mut LotArena, lots: &[(LotKey, i64)]) -> Self {
+        debug_assert!(lots.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        arena.nodes.reserve(lots.len());
+        let mut tree = Self::default();
+        let root = tree.write(arena).build(lots);
+        tree.root = root;
+        tree
+    }
+}
+
+/// Sum and height of a node, 0 for [`NIL`]: shared by both views.
+fn sum_of(nodes: &[Node], node: NodeIndex) -> i128 {
+    if node == NIL { 0 } else { nodes[node as usize].sum() }
+}
+
+fn height_of(nodes: &[Node], node: NodeIndex) -> u8 {
+    if node == NIL { 0 } else { nodes[node as usize].height }
+}
+
+impl LotsMut<'_> {
     /// Builds the middle lot's subtree of `lots` and returns its index; the
     /// recursion halves the slice, so its depth is log2(n).
     fn build(&mut self, lots: &[(LotKey, i64)]) -> NodeIndex {
@@ -101,29 +149,17 @@ impl LotTree {
             .ok()
             .filter(|&index| index != NIL)
             .expect("a payer has fewer lots than the transaction limit");
-        self.nodes.push(Node {
-            key,
-            points,
-            sum: WideSum::new(i128::from(points)),
-            left,
-            right,
-            height: 1,
-        });
+        self.nodes.push(Node { key, points, sum_low: 0, sum_high: 0, left, right, height: 1 });
         self.update(index);
         index
     }
 
-    /// The points of every lot together.
-    pub(super) fn total(&self) -> i128 {
-        self.sum(self.root)
-    }
-
     fn sum(&self, node: NodeIndex) -> i128 {
-        if node == NIL { 0 } else { self.nodes[node as usize].sum.get() }
+        sum_of(self.nodes, node)
     }
 
     fn height(&self, node: NodeIndex) -> u8 {
-        if node == NIL { 0 } else { self.nodes[node as usize].height }
+        height_of(self.nodes, node)
     }
 
     /// Recomputes a node's height and sum from its children.
@@ -133,7 +169,7 @@ impl LotTree {
         let sum = self.sum(left) + i128::from(points) + self.sum(right);
         let node = &mut self.nodes[node as usize];
         node.height = height;
-        node.sum = WideSum::new(sum);
+        node.set_sum(sum);
     }
 
     /// Adds a lot whose key is not in the tree. O(log n).
@@ -145,22 +181,24 @@ impl LotTree {
     pub(super) fn insert(&mut self, key: LotKey, points: i64) {
         debug_assert!(points > 0);
         let leaf = self.push(key, points, NIL, NIL);
-        if self.root == NIL {
-            self.root = leaf;
+        if self.tree.root == NIL {
+            self.tree.root = leaf;
             return;
         }
         // (node, whether the path goes on to its left child)
         let mut path = [(NIL, false); MAX_HEIGHT];
         let mut depth = 0;
-        let mut node = self.root;
+        let mut node = self.tree.root;
         loop {
             assert!(depth < MAX_HEIGHT, "an AVL tree is never deeper than {MAX_HEIGHT}");
             let here = &mut self.nodes[node as usize];
-            here.sum = WideSum::new(here.sum.get() + i128::from(points));
+            here.set_sum(here.sum() + i128::from(points));
             let go_left = match key.cmp(&here.key) {
                 Ordering::Less => true,
                 Ordering::Greater => false,
-                Ordering::Equal => unreachable!("lot keys are unique: they hold the transaction id"),
+                Ordering::Equal => {
+                    unreachable!("lot keys are unique: they hold the transaction id")
+                }
             };
             path[depth] = (node, go_left);
             depth += 1;
@@ -178,7 +216,7 @@ impl LotTree {
             let subtree_root = self.rebalance(node);
             if subtree_root != node {
                 match depth.checked_sub(1).map(|parent| path[parent]) {
-                    None => self.root = subtree_root,
+                    None => self.tree.root = subtree_root,
                     Some((parent, true)) => self.nodes[parent as usize].left = subtree_root,
                     Some((parent, false)) => self.nodes[parent as usize].right = subtree_root,
                 }
@@ -229,6 +267,21 @@ impl LotTree {
         self.update(node);
         self.update(pivot);
         pivot
+    }
+}
+
+impl<'a> Lots<'a> {
+    /// The points of every lot together.
+    pub(super) fn total(&self) -> i128 {
+        self.sum(self.root)
+    }
+
+    fn sum(&self, node: NodeIndex) -> i128 {
+        sum_of(self.nodes, node)
+    }
+
+    fn height(&self, node: NodeIndex) -> u8 {
+        height_of(self.nodes, node)
     }
 
     /// The points of the lots with a key before `key` (`None`: every lot). O(log n).
@@ -309,30 +362,29 @@ impl LotTree {
     }
 
     /// Every lot in key order. The explicit stack is bounded by the height.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (LotKey, i64)> + '_ {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (LotKey, i64)> + 'a {
+        let nodes = self.nodes;
         let mut stack: Vec<NodeIndex> = Vec::with_capacity(MAX_HEIGHT);
         let mut node = self.root;
         std::iter::from_fn(move || {
             while node != NIL {
                 stack.push(node);
-                node = self.nodes[node as usize].left;
+                node = nodes[node as usize].left;
             }
             let next = stack.pop()?;
-            let here = &self.nodes[next as usize];
+            let here = &nodes[next as usize];
             node = here.right;
             Some((here.key, here.points))
         })
     }
 
     /// Checks the order, the sums, the heights and the AVL balance of every
-    /// node, and that every node is reachable exactly once. O(n).
-    pub(super) fn check(&self) -> Result<(), String> {
+    /// node, and returns how many nodes the tree holds (the caller checks
+    /// that the trees of an arena hold each node once). O(n).
+    pub(super) fn check(&self) -> Result<usize, String> {
         let mut reached = 0usize;
         self.check_below(self.root, None, None, &mut reached, 0)?;
-        if reached != self.nodes.len() {
-            return Err(format!("{reached} of {} lots reachable", self.nodes.len()));
-        }
-        Ok(())
+        Ok(reached)
     }
 
     fn check_below(
@@ -364,11 +416,83 @@ impl LotTree {
             return Err(format!("lot {:?} has a wrong height or is unbalanced", here.key));
         }
         let sum = self.sum(here.left) + i128::from(here.points) + self.sum(here.right);
-        if here.sum.get() != sum {
+        if here.sum() != sum {
             return Err(format!("lot {:?} has a wrong subtree sum", here.key));
         }
         Ok(())
     }
+}
+
+/// The smallest lot key K of `trees` at which their lots together reach
+/// `target` points (the sum of every lot at or before K is at least
+/// `target`), or `None` if all of them together fall short.
+///
+/// A simultaneous descent of all trees: the tree whose current root is
+/// newest either goes left (when the lots before that root already reach
+/// the target) or the tree whose root is oldest goes right (its root and
+/// everything before it cannot be K). Every step moves one tree one level
+/// down, so the cost is O(Σ heights · log c) for c trees, whatever their
+/// lots are and however they interleave.
+pub(super) fn first_reaching(arena: &LotArena, trees: &[LotTree], target: i128) -> Option<LotKey> {
+    let nodes = &arena.nodes;
+    let total: i128 = trees.iter().map(|tree| sum_of(nodes, tree.root)).sum();
+    if total < target || trees.is_empty() {
+        return None;
+    }
+    /// A tree's current subtree and the points of its lots left of it.
+    struct Cursor {
+        node: NodeIndex,
+        before: i128,
+    }
+    // Points at or before the cursor's root, counting the lots left of it.
+    let through_root = |cursor: &Cursor| -> i128 {
+        match nodes.get(cursor.node as usize) {
+            Some(root) => cursor.before + sum_of(nodes, root.left) + i128::from(root.points),
+            None => cursor.before,
+        }
+    };
+    let mut cursors: Vec<Cursor> =
+        trees.iter().map(|tree| Cursor { node: tree.root, before: 0 }).collect();
+    let mut sum_through_roots: i128 = cursors.iter().map(through_root).sum();
+    let mut roots: std::collections::BTreeSet<(LotKey, usize)> = cursors
+        .iter()
+        .enumerate()
+        .filter(|(_, cursor)| cursor.node != NIL)
+        .map(|(position, cursor)| (nodes[cursor.node as usize].key, position))
+        .collect();
+    let step_limit = trees.len() * (MAX_HEIGHT + 1);
+    for _ in 0..step_limit {
+        let (&(newest_key, newest), &(_, oldest)) = (roots.last()?, roots.first()?);
+        let newest_root = &nodes[cursors[newest].node as usize];
+        // Every lot counted here is before the newest root.
+        let before_newest = sum_through_roots - i128::from(newest_root.points);
+        let (moving, go_left) = if before_newest >= target {
+            (newest, true)
+        } else if newest == oldest {
+            if sum_through_roots >= target {
+                return Some(newest_key);
+            }
+            (newest, false)
+        } else {
+            // The oldest root has at most `before_newest` at or before it.
+            (oldest, false)
+        };
+        let cursor = &mut cursors[moving];
+        let root = &nodes[cursor.node as usize];
+        roots.remove(&(root.key, moving));
+        sum_through_roots -= through_root(cursor);
+        if go_left {
+            cursor.node = root.left;
+        } else {
+            cursor.before += sum_of(nodes, root.left) + i128::from(root.points);
+            cursor.node = root.right;
+        }
+        sum_through_roots += through_root(cursor);
+        if cursor.node != NIL {
+            roots.insert((nodes[cursor.node as usize].key, moving));
+        }
+    }
+    unreachable!("every step moves one tree one level down")
 }
 
 #[cfg(test)]
@@ -386,8 +510,18 @@ mod tests {
 
     #[test]
     fn wide_sums_round_trip_through_their_two_words() {
-        for value in [0, 1, -1, i128::from(i64::MAX) * 3, i128::from(u64::MAX) + 5, -(1 << 90)] {
-            assert_eq!(WideSum::new(value).get(), value);
+        let mut node = Node {
+            key: key(0, 0),
+            points: 1,
+            sum_low: 0,
+            sum_high: 0,
+            left: NIL,
+            right: NIL,
+            height: 1,
+        };
+        for value in [0, 1, i128::from(i64::MAX) * 3, i128::from(u64::MAX) + 5, (1 << 95) - 1] {
+            node.set_sum(value);
+            assert_eq!(node.sum(), value);
         }
     }
 
@@ -395,6 +529,7 @@ mod tests {
     fn inserts_in_any_order_keep_the_tree_balanced_and_the_sums_exact() {
         let mut rng = fastrand::Rng::with_seed(7);
         for order in ["ascending", "descending", "random"] {
+            let mut arena = LotArena::default();
             let mut tree = LotTree::default();
             let mut lots = Vec::new();
             for id in 0..2_000u64 {
@@ -404,11 +539,13 @@ mod tests {
                     _ => rng.i64(-50..50),
                 };
                 let points = rng.i64(1..1_000);
-                tree.insert(key(seconds, id), points);
+                tree.write(&mut arena).insert(key(seconds, id), points);
                 lots.push((key(seconds, id), points));
             }
-            tree.check().unwrap();
-            assert!(usize::from(tree.height(tree.root)) <= 16, "{order}: height {}", tree.height(tree.root));
+            let tree = tree.read(&arena);
+            assert_eq!(tree.check(), Ok(lots.len()));
+            let height = tree.height(tree.root);
+            assert!(height <= 16, "{order}: height {height}");
             lots.sort();
             assert_eq!(tree.iter().collect::<Vec<_>>(), lots);
             let total: i128 = lots.iter().map(|&(_, points)| i128::from(points)).sum();
@@ -423,16 +560,41 @@ mod tests {
                 });
                 let expected = expected
                     .filter(|&(_, _, through)| through > consumed)
-                    .map(|(key, points, through)| (key, (through - consumed).min(i128::from(points)) as i64))
+                    .map(|(key, points, through)| {
+                        (key, (through - consumed).min(i128::from(points)) as i64)
+                    })
                     .next();
                 assert_eq!(tree.first_past(consumed), expected);
             }
             for &(key, points) in &lots {
                 assert_eq!(tree.find(key), Some((naive_sum_before(&lots, key), points)));
-                assert_eq!(tree.sum_through(key), naive_sum_before(&lots, key) + i128::from(points));
+                assert_eq!(
+                    tree.sum_through(key),
+                    naive_sum_before(&lots, key) + i128::from(points)
+                );
             }
-            assert_eq!(LotTree::from_sorted(&lots).iter().collect::<Vec<_>>(), lots);
-            LotTree::from_sorted(&lots).check().unwrap();
+            let mut arena = LotArena::default();
+            let built = LotTree::from_sorted(&mut arena, &lots);
+            // Three trees of the same lots, dealt out by id; the first lot
+            // where all of them together reach a target is the naive one.
+            let mut trees = [LotTree::default(); 3];
+            for &(key, points) in &lots {
+                trees[(key.nanos_and_id % 3) as usize].write(&mut arena).insert(key, points);
+            }
+            for _ in 0..300 {
+                let target = rng.i128(1..total + 2);
+                let naive = lots
+                    .iter()
+                    .scan(0i128, |through, &(key, points)| {
+                        *through += i128::from(points);
+                        Some((key, *through))
+                    })
+                    .find(|&(_, through)| through >= target)
+                    .map(|(key, _)| key);
+                assert_eq!(first_reaching(&arena, &trees, target), naive, "target {target}");
+            }
+            assert_eq!(built.read(&arena).iter().collect::<Vec<_>>(), lots);
+            assert_eq!(built.read(&arena).check(), Ok(lots.len()));
         }
     }
 }

@@ -38,6 +38,7 @@ use chrono::{DateTime, Utc};
 
 pub use error::{ErrorKind, LedgerError};
 pub use history::{HistoryCursor, SpendRecord, TransactionRecord};
+use lots::LotArena;
 use payer::Payer;
 use requests::RequestLog;
 pub use requests::{MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
@@ -66,24 +67,11 @@ struct LotKey {
 /// fit a [`LotKey`] (below 2^34) and index a payer's lots in 32 bits.
 pub const MAX_TRANSACTION_ID: TransactionId = u32::MAX as TransactionId - 1;
 
-/// Payer switches a spend makes lot by lot (plus four per payer involved)
+/// Payer switches a spend makes lot by lot (plus two per payer involved)
 /// before it takes the rest through a time cut; see [`Ledger::take_oldest`].
-const MERGE_SWITCH_BUDGET: usize = 32;
+const MERGE_SWITCH_BUDGET: usize = 4;
 
 impl LotKey {
-    /// The key as one number of the same order, for binary searches.
-    fn ordinal(self) -> u128 {
-        // Flipping the sign bit maps i64 order onto u64 order.
-        let seconds = (self.seconds as u64) ^ (1 << 63);
-        u128::from(seconds) << 64 | u128::from(self.nanos_and_id)
-    }
-
-    /// The inverse of [`LotKey::ordinal`]; every number is some key.
-    fn from_ordinal(ordinal: u128) -> Self {
-        let seconds = ((ordinal >> 64) as u64 ^ (1 << 63)) as i64;
-        Self { seconds, nanos_and_id: ordinal as u64 }
-    }
-
     fn new(timestamp: DateTime<Utc>, id: TransactionId) -> Self {
         let nanos = u64::from(timestamp.timestamp_subsec_nanos());
         assert!(nanos < 1 << 30, "nanoseconds below one second fit 30 bits");
@@ -298,6 +286,8 @@ fn settle(payer: &str, points: i64, balance: i64, total: i64) -> Result<(i64, i6
 #[derive(Debug, Clone)]
 pub struct Ledger {
     payers: Vec<Payer>,
+    /// The nodes of every payer's lot tree.
+    arena: LotArena,
     payer_by_name: HashMap<Box<str>, PayerIndex>,
     /// The front lot of every payer with a positive balance; its first entry
     /// holds the oldest remaining points of the whole ledger.
@@ -323,6 +313,7 @@ impl Ledger {
     pub fn new() -> Self {
         Self {
             payers: Vec::new(),
+            arena: LotArena::default(),
             payer_by_name: HashMap::new(),
             fronts: BTreeMap::new(),
             total: 0,
@@ -360,14 +351,14 @@ impl Ledger {
         let key = LotKey::new(timestamp, id);
         let index = if points > 0 {
             let index = existing.unwrap_or_else(|| self.insert_payer(payer));
-            self.update_payer(index, |payer| payer.credit(key, points));
+            self.update_payer(index, |payer, arena| payer.credit(arena, key, points));
             self.total += points;
             self.lots += 1;
             index
         } else {
             let index = existing.expect("settle refuses debits from unknown payers");
             let taken = -points;
-            self.update_payer(index, |payer| payer.debit(taken));
+            self.update_payer(index, |payer, arena| payer.debit(arena, taken));
             self.total -= taken;
             index
         };
@@ -434,10 +425,14 @@ impl Ledger {
 
     /// Runs `change` on one payer and moves its entry in `fronts` if its front
     /// lot changed, keeping `fronts` exactly the set of payers' front keys.
-    fn update_payer<T>(&mut self, index: PayerIndex, change: impl FnOnce(&mut Payer) -> T) -> T {
+    fn update_payer<T>(
+        &mut self,
+        index: PayerIndex,
+        change: impl FnOnce(&mut Payer, &mut LotArena) -> T,
+    ) -> T {
         let payer = &mut self.payers[index as usize];
         let before = payer.front_key();
-        let result = change(payer);
+        let result = change(payer, &mut self.arena);
         let after = payer.front_key();
         if before != after {
             if let Some(key) = before {
@@ -495,7 +490,7 @@ impl Ledger {
     /// A merge of the payers' lots: take from the payer with the oldest front
     /// everything older than the next payer's front, then switch. Each switch
     /// costs O(log n), but lots that alternate between payers make one switch
-    /// per lot, so after `switch_budget` plus four per payer involved, the
+    /// per lot, so after `switch_budget` plus two per payer involved, the
     /// rest is taken at once through a time cut ([`Ledger::take_by_cut`]):
     /// the cost of a spend is bounded by the payers it involves, never by
     /// how their lots interleave.
@@ -504,7 +499,7 @@ impl Ledger {
         let mut left = points;
         let mut switches = 0usize;
         while left > 0 {
-            if switches >= switch_budget.saturating_add(4 * taken_by_payer.entries.len()) {
+            if switches >= switch_budget.saturating_add(2 * taken_by_payer.entries.len()) {
                 self.take_by_cut(left, &mut taken_by_payer);
                 break;
             }
@@ -512,7 +507,8 @@ impl Ledger {
             let (_, &index) =
                 oldest_fronts.next().expect("the total covers the spend, so some payer has points");
             let next_front = oldest_fronts.next().map(|(&key, _)| key);
-            let taken = self.update_payer(index, |payer| payer.take_before(next_front, left));
+            let taken =
+                self.update_payer(index, |payer, arena| payer.take_before(arena, next_front, left));
             taken_by_payer.add(index, taken);
             left -= taken;
             switches += 1;
@@ -521,14 +517,13 @@ impl Ledger {
     }
 
     /// Takes the oldest `points` across all payers in one step: finds the
-    /// lot K where they end (a binary search over lot keys of the sums of
-    /// every payer's points at or before the key), then takes from each
-    /// payer everything older than K, and the rest from K.
+    /// lot K where they end (a simultaneous descent of the payers' trees, see
+    /// [`lots::first_reaching`]), then takes from each payer everything
+    /// older than K, and the rest from K.
     ///
     /// Only payers whose front is older than K take part; they are a prefix
     /// of `fronts`, found first by a galloping search over its length. With
-    /// c payers taking part the cost is O(c · log c · log n) for the prefix
-    /// and O(c · 128 · log n) for the key (a key is 128 bits), whatever the
+    /// c payers taking part the cost is O(c · log c · log n), whatever the
     /// number of lots or how they interleave.
     fn take_by_cut(&mut self, points: i64, taken_by_payer: &mut TakenByPayer) {
         debug_assert!(points > 0 && points <= self.total);
@@ -542,7 +537,9 @@ impl Ledger {
             let limit = order.get(count).map(|&(key, _)| key);
             order[..count]
                 .iter()
-                .map(|&(_, index)| i128::from(self.payers[index as usize].available_before(limit)))
+                .map(|&(_, index)| {
+                    i128::from(self.payers[index as usize].available_before(&self.arena, limit))
+                })
                 .sum()
         };
         // Smallest `count` with at least `points` older than payer `count`'s
@@ -571,34 +568,26 @@ impl Ledger {
         }
         let involved = &order[..high];
 
-        // The cut: the smallest key with `points` at or before it, between
-        // the last involved payer's front and the next payer's front.
-        let through = |key: LotKey| -> i128 {
-            involved
-                .iter()
-                .map(|&(_, index)| i128::from(self.payers[index as usize].available_through(key)))
-                .sum()
-        };
-        let mut low_key = involved[high - 1].0.ordinal();
-        let mut high_key = order.get(high).map_or(u128::MAX, |&(key, _)| key.ordinal() - 1);
-        debug_assert!(through(LotKey::from_ordinal(high_key)) >= i128::from(points));
-        // Bounded: the interval halves each turn, from at most 2^128 keys.
-        while low_key < high_key {
-            let middle = low_key + (high_key - low_key) / 2;
-            if through(LotKey::from_ordinal(middle)) >= i128::from(points) {
-                high_key = middle;
-            } else {
-                low_key = middle + 1;
-            }
-        }
-        let cut = LotKey::from_ordinal(low_key);
+        // The cut: the smallest key with `points` available at or before
+        // it. It is at or after every involved payer's front, where what a
+        // payer has available is its lots' prefix sum minus its debits.
+        let trees: Vec<_> =
+            involved.iter().map(|&(_, index)| self.payers[index as usize].lots()).collect();
+        let debited: i128 =
+            involved.iter().map(|&(_, index)| self.payers[index as usize].debited()).sum();
+        let cut = lots::first_reaching(&self.arena, &trees, i128::from(points) + debited)
+            .expect("the involved payers hold the points");
 
         // Everything older than the cut, and the rest from the cut's lot.
         let gifts: Vec<(PayerIndex, i64, i64)> = involved
             .iter()
             .map(|&(_, index)| {
                 let payer = &self.payers[index as usize];
-                (index, payer.available_before(Some(cut)), payer.available_through(cut))
+                (
+                    index,
+                    payer.available_before(&self.arena, Some(cut)),
+                    payer.available_through(&self.arena, cut),
+                )
             })
             .collect();
         let older: i64 = gifts.iter().map(|&(_, before, _)| before).sum();
@@ -608,7 +597,7 @@ impl Ledger {
             let from_cut = if through > before { std::mem::take(&mut rest) } else { 0 };
             let gives = before + from_cut;
             assert!(gives > 0, "every payer with a front before the cut gives points");
-            self.update_payer(index, |payer| payer.debit(gives));
+            self.update_payer(index, |payer, arena| payer.debit(arena, gives));
             taken_by_payer.add(index, gives);
         }
         assert_eq!(rest, 0, "the cut's lot belongs to one involved payer");
@@ -782,7 +771,7 @@ impl Ledger {
                 let record = &self.transactions[id as usize - 1];
                 let remaining_points = if record.points > 0 {
                     let key = LotKey::new(record.timestamp, id);
-                    self.payers[record.payer_index as usize].remaining_in(key)
+                    self.payers[record.payer_index as usize].remaining_in(&self.arena, key)
                 } else {
                     0
                 };
@@ -880,7 +869,7 @@ impl Ledger {
                 return Err(format!("payer {name:?} appears twice"));
             }
             lots.sort_unstable_by_key(|&(key, _)| key);
-            let payer = Payer::restore(&name, balance, lots)?;
+            let payer = Payer::restore(&mut ledger.arena, &name, balance, lots)?;
             total += i128::from(payer.balance());
             let index = ledger.insert_payer(&name);
             if let Some(key) = payer.front_key() {
@@ -944,8 +933,9 @@ impl Ledger {
     /// is the sum of the balances. For tests and debugging.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut total: i128 = 0;
+        let mut lots = 0usize;
         for (index, payer) in self.payers.iter().enumerate() {
-            payer.check_invariants()?;
+            lots += payer.check_invariants(&self.arena)?;
             total += i128::from(payer.balance());
             if let Some(key) = payer.front_key()
                 && self.fronts.get(&key).map(|&i| i as usize) != Some(index)
@@ -958,6 +948,13 @@ impl Ledger {
         }
         if total != i128::from(self.total) {
             return Err(format!("total {} != sum of balances {total}", self.total));
+        }
+        if lots != self.arena.len() || lots != self.lots {
+            return Err(format!(
+                "the payers hold {lots} lots, the arena {}, the count {}",
+                self.arena.len(),
+                self.lots
+            ));
         }
         let payers_with_points = self.payers.iter().filter(|payer| payer.balance() > 0).count();
         if self.fronts.len() != payers_with_points {

@@ -8,15 +8,15 @@
 //! one prefix-sum search away, whatever order the lots arrived in.
 
 use super::LotKey;
-use super::lots::LotTree;
+use super::lots::{LotArena, LotTree};
 
 /// A payer's lots and remaining points.
 #[derive(Debug, Clone)]
 pub(super) struct Payer {
     pub(super) name: Box<str>,
-    /// Every lot ever credited, with its original points. Used-up lots are
-    /// kept because a late, older lot takes the place of newer points in the
-    /// payer's past deductions.
+    /// Every lot ever credited, with its original points (in the ledger's
+    /// arena). Used-up lots are kept because a late, older lot takes the
+    /// place of newer points in the payer's past deductions.
     lots: LotTree,
     /// Points ever taken from this payer: they used up its oldest lots.
     debited: i128,
@@ -45,6 +45,7 @@ impl Payer {
     /// the points used up are credited − balance, taken from the oldest lots.
     /// `lots` must be sorted by key with positive points (checked).
     pub(super) fn restore(
+        arena: &mut LotArena,
         name: &str,
         balance: i64,
         lots: Vec<(LotKey, i64)>,
@@ -55,14 +56,14 @@ impl Payer {
         if let Some((key, points)) = lots.iter().find(|(_, points)| *points <= 0) {
             return Err(format!("payer {name:?}: lot {key:?} has {points} points"));
         }
-        let lots = LotTree::from_sorted(&lots);
-        let credited = lots.total();
+        let lots = LotTree::from_sorted(arena, &lots);
+        let credited = lots.read(arena).total();
         if balance < 0 || i128::from(balance) > credited {
             return Err(format!("payer {name:?}: balance {balance} outside 0..={credited}"));
         }
         let debited = credited - i128::from(balance);
-        let front = lots.first_past(debited);
-        let newest = lots.iter().last().map(|(key, _)| key);
+        let front = lots.read(arena).first_past(debited);
+        let newest = lots.read(arena).iter().last().map(|(key, _)| key);
         Ok(Self { name: name.into(), lots, debited, front, newest, balance })
     }
 
@@ -82,37 +83,40 @@ impl Payer {
     /// now count against it first, which hands the same number of points
     /// back to the newest used-up points, so the front moves to older lots.
     /// O(log n) either way.
-    pub(super) fn credit(&mut self, key: LotKey, points: i64) {
+    pub(super) fn credit(&mut self, arena: &mut LotArena, key: LotKey, points: i64) {
         assert!(points > 0, "a lot has positive points");
-        self.lots.insert(key, points);
+        self.lots.write(arena).insert(key, points);
         self.newest = self.newest.max(Some(key));
         self.balance =
             self.balance.checked_add(points).expect("caller checked the balance for overflow");
         match self.front {
             Some((front_key, _)) if key > front_key => {}
-            _ => self.front = self.lots.first_past(self.debited),
+            _ => self.front = self.lots.read(arena).first_past(self.debited),
         }
         debug_assert_eq!(self.front.is_none(), self.balance == 0);
     }
 
     /// Takes `points` (at most the balance), oldest lots first. O(log n).
-    pub(super) fn debit(&mut self, points: i64) {
+    pub(super) fn debit(&mut self, arena: &LotArena, points: i64) {
         assert!(0 < points && points <= self.balance, "caller checked the balance");
         self.balance -= points;
         self.debited += i128::from(points);
-        self.front = self.lots.first_past(self.debited);
+        // Taking everything back is common; it needs no search.
+        self.front =
+            if self.balance == 0 { None } else { self.lots.read(arena).first_past(self.debited) };
         debug_assert_eq!(self.front.is_none(), self.balance == 0);
     }
 
     /// The points left in lots with a key before `limit` (`None`: all of
     /// them). O(1) when `limit` is at or before the front or after the
     /// newest lot, O(log n) otherwise.
-    pub(super) fn available_before(&self, limit: Option<LotKey>) -> i64 {
+    pub(super) fn available_before(&self, arena: &LotArena, limit: Option<LotKey>) -> i64 {
         match (limit, self.front) {
             (_, None) => 0,
             (Some(limit), Some((front, _))) if limit <= front => 0,
             (Some(limit), _) if Some(limit) <= self.newest => {
-                Self::clamp_available(self.lots.sum_before(Some(limit)) - self.debited, self.balance)
+                let before = self.lots.read(arena).sum_before(Some(limit));
+                Self::clamp_available(before - self.debited, self.balance)
             }
             _ => self.balance,
         }
@@ -120,12 +124,13 @@ impl Payer {
 
     /// The points left in lots with a key at or before `limit`; O(1) outside
     /// the front and the newest lot, as [`Payer::available_before`].
-    pub(super) fn available_through(&self, limit: LotKey) -> i64 {
+    pub(super) fn available_through(&self, arena: &LotArena, limit: LotKey) -> i64 {
         match self.front {
             None => 0,
             Some((front, _)) if limit < front => 0,
             Some(_) if Some(limit) < self.newest => {
-                Self::clamp_available(self.lots.sum_through(limit) - self.debited, self.balance)
+                let through = self.lots.read(arena).sum_through(limit);
+                Self::clamp_available(through - self.debited, self.balance)
             }
             Some(_) => self.balance,
         }
@@ -140,30 +145,48 @@ impl Payer {
     /// Takes up to `points` from the lots older than `limit` (the next
     /// payer's front in a spend), and returns how many were taken: a spend
     /// switches payers only there. O(log n).
-    pub(super) fn take_before(&mut self, limit: Option<LotKey>, points: i64) -> i64 {
+    pub(super) fn take_before(
+        &mut self,
+        arena: &LotArena,
+        limit: Option<LotKey>,
+        points: i64,
+    ) -> i64 {
         assert!(points > 0);
-        let taken = self.available_before(limit).min(points);
+        let taken = self.available_before(arena, limit).min(points);
         assert!(taken > 0, "a spend takes from the payer with the oldest front");
-        self.debit(taken);
+        self.debit(arena, taken);
         taken
+    }
+
+    /// The payer's lots.
+    pub(super) fn lots(&self) -> LotTree {
+        self.lots
+    }
+
+    /// Points ever taken from this payer.
+    pub(super) fn debited(&self) -> i128 {
+        self.debited
     }
 
     /// Points still held by the lot with `key`, which must belong to this
     /// payer. O(log n).
-    pub(super) fn remaining_in(&self, key: LotKey) -> i64 {
-        let (before, original) = self.lots.find(key).expect("the lot belongs to this payer");
+    pub(super) fn remaining_in(&self, arena: &LotArena, key: LotKey) -> i64 {
+        let (before, original) =
+            self.lots.read(arena).find(key).expect("the lot belongs to this payer");
         // Clamped to 0..=original, so the cast is exact.
         (before + i128::from(original) - self.debited).clamp(0, i128::from(original)) as i64
     }
 
-    /// Checks this payer's invariants in O(lots); for tests and debugging.
-    pub(super) fn check_invariants(&self) -> Result<(), String> {
+    /// Checks this payer's invariants in O(lots) and returns how many lots
+    /// it has; for tests and debugging.
+    pub(super) fn check_invariants(&self, arena: &LotArena) -> Result<usize, String> {
         let name = &self.name;
-        self.lots.check().map_err(|error| format!("payer {name:?}: {error}"))?;
+        let lots = self.lots.read(arena);
+        let lot_count = lots.check().map_err(|error| format!("payer {name:?}: {error}"))?;
         if self.balance < 0 {
             return Err(format!("payer {name:?} balance {} is negative", self.balance));
         }
-        let credited = self.lots.total();
+        let credited = lots.total();
         if i128::from(self.balance) != credited - self.debited {
             return Err(format!(
                 "payer {name:?} balance {} != credited {credited} - debited {}",
@@ -173,23 +196,23 @@ impl Payer {
         // What is left, lot by lot, oldest points used up first.
         let mut used_up = self.debited;
         let mut front = None;
-        for (key, points) in self.lots.iter() {
+        for (key, points) in lots.iter() {
             let used = used_up.min(i128::from(points));
             used_up -= used;
             let left = i128::from(points) - used;
             if left > 0 && front.is_none() {
                 front = Some((key, left as i64));
             }
-            if i128::from(self.remaining_in(key)) != left {
+            if i128::from(self.remaining_in(arena, key)) != left {
                 return Err(format!("payer {name:?} lot {key:?} should have {left} left"));
             }
         }
-        if self.newest != self.lots.iter().last().map(|(key, _)| key) {
+        if self.newest != lots.iter().last().map(|(key, _)| key) {
             return Err(format!("payer {name:?} newest lot {:?} is wrong", self.newest));
         }
         if front != self.front {
             return Err(format!("payer {name:?} front {:?} should be {front:?}", self.front));
         }
-        Ok(())
+        Ok(lot_count)
     }
 }
