@@ -170,21 +170,37 @@ fn reason(status: &Status) -> String {
 async fn three_thousand_idle_connections_do_not_lock_out_a_well_behaved_client() {
     const IDLE: usize = 3_000;
     raise_own_open_files_limit(IDLE as u64 + 256);
+    let port = free_port();
     let mut command = std::process::Command::new("sh");
     command
         .args(["-c", r#"ulimit -Sn 1024 && exec "$0" "$@""#])
         .arg(env!("CARGO_BIN_EXE_points-server"))
-        .args(["--listen", "127.0.0.1:0", "--in-memory"]);
+        .args(["--listen", "127.0.0.1:0", "--in-memory"])
+        // The idle connections must stay open throughout, and be counted.
+        .args(["--handshake-timeout-ms", "60000", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"));
     let server = ServerProcess::spawn(command);
     assert!(server.log().contains("raised the open-files limit"), "{}", server.log());
     let address = server.address;
-    let idle = tokio::task::spawn_blocking(move || {
-        (0..IDLE)
-            .map(|_| std::net::TcpStream::connect(address).expect("connect an idle connection"))
-            .collect::<Vec<_>>()
+    let idle = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE {
+            idle.push(TcpStream::connect(address).await.expect("connect an idle connection"));
+        }
+        idle
     })
     .await
-    .expect("open the idle connections");
+    .expect("the server stopped accepting before 3,000 connections");
+    // The server holds every one of them open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = sample(&scrape(port).await, "points_connections_open");
+        if open >= IDLE as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server holds only {open} of {IDLE} connections");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let started = Instant::now();
     let served = tokio::time::timeout(Duration::from_secs(10), async {
