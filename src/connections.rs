@@ -245,8 +245,9 @@ async fn accept_loop(
                                 .map(|certificates| Arc::new(certificates.to_vec()));
                             let transport = Transport::Tls(Box::new(stream));
                             // Nothing to do if the server is shutting down.
-                            let _ =
-                                ready.send(Connection::new(transport, accepted, certificates)).await;
+                            let _ = ready
+                                .send(Connection::new(transport, accepted, certificates))
+                                .await;
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, %peer, "TLS handshake failed");
@@ -362,11 +363,7 @@ impl Connection {
         let idle_check = Box::pin(tokio::time::sleep(accepted.idle_timeout));
         Self {
             transport,
-            info: ConnectionInfo {
-                remote_addr: Some(accepted.peer),
-                peer_certificates,
-                calls,
-            },
+            info: ConnectionInfo { remote_addr: Some(accepted.peer), peer_certificates, calls },
             handshake_deadline: Some(Box::pin(tokio::time::sleep_until(accepted.deadline))),
             preface_bytes_left: HTTP2_CLIENT_PREFACE_BYTES,
             idle_timeout: accepted.idle_timeout,

@@ -155,8 +155,8 @@ fn raise_open_files_limit(max_connections: u32) {
     }
     // Besides connections: the listener, journal files, the metrics listener,
     // standard streams.
-    const OTHER_DESCRIPTORS: u64 = 64;
-    if (limit.rlim_cur as u64) < u64::from(max_connections) + OTHER_DESCRIPTORS {
+    const OTHER_DESCRIPTORS: libc::rlim_t = 64;
+    if limit.rlim_cur < libc::rlim_t::from(max_connections) + OTHER_DESCRIPTORS {
         tracing::warn!(
             open_files_limit = limit.rlim_cur,
             max_connections,
