@@ -55,7 +55,8 @@ pub struct ServerSettings {
     pub http2_keepalive_timeout: Duration,
     /// The connection limit, and the handshake and idle-connection timeouts.
     pub connections: ConnectionLimits,
-    /// TLS, or plaintext when `None`.
+    /// TLS (with rustls and the ring provider, handshakes bounded by
+    /// `connections.handshake_timeout`), or plaintext when `None`.
     pub tls: Option<TlsFiles>,
 }
 
@@ -91,6 +92,11 @@ pub enum ServeError {
 /// Serves `service` on `listener` until `shutdown` completes, then stops
 /// accepting, reports NOT_SERVING on health, and gives in-flight calls
 /// `settings.shutdown_grace` to finish.
+///
+/// Connections are accepted by [`connections::Incoming`] (the connection
+/// limit, TLS, the handshake and idle timeouts, `TCP_NODELAY`); PointsService
+/// calls are admitted from their headers by the service's admission layer
+/// before their bodies are read, while health and reflection stay open.
 pub async fn serve(
     listener: TcpListener,
     service: PointsService,
