@@ -152,6 +152,8 @@ fn raise_open_files_limit(max_connections: u32) {
             tracing::warn!(%error, soft = before, hard = limit.rlim_max,
                 "cannot raise the open-files limit (RLIMIT_NOFILE)");
         }
+    } else {
+        tracing::info!(limit = before, "the open-files limit (RLIMIT_NOFILE) is at its hard limit");
     }
     // Besides connections: the listener, journal files, the metrics listener,
     // standard streams.
