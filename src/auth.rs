@@ -30,6 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -177,9 +178,9 @@ struct ClientEntry {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     /// Clients with a token, by the token's SHA-256.
-    by_token: Vec<([u8; 32], Principal)>,
+    by_token: Vec<([u8; 32], Arc<Principal>)>,
     /// Clients named by their TLS certificate, by its common name.
-    by_certificate: HashMap<String, Principal>,
+    by_certificate: HashMap<String, Arc<Principal>>,
 }
 
 impl Authenticator {
@@ -206,11 +207,11 @@ impl Authenticator {
             if entry.roles.is_empty() {
                 return Err(format!("client {:?} has no roles", entry.name));
             }
-            let principal = Principal {
+            let principal = Arc::new(Principal {
                 name: entry.name.clone(),
                 roles: entry.roles.into_iter().collect(),
                 user_ids: entry.user_ids.map(|user_ids| user_ids.into_iter().collect()),
-            };
+            });
             if entry.token_sha256.is_none() && entry.certificate_common_name.is_none() {
                 return Err(format!(
                     "client {:?} needs token_sha256 or certificate_common_name",
@@ -227,7 +228,7 @@ impl Authenticator {
                             entry.name
                         )
                     })?;
-                authenticator.by_token.push((hash, principal.clone()));
+                authenticator.by_token.push((hash, Arc::clone(&principal)));
             }
             if let Some(common_name) = entry.certificate_common_name
                 && authenticator.by_certificate.insert(common_name.clone(), principal).is_some()
@@ -244,8 +245,18 @@ impl Authenticator {
         &self,
         metadata: &MetadataMap,
         certificate_common_name: Option<&str>,
-    ) -> Result<&Principal, AccessError> {
-        let Some(header) = metadata.get("authorization") else {
+    ) -> Result<&Arc<Principal>, AccessError> {
+        self.authenticate_headers(metadata.as_ref(), certificate_common_name)
+    }
+
+    /// [`Authenticator::authenticate`] on a request's HTTP headers, as they
+    /// arrive before its body.
+    pub fn authenticate_headers(
+        &self,
+        headers: &http::HeaderMap,
+        certificate_common_name: Option<&str>,
+    ) -> Result<&Arc<Principal>, AccessError> {
+        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
             return certificate_common_name
                 .and_then(|common_name| self.by_certificate.get(common_name))
                 .ok_or(AccessError::MissingToken);

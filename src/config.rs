@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::connections::ConnectionLimits;
 use crate::durability::file_system::OsFileSystem;
 use crate::durability::{FsyncPolicy, Storage, StoreOptions};
 use crate::server::{ServerSettings, TlsFiles};
+use crate::service::CallLimits;
 use crate::telemetry::LogFormat;
 
 /// points-server: a loyalty-points ledger served over gRPC.
@@ -101,10 +103,35 @@ pub struct Config {
     pub max_request_bytes: u32,
 
     /// Most PointsService calls in progress at once, across all connections;
-    /// calls beyond it are refused at once with RESOURCE_EXHAUSTED.
+    /// calls beyond it are refused at once with RESOURCE_EXHAUSTED (SERVER_OVERLOADED).
     #[arg(long, env = "POINTS_MAX_CONCURRENT_CALLS", value_name = "CALLS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_calls: u32,
+
+    /// Most PointsService calls in progress at once for one client (a tokens-file
+    /// client, or a peer IP address when access is open); calls beyond it are
+    /// refused at once with RESOURCE_EXHAUSTED (CLIENT_OVERLOADED).
+    #[arg(long, env = "POINTS_MAX_CONCURRENT_CALLS_PER_CLIENT", value_name = "CALLS",
+          default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_calls_per_client: u32,
+
+    /// Most TCP connections open at once, including those still in their handshake;
+    /// connections beyond it are closed as soon as they are accepted.
+    #[arg(long, env = "POINTS_MAX_CONNECTIONS", value_name = "CONNECTIONS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// How long a new connection has to finish the TLS handshake and send the HTTP/2
+    /// client preface, in milliseconds; it is closed otherwise.
+    #[arg(long, env = "POINTS_HANDSHAKE_TIMEOUT_MS", value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout_ms: u64,
+
+    /// How long a connection may stay without a call in progress before it is closed,
+    /// in milliseconds (keepalive pings do not count as activity).
+    #[arg(long, env = "POINTS_IDLE_CONNECTION_TIMEOUT_MS", value_name = "MS",
+          default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_connection_timeout_ms: u64,
 
     /// Longest a call may run, in milliseconds; a client's shorter deadline wins.
     #[arg(long, env = "POINTS_MAX_CALL_DURATION_MS", value_name = "MS", default_value_t = 30_000)]
@@ -247,6 +274,19 @@ impl Config {
             max_streams_per_connection: self.max_streams_per_connection,
             http2_keepalive_interval: Duration::from_millis(self.http2_keepalive_interval_ms),
             http2_keepalive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
+            connections: ConnectionLimits {
+                max_connections: self.max_connections as usize,
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_connection_timeout_ms),
+            },
+        }
+    }
+
+    /// The limits of PointsService calls in progress.
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            max_concurrent_calls: self.max_concurrent_calls as usize,
+            max_concurrent_calls_per_client: self.max_concurrent_calls_per_client as usize,
         }
     }
 }

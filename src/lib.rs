@@ -4,13 +4,16 @@
 //! - [`config`]: every option of the server, as flags and environment variables.
 //! - [`telemetry`]: log set-up (text or JSON) and the Prometheus exporter.
 //! - [`server`]: assembles the tonic server (the points service, health,
-//!   reflection; TLS and transport limits) on a given listener, with a
-//!   bounded graceful shutdown.
+//!   reflection; transport limits) on a given listener, with a bounded
+//!   graceful shutdown.
+//! - [`connections`]: accepting connections: TLS, the connection limit, the
+//!   handshake and idle-connection timeouts.
 //! - [`auth`]: who may call what: bearer tokens and client certificates,
 //!   roles, users.
-//! - [`service`]: the gRPC face: admits each call (call limit, caller,
-//!   fields, role), runs it against the store, and maps outcomes to replies
-//!   or to statuses with error details.
+//! - [`service`]: the gRPC face: admits each call (caller and call limits
+//!   from its headers, before its body is read; then fields, role), runs it
+//!   against the store, and maps outcomes to replies or to statuses with
+//!   error details.
 //! - [`durability`]: the store between the service and the ledgers: one
 //!   ledger per user behind its own lock, the journal (group commit),
 //!   snapshots, recovery with its checks, online backup, all through one
@@ -24,6 +27,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod durability;
 pub mod ledger;
 pub mod proto;

@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
         return run(command);
     }
     tracing::info!(?config, "starting points-server");
+    raise_open_files_limit(config.max_connections);
     if let Err(message) = config.check_protected_mode() {
         eprintln!("points-server: {message}");
         return ExitCode::FAILURE;
@@ -97,11 +98,7 @@ async fn main() -> ExitCode {
 
     let result = server::serve(
         listener,
-        PointsService::with_limits(
-            Arc::clone(&store),
-            access,
-            config.max_concurrent_calls as usize,
-        ),
+        PointsService::with_limits(Arc::clone(&store), access, config.call_limits()),
         config.server_settings(tls),
         shutdown,
     )
@@ -123,6 +120,52 @@ async fn main() -> ExitCode {
             eprintln!("points-server: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit of open file descriptors to the hard limit, so that
+/// `--max-connections` connections fit (a soft limit of 1,024 is common, and
+/// past it every accept fails). Logs what it did; never fails start-up: the
+/// connection limit and the accept loop's back-off keep the server serving
+/// whatever the limit is.
+fn raise_open_files_limit(max_connections: u32) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a pointer to a live one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the open-files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit through a pointer to a live one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+            tracing::info!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+            );
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, soft = before, hard = limit.rlim_max,
+                "cannot raise the open-files limit (RLIMIT_NOFILE)");
+        }
+    } else {
+        tracing::info!(limit = before, "the open-files limit (RLIMIT_NOFILE) is at its hard limit");
+    }
+    // Besides connections: the listener, journal files, the metrics listener,
+    // standard streams.
+    const OTHER_DESCRIPTORS: libc::rlim_t = 64;
+    if limit.rlim_cur < libc::rlim_t::from(max_connections) + OTHER_DESCRIPTORS {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur,
+            max_connections,
+            "the open-files limit is below --max-connections: connections beyond it wait \
+             unaccepted; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower \
+             --max-connections"
+        );
     }
 }
 

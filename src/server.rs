@@ -7,9 +7,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tower_layer::Layer;
 
+use crate::connections::{self, CallActivityLayer, ConnectionLimits, Incoming};
 use crate::proto::v1::points_service_server::PointsServiceServer;
 use crate::service::PointsService;
 
@@ -52,7 +53,10 @@ pub struct ServerSettings {
     pub http2_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
     pub http2_keepalive_timeout: Duration,
-    /// TLS, or plaintext when `None`.
+    /// The connection limit, and the handshake and idle-connection timeouts.
+    pub connections: ConnectionLimits,
+    /// TLS (with rustls and the ring provider, handshakes bounded by
+    /// `connections.handshake_timeout`), or plaintext when `None`.
     pub tls: Option<TlsFiles>,
 }
 
@@ -65,6 +69,7 @@ impl Default for ServerSettings {
             max_streams_per_connection: 256,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
             tls: None,
         }
     }
@@ -76,6 +81,9 @@ pub enum ServeError {
     /// The embedded descriptors could not be loaded for reflection (a build fault).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be used.
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
     /// The transport failed.
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -84,6 +92,11 @@ pub enum ServeError {
 /// Serves `service` on `listener` until `shutdown` completes, then stops
 /// accepting, reports NOT_SERVING on health, and gives in-flight calls
 /// `settings.shutdown_grace` to finish.
+///
+/// Connections are accepted by [`connections::Incoming`] (the connection
+/// limit, TLS, the handshake and idle timeouts, `TCP_NODELAY`); PointsService
+/// calls are admitted from their headers by the service's admission layer
+/// before their bodies are read, while health and reflection stay open.
 pub async fn serve(
     listener: TcpListener,
     service: PointsService,
@@ -115,32 +128,32 @@ pub async fn serve(
         let _ = shutdown_started_sender.send(());
     };
 
-    let points =
-        PointsServiceServer::new(service).max_decoding_message_size(settings.max_request_bytes);
-    let mut builder = Server::builder();
-    if let Some(tls) = &settings.tls {
-        let mut config = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.key_pem));
-        if let Some(client_ca) = &tls.client_ca_pem {
-            // Optional: a client may authenticate by token instead; an
-            // untrusted certificate still fails the handshake.
-            config = config
-                .client_ca_root(tonic::transport::Certificate::from_pem(client_ca))
-                .client_auth_optional(true);
-        }
-        builder = builder.tls_config(config)?;
-    }
-    let router = builder
+    // TLS is set up before anything is served, so that bad files stop
+    // start-up with a reason; the handshakes themselves run in `connections`.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(connections::tls_server_config)
+        .transpose()
+        .map_err(ServeError::Tls)?;
+    // Callers are admitted from the headers, before the body is read; health
+    // and reflection stay open.
+    let points = service.admission_layer().layer(
+        PointsServiceServer::new(service).max_decoding_message_size(settings.max_request_bytes),
+    );
+    let router = Server::builder()
         .timeout(settings.max_call_duration)
         .max_concurrent_streams(settings.max_streams_per_connection)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
-        .tcp_nodelay(true)
+        // Calls in progress keep a connection from counting as idle.
+        .layer(CallActivityLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(points);
-    let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let incoming = Incoming::new(listener, settings.connections.clone(), tls);
+    let serving = router.serve_with_incoming_shutdown(incoming, signal);
 
     // tonic waits for every connection to close, however long that takes;
     // bound it so a stuck client cannot hold shutdown hostage.

@@ -58,6 +58,15 @@ pub fn install_metrics(address: SocketAddr) -> Result<(), String> {
         "points_rpc_refusals_total",
         "Refused calls, by method and ErrorInfo reason."
     );
+    describe_gauge!("points_connections_open", "TCP connections open, handshakes included.");
+    describe_counter!(
+        "points_connections_refused_total",
+        "Connections closed as soon as accepted because --max-connections were open."
+    );
+    describe_counter!(
+        "points_connections_timed_out_total",
+        "Connections closed by the handshake or the idle-connection timeout, by timeout."
+    );
     describe_gauge!("points_users", "Users with a ledger.");
     describe_gauge!("points_payers", "Payers, summed over users.");
     describe_gauge!("points_lots", "Lots (positive transactions), summed over users.");

@@ -1,8 +1,25 @@
-//! The gRPC face of the store: admits each call (call limit, caller, fields,
-//! role and user), runs it against the store, and maps the outcome to
-//! protobuf replies or to statuses with error details. Holds no business rules
-//! of its own.
+//! The gRPC face of the store: admits each call, runs it against the store,
+//! and maps the outcome to protobuf replies or to statuses with error
+//! details. Holds no business rules of its own.
+//!
+//! What every call passes before it touches the store, in this order:
+//!
+//! 1. the caller (UNAUTHENTICATED: `TOKEN_MISSING`, `TOKEN_UNKNOWN`),
+//! 2. the caller's share of the call slots (RESOURCE_EXHAUSTED:
+//!    `CLIENT_OVERLOADED`),
+//! 3. the server's call limit (RESOURCE_EXHAUSTED: `SERVER_OVERLOADED`),
+//! 4. the request message's size and encoding (OUT_OF_RANGE, INTERNAL, from
+//!    tonic as it decodes the body),
+//! 5. the request's fields (INVALID_ARGUMENT),
+//! 6. the caller's right to the method's role for the request's user
+//!    (PERMISSION_DENIED: `ROLE_MISSING`, `USER_NOT_ALLOWED`).
+//!
+//! Steps 1 to 3 need only the request headers: [`AdmissionLayer`] runs them
+//! before the request body is read, so that a refused call costs no body
+//! buffering, and hands the caller to the handler. A service called without
+//! the layer (as in tests) runs them in the handler instead.
 
+mod admission;
 mod page_token;
 mod status;
 mod validation;
@@ -10,12 +27,13 @@ mod validation;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 use tracing::Instrument;
 
+pub use admission::{Admission, AdmissionLayer, Admit, Admitted, CallLimits, Caller};
 pub use status::ERROR_DOMAIN;
 pub use validation::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TIMESTAMP_SECONDS, MAX_USER_ID_BYTES,
@@ -23,6 +41,7 @@ pub use validation::{
 };
 
 use crate::auth::{Authenticator, Principal, Role};
+use crate::connections::ConnectionInfo;
 use crate::durability::Store;
 use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
@@ -44,30 +63,26 @@ pub enum Access {
 }
 
 /// `points.v1.PointsService` over one store. Cloning shares the store and the
-/// call limit.
+/// call limits.
 #[derive(Debug, Clone)]
 pub struct PointsService {
     store: Arc<Store>,
-    access: Access,
-    /// One permit per call in progress, across all connections.
-    calls: Arc<tokio::sync::Semaphore>,
-    max_concurrent_calls: usize,
+    admission: Arc<Admission>,
 }
 
 impl PointsService {
-    /// The default limit of concurrent calls.
-    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
-
-    /// A service over `store`, open to every caller, with the default call limit.
+    /// A service over `store`, open to every caller, with the default call limits.
     pub fn new(store: Arc<Store>) -> Self {
-        Self::with_limits(store, Access::Open, Self::DEFAULT_MAX_CONCURRENT_CALLS)
+        Self::with_limits(store, Access::Open, CallLimits::default())
     }
 
-    /// A service over `store` with the given access control and call limit.
-    pub fn with_limits(store: Arc<Store>, access: Access, max_concurrent_calls: usize) -> Self {
-        assert!(max_concurrent_calls > 0, "at least one call must be allowed");
-        let calls = Arc::new(tokio::sync::Semaphore::new(max_concurrent_calls));
-        Self { store, access, calls, max_concurrent_calls }
+    /// A service over `store` with the given access control and call limits.
+    ///
+    /// # Panics
+    ///
+    /// If a limit is 0.
+    pub fn with_limits(store: Arc<Store>, access: Access, limits: CallLimits) -> Self {
+        Self { store, admission: Arc::new(Admission::new(access, limits)) }
     }
 
     /// The store behind the service.
@@ -75,60 +90,45 @@ impl PointsService {
         &self.store
     }
 
-    /// Admits a call, or sheds it at once when the server is at its limit:
-    /// a bounded amount of work in progress instead of a queue that grows.
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.calls).try_acquire_owned().map_err(|_| {
-            status::resource_exhausted(
-                "SERVER_OVERLOADED",
-                format!(
-                    "the server is already handling its maximum of {} calls; retry with backoff",
-                    self.max_concurrent_calls
-                ),
-            )
-        })
-    }
-
-    /// The caller, if the service checks callers; UNAUTHENTICATED otherwise.
-    /// Records the client's name in the call's span.
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<&Principal>, Status> {
-        match &self.access {
-            Access::Open => Ok(None),
-            Access::Tokens(authenticator) => {
-                // Under mutual TLS the certificate was verified in the handshake.
-                let common_name = request.peer_certs().and_then(|certificates| {
-                    certificates.first().and_then(|der| crate::auth::certificate_common_name(der))
-                });
-                let principal = authenticator
-                    .authenticate(request.metadata(), common_name.as_deref())
-                    .map_err(|error| status::access_refusal(&error))?;
-                tracing::Span::current().record("client", principal.name.as_str());
-                Ok(Some(principal))
-            }
-        }
+    /// The layer that admits this service's calls from their headers, before
+    /// their bodies are read; it shares this service's limits.
+    pub fn admission_layer(&self) -> AdmissionLayer {
+        AdmissionLayer::new(Arc::clone(&self.admission))
     }
 }
 
 impl PointsService {
-    /// What every call passes before it touches the store, in this order:
-    /// the call limit (RESOURCE_EXHAUSTED), the caller (UNAUTHENTICATED), the
-    /// request's fields (INVALID_ARGUMENT), and the caller's right to `role`
-    /// for the request's user (PERMISSION_DENIED). Returns the call's permit,
-    /// to hold until it ends, with the validated request.
+    /// Steps 1 to 3 and 5 to 6 of the module's list: the caller as admitted
+    /// by [`AdmissionLayer`] (or, without the layer, admitted here), the
+    /// request's fields, and the caller's right to `role` for the request's
+    /// user. Returns the call's slots when they were taken here, to hold
+    /// until the call ends, with the validated request.
     fn admit_request<'request, Message, Valid>(
         &self,
         request: &'request Request<Message>,
         role: Role,
         validate: impl FnOnce(&'request Message) -> Result<Valid, Vec<status::FieldViolation>>,
         user_of: impl FnOnce(&Valid) -> &'request str,
-    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Valid), Status> {
-        let call = self.admit()?;
-        let principal = self.authenticate(request)?;
+    ) -> Result<(Option<Admitted>, Valid), Status> {
+        let (admitted, principal) = match request.extensions().get::<Caller>() {
+            Some(caller) => (None, caller.principal.clone()),
+            None => {
+                let admitted = self.admission.admit(
+                    request.metadata().as_ref(),
+                    request.extensions().get::<ConnectionInfo>(),
+                )?;
+                let principal = admitted.caller.principal.clone();
+                (Some(admitted), principal)
+            }
+        };
+        if let Some(principal) = &principal {
+            tracing::Span::current().record("client", principal.name.as_str());
+        }
         let valid = validate(request.get_ref()).map_err(|bad| status::invalid_argument(&bad))?;
         let user_id = user_of(&valid);
-        authorize(principal, role, user_id)?;
+        authorize(principal.as_deref(), role, user_id)?;
         tracing::Span::current().record("user", user_id);
-        Ok((call, valid))
+        Ok((admitted, valid))
     }
 }
 
@@ -317,33 +317,50 @@ impl Drop for InFlight {
 }
 
 /// Runs one RPC inside its own span and logs one line with the method, the
-/// outcome code and the latency. Refusals are the caller's business and are
-/// logged at INFO; only faults of the server itself are logged at ERROR.
+/// outcome code and the latency (see [`record_outcome`]).
 async fn observed<T>(
     method: &'static str,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!(
+    let span = rpc_span(method);
+    let started = Instant::now();
+    let in_flight = InFlight::enter();
+    let result = call.instrument(span.clone()).await;
+    drop(in_flight);
+    record_outcome(method, &span, started.elapsed(), result.as_ref().map(drop));
+    result
+}
+
+/// The span of one PointsService call; its fields are filled in as they
+/// become known.
+fn rpc_span(method: &'static str) -> tracing::Span {
+    tracing::info_span!(
         "rpc",
         method,
         client = tracing::field::Empty,
         user = tracing::field::Empty,
         code = tracing::field::Empty
-    );
-    let started = Instant::now();
-    let in_flight = InFlight::enter();
-    let result = call.instrument(span.clone()).await;
-    drop(in_flight);
-    let elapsed = started.elapsed();
+    )
+}
+
+/// Counts a finished call in the metrics and logs its one line in `span`.
+/// Refusals are the caller's business and are logged at INFO; only faults of
+/// the server itself are logged at ERROR.
+fn record_outcome(
+    method: &'static str,
+    span: &tracing::Span,
+    elapsed: Duration,
+    outcome: Result<(), &Status>,
+) {
     let latency_us = elapsed.as_micros() as u64;
-    let code = match &result {
-        Ok(_) => "OK",
+    let code = match outcome {
+        Ok(()) => "OK",
         Err(status) => code_name(status.code()),
     };
     metrics::counter!("points_rpc_calls_total", "method" => method, "code" => code).increment(1);
     metrics::histogram!("points_rpc_duration_seconds", "method" => method)
         .record(elapsed.as_secs_f64());
-    if let Err(status) = &result
+    if let Err(status) = outcome
         && let Some(info) = status.get_error_details().error_info()
     {
         let reason = info.reason.clone();
@@ -352,8 +369,8 @@ async fn observed<T>(
     }
     let _entered = span.enter();
     span.record("code", code);
-    match &result {
-        Ok(_) => tracing::info!(latency_us, "rpc completed"),
+    match outcome {
+        Ok(()) => tracing::info!(latency_us, "rpc completed"),
         Err(status) => match status.code() {
             Code::InvalidArgument
             | Code::FailedPrecondition
@@ -370,7 +387,16 @@ async fn observed<T>(
             _ => tracing::error!(latency_us, error = status.message(), "rpc failed"),
         },
     }
-    result
+}
+
+/// The method of a PointsService request path, as a metric label: one of the
+/// service's methods, or `unknown` (the path is the client's to choose, and
+/// labels must stay few).
+fn method_label(path: &str) -> &'static str {
+    const METHODS: [&str; 5] =
+        ["AddTransaction", "AddTransactions", "Spend", "GetBalances", "ListTransactions"];
+    let method = path.strip_prefix("/points.v1.PointsService/").unwrap_or_default();
+    METHODS.into_iter().find(|known| *known == method).unwrap_or("unknown")
 }
 
 /// The canonical UPPER_SNAKE_CASE name of a gRPC code, as operators know it.
