@@ -187,6 +187,49 @@ async fn user_and_payer_limits_give_resource_exhausted() {
     );
 }
 
+/// Refused calls never create a user, with or without a request_id: refused
+/// spends and take-backs for made-up user ids leave every slot of
+/// --max-users to real customers, and a user created later starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_for_made_up_users_take_no_room_under_max_users() {
+    let server = ServerProcess::start(&["--max-users", "3"]);
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    for index in 0..10 {
+        let user_id = format!("made-up-{index}");
+        let spend = points::proto::v1::SpendRequest {
+            user_id: user_id.clone(),
+            points: 5,
+            request_id: format!("spend-{index}"),
+        };
+        let status = client.spend(spend).await.expect_err("nothing to spend");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let take_back = AddTransactionRequest {
+            points: -5,
+            request_id: format!("take-back-{index}"),
+            ..earn(&user_id, "DANNON")
+        };
+        let status = client.add_transaction(take_back).await.expect_err("nothing to take back");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+    }
+    for user in ["alice", "bob", "carol"] {
+        client.add_transaction(earn(user, "DANNON")).await.expect("a real customer fits");
+    }
+    let status = client.add_transaction(earn("dave", "DANNON")).await.expect_err("limit");
+    assert_eq!(
+        status.get_error_details().error_info().expect("ErrorInfo").reason,
+        "USER_LIMIT_REACHED"
+    );
+    // A retry of a refusal for a user who had no ledger is decided afresh.
+    client.add_transaction(earn("made-up-0", "DANNON")).await.expect_err("still full");
+    let balances = client
+        .get_balances(GetBalancesRequest { user_id: "made-up-1".into() })
+        .await
+        .expect("reading a made-up user")
+        .into_inner()
+        .balances;
+    assert!(balances.is_empty(), "{balances:?}");
+}
+
 /// Opens `count` connections, one after another.
 async fn connect_many<F, Fut>(count: usize, connect: F) -> Vec<Channel>
 where

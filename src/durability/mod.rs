@@ -634,7 +634,7 @@ impl Store {
         let now_ms = Utc::now().timestamp_millis();
         let request =
             request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
-        let step = WriteStep { user_id, request_id, now_ms, request };
+        let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
         let existing = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
         let (result, durable) = match existing {
             Some(user) => {
@@ -677,9 +677,13 @@ impl Store {
             }
             Outcome::Fresh(result) => result,
         };
+        // A refusal is remembered (for retries with its request id) only for
+        // a user who exists: remembering it would create the user, and made-up
+        // user ids would then fill the user limit. A retry of a refusal for a
+        // user with no ledger is decided afresh.
         let changed = match &result {
             Ok(_) => true,
-            Err(error) => step.request_id.is_some() && error.depends_on_state(),
+            Err(error) => !step.new_user && step.request_id.is_some() && error.depends_on_state(),
         };
         // A refusal not journaled was decided on everything the user has.
         let mut durable = Durability::Sequence(user.last_sequence);
@@ -730,6 +734,7 @@ impl Store {
             }
             dashmap::Entry::Vacant(entry) => {
                 let mut user = UserLedger::default();
+                let step = WriteStep { new_user: true, ..step };
                 let (result, durable, changed) =
                     self.execute_locked(&mut user, step, execute, command)?;
                 if changed {
@@ -749,6 +754,8 @@ struct WriteStep<'a> {
     request_id: Option<&'a str>,
     now_ms: i64,
     request: Option<Request<'a>>,
+    /// Whether the user has no ledger yet (so a refusal must leave none).
+    new_user: bool,
 }
 
 /// What a write must wait for before its reply.
