@@ -17,7 +17,8 @@ use points::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    // Held to the end of main: dropping it writes out queued log lines.
+    let _log_writer = telemetry::init(config.log_format);
     if let Some(command) = &config.command {
         return run(command);
     }
