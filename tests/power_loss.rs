@@ -112,6 +112,13 @@ struct Model {
 
 impl Model {
     fn apply(&mut self, step: &Step) {
+        self.apply_to_ledgers(step);
+        // A refused command for a user with no ledger leaves none (the store
+        // never creates a user for a refusal, nor remembers it).
+        self.ledgers.retain(|_, ledger| ledger.history_len() > 0);
+    }
+
+    fn apply_to_ledgers(&mut self, step: &Step) {
         let request = |id: &Option<String>| {
             id.as_deref().map(|id| (id.to_owned(), Utc::now().timestamp_millis()))
         };

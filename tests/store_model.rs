@@ -50,6 +50,9 @@ async fn apply_both(
     ledgers: &mut HashMap<&'static str, Ledger>,
     command: &UserOperation,
 ) -> Result<(), TestCaseError> {
+    // A refused command for a user with no ledger leaves none (the store
+    // never creates a user for a refusal, nor remembers it).
+    let new_user = !ledgers.contains_key(command.user);
     let ledger = ledgers.entry(command.user).or_default();
     // Nothing expires within a test run.
     let request = command.request_id.as_deref().map(|id| Request {
@@ -71,6 +74,9 @@ async fn apply_both(
             let expected = ledger.execute_spend(request, *points).into_result();
             prop_assert_eq!(stored.map_err(refusal), expected, "{:?}", command);
         }
+    }
+    if new_user && ledgers[command.user].history_len() == 0 {
+        ledgers.remove(command.user);
     }
     Ok(())
 }
