@@ -169,6 +169,13 @@ pub struct Config {
           default_value_t = StoreOptions::DEFAULT_MAX_PAYERS_PER_USER)]
     pub max_payers_per_user: usize,
 
+    /// Most request ids one user may have remembered at once; a command with
+    /// a new request_id beyond it is refused until older ones expire.
+    #[arg(long, env = "POINTS_MAX_REQUEST_IDS_PER_USER", value_name = "IDS",
+          default_value_t = StoreOptions::DEFAULT_MAX_REQUEST_IDS_PER_USER as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_ids_per_user: u32,
+
     /// Serve Prometheus metrics over HTTP on this address (off unless set).
     #[arg(long, env = "POINTS_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics_listen: Option<SocketAddr>,
@@ -228,6 +235,7 @@ impl Config {
             request_id_retention_ms,
             max_users: self.max_users,
             max_payers_per_user: self.max_payers_per_user,
+            max_request_ids_per_user: self.max_request_ids_per_user as usize,
         }
     }
 

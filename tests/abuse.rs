@@ -230,6 +230,41 @@ async fn refusals_for_made_up_users_take_no_room_under_max_users() {
     assert!(balances.is_empty(), "{balances:?}");
 }
 
+/// Past --max-request-ids-per-user a new request_id is refused with
+/// RESOURCE_EXHAUSTED, changing nothing; retries of remembered ones and
+/// calls without a request_id still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_per_user_are_capped() {
+    let server = ServerProcess::start(&["--max-request-ids-per-user", "2"]);
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    let with_id = |request_id: &str| AddTransactionRequest {
+        request_id: request_id.to_owned(),
+        ..earn("alice", "DANNON")
+    };
+    for request_id in ["first", "second"] {
+        client.add_transaction(with_id(request_id)).await.expect("within the cap");
+    }
+    let status = client.add_transaction(with_id("third")).await.expect_err("past the cap");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "REQUEST_ID_LIMIT_REACHED");
+    assert_eq!(info.metadata.get("limit").map(String::as_str), Some("2"));
+    let retried = client.add_transaction(with_id("first")).await.expect("a retry still works");
+    assert_eq!(retried.into_inner().transaction.expect("transaction").id, 1);
+    client.add_transaction(earn("alice", "DANNON")).await.expect("no request_id");
+    client.add_transaction(with_id("fourth")).await.expect_err("alice is still full");
+    let bob = AddTransactionRequest { request_id: "first".into(), ..earn("bob", "DANNON") };
+    client.add_transaction(bob).await.expect("the cap is per user");
+    let alice = client
+        .get_balances(GetBalancesRequest { user_id: "alice".into() })
+        .await
+        .expect("alice's balances")
+        .into_inner()
+        .balances;
+    assert_eq!(alice["DANNON"], 3, "refusals changed nothing");
+}
+
 /// Opens `count` connections, one after another.
 async fn connect_many<F, Fut>(count: usize, connect: F) -> Vec<Channel>
 where

@@ -131,6 +131,7 @@ impl Model {
                         id,
                         now_ms: *now_ms,
                         retention_ms: StoreOptions::DEFAULT_REQUEST_ID_RETENTION_MS,
+                        max_remembered: StoreOptions::DEFAULT_MAX_REQUEST_IDS_PER_USER,
                     }),
                     payer,
                     *points,
@@ -145,6 +146,7 @@ impl Model {
                         id,
                         now_ms: *now_ms,
                         retention_ms: StoreOptions::DEFAULT_REQUEST_ID_RETENTION_MS,
+                        max_remembered: StoreOptions::DEFAULT_MAX_REQUEST_IDS_PER_USER,
                     }),
                     *points,
                 );

@@ -59,6 +59,7 @@ async fn apply_both(
         id,
         now_ms: 0,
         retention_ms: i64::MAX / 2,
+        max_remembered: StoreOptions::DEFAULT_MAX_REQUEST_IDS_PER_USER,
     });
     let request_id = command.request_id.as_deref();
     match &command.operation {

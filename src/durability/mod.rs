@@ -86,6 +86,9 @@ pub struct StoreOptions {
     pub max_users: usize,
     /// The most payers one user may have; crediting a new payer past it is refused.
     pub max_payers_per_user: usize,
+    /// The most request ids one user may have remembered at once; a command
+    /// with a new request id past it is refused.
+    pub max_request_ids_per_user: usize,
 }
 
 impl StoreOptions {
@@ -95,6 +98,10 @@ impl StoreOptions {
     pub const DEFAULT_MAX_USERS: usize = 1_000_000;
     /// The default limit of payers per user.
     pub const DEFAULT_MAX_PAYERS_PER_USER: usize = 10_000;
+    /// The default limit of request ids remembered per user: more than one
+    /// a second for the whole default retention of 24 hours, and at most a
+    /// few tens of MB for one user.
+    pub const DEFAULT_MAX_REQUEST_IDS_PER_USER: usize = 100_000;
     /// The default limit of journal bytes waiting for the disk: far above
     /// what a healthy disk ever has pending (a few batches), small enough
     /// that a stalled disk cannot exhaust memory.
@@ -107,6 +114,7 @@ impl StoreOptions {
             request_id_retention_ms: Self::DEFAULT_REQUEST_ID_RETENTION_MS,
             max_users: Self::DEFAULT_MAX_USERS,
             max_payers_per_user: Self::DEFAULT_MAX_PAYERS_PER_USER,
+            max_request_ids_per_user: Self::DEFAULT_MAX_REQUEST_IDS_PER_USER,
         }
     }
 
@@ -242,6 +250,7 @@ pub struct Store {
     request_id_retention_ms: i64,
     max_users: usize,
     max_payers_per_user: usize,
+    max_request_ids_per_user: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Dropping it stops the request-id sweeper.
     stop_sweeper: Mutex<Option<mpsc::Sender<()>>>,
@@ -394,6 +403,7 @@ impl Store {
             request_id_retention_ms,
             max_users: options.max_users,
             max_payers_per_user: options.max_payers_per_user,
+            max_request_ids_per_user: options.max_request_ids_per_user,
             threads: Mutex::new(threads),
             stop_sweeper: Mutex::new(Some(stop_sweeper)),
         }
@@ -632,8 +642,12 @@ impl Store {
             journal.admit()?;
         }
         let now_ms = Utc::now().timestamp_millis();
-        let request =
-            request_id.map(|id| Request { id, now_ms, retention_ms: self.request_id_retention_ms });
+        let request = request_id.map(|id| Request {
+            id,
+            now_ms,
+            retention_ms: self.request_id_retention_ms,
+            max_remembered: self.max_request_ids_per_user,
+        });
         let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
         let existing = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
         let (result, durable) = match existing {

@@ -95,6 +95,17 @@ pub enum LedgerError {
         /// The limit.
         limit: usize,
     },
+    /// The user already has the most request ids remembered that one user
+    /// may have; a command with a new request id must wait until older ones
+    /// expire (or go without one).
+    #[error(
+        "this user already has the maximum of {limit} request ids remembered; retry after older \
+         ones expire, or send the command without a request_id"
+    )]
+    RequestIdLimitReached {
+        /// The limit.
+        limit: usize,
+    },
     /// The user has recorded the most transactions one user can.
     #[error("this user has recorded the maximum of {limit} transactions")]
     TransactionLimitReached {
@@ -128,9 +139,9 @@ impl LedgerError {
             }
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
             Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
-            Self::PayerLimitReached { .. } | Self::TransactionLimitReached { .. } => {
-                ErrorKind::ResourceExhausted
-            }
+            Self::PayerLimitReached { .. }
+            | Self::TransactionLimitReached { .. }
+            | Self::RequestIdLimitReached { .. } => ErrorKind::ResourceExhausted,
         }
     }
 
@@ -157,6 +168,7 @@ impl LedgerError {
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Self::PayerLimitReached { .. } => "PAYER_LIMIT_REACHED",
             Self::TransactionLimitReached { .. } => "TRANSACTION_LIMIT_REACHED",
+            Self::RequestIdLimitReached { .. } => "REQUEST_ID_LIMIT_REACHED",
         }
     }
 }

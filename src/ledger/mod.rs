@@ -155,6 +155,10 @@ pub struct Request<'a> {
     pub now_ms: i64,
     /// How long a request id is remembered, in milliseconds.
     pub retention_ms: i64,
+    /// The most request ids one user may have remembered: a new one past it
+    /// is refused ([`LedgerError::RequestIdLimitReached`]), so memory per
+    /// user stays bounded whatever the request rate.
+    pub max_remembered: usize,
 }
 
 /// What executing a command did.
@@ -668,8 +672,16 @@ impl Ledger {
     /// refusal if the id was reused); `None` if the request is new.
     fn remembered(&mut self, request: Request<'_>, params: &RequestParams) -> Option<Outcome<u64>> {
         self.requests.purge(request.now_ms, request.retention_ms);
-        let (remembered_params, outcome) =
-            self.requests.get(request.id, request.now_ms, request.retention_ms)?;
+        let Some((remembered_params, outcome)) =
+            self.requests.get(request.id, request.now_ms, request.retention_ms)
+        else {
+            if self.requests.len() >= request.max_remembered {
+                return Some(Outcome::Fresh(Err(LedgerError::RequestIdLimitReached {
+                    limit: request.max_remembered,
+                })));
+            }
+            return None;
+        };
         if remembered_params != params {
             return Some(Outcome::Fresh(Err(LedgerError::RequestIdReused {
                 request_id: request.id.to_owned(),

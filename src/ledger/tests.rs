@@ -327,7 +327,7 @@ fn restore_from_state_behaves_identically() {
     spend(&mut ledger, 150);
     add(&mut ledger, "P", 30, "2024-01-01T00:00:00Z");
     add(&mut ledger, "R", 10, "2024-01-02T12:00:00Z");
-    let request = Request { id: "r-1", now_ms: 1_000, retention_ms: 10_000 };
+    let request = Request { id: "r-1", now_ms: 1_000, retention_ms: 10_000, max_remembered: 10 };
     ledger.execute_spend(Some(request), 1_000_000).into_result().unwrap_err();
     let state = ledger.state();
     let mut restored = Ledger::restore(state.clone()).expect("restores");
@@ -382,7 +382,7 @@ fn restore_refuses_impossible_states() {
 }
 
 fn request(id: &str, now_ms: i64) -> Request<'_> {
-    Request { id, now_ms, retention_ms: 1_000 }
+    Request { id, now_ms, retention_ms: 1_000, max_remembered: 3 }
 }
 
 /// A retry with the same request id and parameters gets the original reply and changes nothing.
@@ -640,4 +640,28 @@ fn late_old_lots_and_take_backs_resettle_exactly() {
     }
     ledger.check_invariants().unwrap();
     assert_eq!(ledger.total(), 0);
+}
+
+/// A user has at most `max_remembered` request ids at once: a new one past
+/// it is refused and changes nothing; once older ones expire, it is accepted.
+#[test]
+fn request_ids_past_the_cap_are_refused_until_older_ones_expire() {
+    let mut ledger = Ledger::new();
+    for (index, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let outcome = ledger.execute_add_transaction(
+            Some(request(id, index as i64)),
+            "P",
+            1,
+            at("2024-01-01T00:00:00Z"),
+        );
+        assert!(matches!(outcome, Outcome::Fresh(Ok(_))), "{outcome:?}");
+    }
+    let refused = ledger.execute_spend(Some(request("d", 10)), 1);
+    assert_eq!(refused, Outcome::Fresh(Err(LedgerError::RequestIdLimitReached { limit: 3 })));
+    assert_eq!(ledger.total(), 3, "the refusal changed nothing");
+    let retry =
+        ledger.execute_add_transaction(Some(request("a", 10)), "P", 1, at("2024-01-01T00:00:00Z"));
+    assert!(matches!(retry, Outcome::Repeated(Ok(_))), "retries still work: {retry:?}");
+    // 1,000 ms later "a" has expired: room for one more.
+    assert!(matches!(ledger.execute_spend(Some(request("d", 1_000)), 1), Outcome::Fresh(Ok(_))));
 }

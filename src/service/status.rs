@@ -159,6 +159,7 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
         LedgerError::PayerLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::TransactionLimitReached { limit } => vec![("limit", limit.to_string())],
+        LedgerError::RequestIdLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::BlankPayer
         | LedgerError::PayerTooLong { .. }
         | LedgerError::ZeroPoints
