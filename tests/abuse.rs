@@ -265,6 +265,64 @@ async fn request_ids_per_user_are_capped() {
     assert_eq!(alice["DANNON"], 3, "refusals changed nothing");
 }
 
+/// A ListTransactions page stops before 4 MiB, however many payers its
+/// spends list: 100 spends that each take from 300 payers with 200-byte
+/// names are 6.5 MB of history, more than a client accepts in one reply.
+/// Pages still list every entry once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_are_bounded_by_bytes_as_well_as_entries() {
+    use points::proto::v1::{AddTransactionsRequest, ListTransactionsRequest, NewTransaction};
+    const PAYERS: usize = 300;
+    const SPENDS: usize = 100;
+    let server = ServerProcess::start(&[]);
+    let mut client = PointsServiceClient::new(connect(&server).await);
+    let payer = |index: usize| format!("{index:03}{}", "x".repeat(197));
+    // Round r gives every payer one point, older than round r + 1's.
+    let lots: Vec<NewTransaction> = (0..SPENDS * PAYERS)
+        .map(|lot| NewTransaction {
+            payer: payer(lot % PAYERS),
+            points: 1,
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + lot as i64,
+                nanos: 0,
+            }),
+        })
+        .collect();
+    for batch in lots.chunks(3_000) {
+        let request =
+            AddTransactionsRequest { user_id: "wide".into(), transactions: batch.to_vec() };
+        client.add_transactions(request).await.expect("batch");
+    }
+    for _ in 0..SPENDS {
+        let spend = points::proto::v1::SpendRequest {
+            user_id: "wide".into(),
+            points: PAYERS as i64,
+            ..Default::default()
+        };
+        let spent = client.spend(spend).await.expect("spend").into_inner().spent;
+        assert_eq!(spent.len(), PAYERS, "each spend takes from every payer");
+    }
+    let (mut token, mut entries, mut pages) = (String::new(), 0usize, 0usize);
+    loop {
+        let request = ListTransactionsRequest {
+            user_id: "wide".into(),
+            page_size: 1000,
+            page_token: token.clone(),
+        };
+        let page = client.list_transactions(request).await.expect("a page fits a reply");
+        let page = page.into_inner();
+        assert!(prost::Message::encoded_len(&page) <= 4 * 1024 * 1024);
+        entries += page.entries.len();
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(entries, SPENDS * PAYERS + SPENDS, "every entry once");
+    assert!(pages >= 3, "the spends alone need two pages: {pages}");
+}
+
 /// Opens `count` connections, one after another.
 async fn connect_many<F, Fut>(count: usize, connect: F) -> Vec<Channel>
 where

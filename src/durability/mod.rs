@@ -523,14 +523,17 @@ impl Store {
 
     /// A page of `user_id`'s history, or `None` if `cursor` is not a position
     /// of it, once every change it reflects is durable. An unknown user has
-    /// an empty history.
+    /// an empty history. The page stops before its entries' encoded size
+    /// passes `max_bytes` (one entry always fits); see
+    /// [`Ledger::history_page_within`].
     pub async fn history_page(
         &self,
         user_id: &str,
         cursor: HistoryCursor,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Option<HistoryPage>, StoreError> {
-        self.read(user_id, |ledger| ledger.history_page(cursor, limit)).await
+        self.read(user_id, |ledger| ledger.history_page_within(cursor, limit, max_bytes)).await
     }
 
     /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)

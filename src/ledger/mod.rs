@@ -43,6 +43,14 @@ use payer::Payer;
 use requests::RequestLog;
 pub use requests::{MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
 
+/// Upper bounds of a history entry's protobuf encoding, without its payer
+/// names: a transaction entry (id, points, timestamp, remaining points and
+/// their tags and lengths), a spend entry, and each payer of a spend. Used to
+/// keep pages within a reply size; generous on purpose.
+const TRANSACTION_ENTRY_BYTES: usize = 80;
+const SPEND_ENTRY_BYTES: usize = 48;
+const PAYER_POINTS_BYTES: usize = 24;
+
 /// The longest payer name accepted, in bytes of UTF-8.
 pub const MAX_PAYER_BYTES: usize = 256;
 
@@ -767,17 +775,53 @@ impl Ledger {
     /// Up to `limit` history entries from `cursor`, in arrival order, or
     /// `None` if `cursor` is not a position of this history.
     pub fn history_page(&self, cursor: HistoryCursor, limit: usize) -> Option<HistoryPage> {
+        self.history_page_within(cursor, limit, usize::MAX)
+    }
+
+    /// [`Ledger::history_page`], also stopping before the entries' encoded
+    /// size (bounded from above by the `*_BYTES` constants here) passes
+    /// `max_bytes`; the
+    /// first entry is always included, so a page always makes progress.
+    /// Bounds the memory a page takes as well as the reply: a spend can list
+    /// thousands of payers.
+    pub fn history_page_within(
+        &self,
+        cursor: HistoryCursor,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Option<HistoryPage> {
         if !history::is_valid(cursor, &self.transactions, &self.spends) {
             return None;
         }
         let mut cursor = cursor;
         let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         let total = (self.transactions.len() + self.spends.len()) as u64;
         while entries.len() < limit && cursor.transactions + cursor.spends < total {
             if history::next_is_spend(cursor, &self.spends) {
+                let record = &self.spends[cursor.spends as usize];
+                let size = SPEND_ENTRY_BYTES
+                    + record
+                        .taken
+                        .iter()
+                        .map(|&(payer, _)| {
+                            PAYER_POINTS_BYTES + self.payers[payer as usize].name.len()
+                        })
+                        .sum::<usize>();
+                if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
                 entries.push(HistoryEntry::Spend(self.spend_reply(cursor.spends as usize)));
                 cursor.spends += 1;
             } else {
+                let record = &self.transactions[cursor.transactions as usize];
+                let size =
+                    TRANSACTION_ENTRY_BYTES + self.payers[record.payer_index as usize].name.len();
+                if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
                 cursor.transactions += 1;
                 let id = cursor.transactions;
                 let record = &self.transactions[id as usize - 1];

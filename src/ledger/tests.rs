@@ -665,3 +665,27 @@ fn request_ids_past_the_cap_are_refused_until_older_ones_expire() {
     // 1,000 ms later "a" has expired: room for one more.
     assert!(matches!(ledger.execute_spend(Some(request("d", 1_000)), 1), Outcome::Fresh(Ok(_))));
 }
+
+/// A page stops before its byte budget, but always holds one entry, and the
+/// pages together list every entry once.
+#[test]
+fn history_pages_stop_at_their_byte_budget_but_always_make_progress() {
+    let mut ledger = Ledger::new();
+    for day in 1..=9 {
+        add(&mut ledger, "DANNON", 10, &format!("2024-01-0{day}T00:00:00Z"));
+    }
+    let mut cursor = HistoryCursor::default();
+    let mut seen = 0;
+    loop {
+        let page = ledger.history_page_within(cursor, 100, 1).expect("valid cursor");
+        assert_eq!(page.entries.len(), 1, "one entry even past the budget");
+        seen += 1;
+        match page.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 9);
+    let two = ledger.history_page_within(HistoryCursor::default(), 100, 2 * (80 + 6)).unwrap();
+    assert_eq!(two.entries.len(), 2, "two transaction entries of payer DANNON fit");
+}

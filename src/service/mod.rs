@@ -52,6 +52,11 @@ use crate::proto::v1::{
     TransactionEntry,
 };
 
+/// The most bytes of history entries one ListTransactions reply carries:
+/// 4 MiB (the default largest message of gRPC clients) less room for the
+/// page token and framing. A page ends early rather than pass it.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
 /// Who may call: everyone (loopback or explicitly insecure deployments), or
 /// the clients of a tokens file.
 #[derive(Debug, Clone)]
@@ -240,7 +245,7 @@ impl PointsServiceApi for PointsService {
                 self.admit_request(&request, Role::Read, validation::page, |page| page.user_id)?;
             let history = self
                 .store
-                .history_page(page.user_id, page.cursor, page.page_size)
+                .history_page(page.user_id, page.cursor, page.page_size, MAX_PAGE_BYTES)
                 .await
                 .map_err(|error| status::store_error(&error))?
                 .ok_or_else(|| status::invalid_argument(&[validation::invalid_page_token()]))?;
