@@ -114,6 +114,7 @@ pub async fn serve(
         tracing::error!(%reason, "store failed: health is NOT_SERVING");
         report_not_serving(&reporter).await;
     });
+    let call_summaries = tokio::spawn(crate::service::log_call_summaries());
 
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -172,6 +173,7 @@ pub async fn serve(
         ),
     }
     failure_watch.abort();
+    call_summaries.abort();
     tracing::info!("server stopped");
     Ok(())
 }

@@ -113,7 +113,8 @@ impl ServerProcess {
     /// Spawns `command` and waits until the server logs the address it listens on.
     pub fn spawn(mut command: Command) -> Self {
         let mut child = command
-            .env("RUST_LOG", "info")
+            // Per-call lines are at DEBUG; tests read them.
+            .env("RUST_LOG", "info,points::service=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
