@@ -506,3 +506,64 @@ fn snapshot_count(data_dir: &Path) -> usize {
         })
         .count()
 }
+
+/// A call that must wait for a busy user's lock (here, held by a snapshot
+/// encoding a large ledger) waits off the runtime's workers: with both
+/// workers' calls waiting on that user, another user's call is still served,
+/// before either waiting call gets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_busy_user_leave_the_workers_to_other_users() {
+    use points::durability::{FsyncPolicy, Store, StoreOptions};
+    use points::ledger::NewTransaction;
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let options = StoreOptions::durable(data_dir.path(), FsyncPolicy::Never, u64::MAX / 2);
+    let (store, _) = Store::open(&options).expect("open");
+    let store = Arc::new(store);
+    let when = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
+    let batch: Vec<NewTransaction<'_>> = (0..10_000)
+        .map(|lot| NewTransaction { payer: ["A", "B"][lot % 2], points: 1, timestamp: when })
+        .collect();
+    for _ in 0..60 {
+        store.add_transactions("big", &batch).await.expect("batch");
+    }
+    // The snapshot encodes "big" (600,000 transactions) under its read lock.
+    let snapshotting = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || store.snapshot_now())
+    };
+    // Bounded: the snapshot creates its temporary file before it encodes.
+    for _ in 0..5_000 {
+        let names = std::fs::read_dir(data_dir.path()).expect("list the data directory");
+        if names.flatten().any(|entry| entry.file_name().to_string_lossy().ends_with(".snap.tmp")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let big_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, big_done) = (Arc::clone(&store), Arc::clone(&big_done));
+            tokio::spawn(async move {
+                store.add_transaction("big", None, "A", 1, when).await.expect("write");
+                big_done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let other = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.add_transaction("small", None, "A", 1, when).await })
+    };
+    other.await.expect("task").expect("another user's write");
+    let finished_first = big_done.load(Ordering::SeqCst);
+    assert!(
+        !snapshotting.is_finished(),
+        "the snapshot was too quick for this test to mean anything"
+    );
+    assert_eq!(finished_first, 0, "another user waited for the busy user's lock");
+    for task in waiting {
+        task.await.expect("waiting write");
+    }
+    snapshotting.await.expect("snapshot thread").expect("snapshot");
+    store.close();
+}

@@ -29,7 +29,7 @@ pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -423,6 +423,7 @@ impl Store {
         self.write(
             user_id,
             request_id,
+            false,
             |ledger, request| {
                 // Only new payers count; a retry of an accepted credit always
                 // names a payer that exists.
@@ -452,6 +453,7 @@ impl Store {
         self.write(
             user_id,
             None,
+            batch.len() >= HEAVY_BATCH_ENTRIES,
             |ledger, _| {
                 // New payers count against the limit in the order they appear.
                 let mut new_payers = std::collections::HashSet::new();
@@ -501,6 +503,7 @@ impl Store {
         self.write(
             user_id,
             request_id,
+            false,
             |ledger, request| ledger.execute_spend(request, points),
             |result| {
                 Command::Spend(SpendRecord {
@@ -636,6 +639,7 @@ impl Store {
         &self,
         user_id: &str,
         request_id: Option<&str>,
+        heavy: bool,
         execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Outcome<T>,
         command: impl FnOnce(&Result<T, LedgerError>) -> Command,
     ) -> Result<T, StoreError> {
@@ -653,14 +657,17 @@ impl Store {
         });
         let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
         let existing = self.users.get(user_id).map(|entry| Arc::clone(entry.value()));
-        let (result, durable) = match existing {
+        let run = || match existing {
             Some(user) => {
                 let (result, durable, _) =
                     self.execute_locked(&mut *write_lock(&user)?, step, execute, command)?;
-                (result, durable)
+                Ok::<_, StoreError>((result, durable))
             }
-            None => self.first_write(step, execute, command)?,
+            None => self.first_write(step, execute, command),
         };
+        // A large batch is milliseconds of ledger work under the user's
+        // lock: not on a worker of the async runtime.
+        let (result, durable) = if heavy { off_runtime(run)? } else { run()? };
         if let Some(journal) = &self.journal {
             match durable {
                 Durability::Receipt(receipt) => Journal::wait_receipt(receipt).await?,
@@ -764,6 +771,10 @@ impl Store {
     }
 }
 
+/// Batches at least this long run off the async runtime's workers: about a
+/// millisecond of ledger work or more under the user's lock.
+const HEAVY_BATCH_ENTRIES: usize = 1_000;
+
 /// The request-scoped facts of one write.
 #[derive(Clone, Copy)]
 struct WriteStep<'a> {
@@ -789,12 +800,38 @@ fn collect_users(users: &Users) -> Vec<(Arc<str>, Arc<RwLock<UserLedger>>)> {
     users.iter().map(|entry| (Arc::clone(entry.key()), Arc::clone(entry.value()))).collect()
 }
 
+/// A user's read lock, taken by a call on the async runtime. Uncontended it
+/// is taken at once; if a writer or a snapshot's encoding holds it, the wait
+/// happens off the runtime's worker ([`off_runtime`]), so that calls of other
+/// users keep being served meanwhile.
 fn read_lock(user: &RwLock<UserLedger>) -> Result<RwLockReadGuard<'_, UserLedger>, StoreError> {
-    user.read().map_err(|_| poisoned())
+    match user.try_read() {
+        Ok(guard) => Ok(guard),
+        Err(TryLockError::WouldBlock) => off_runtime(|| user.read()).map_err(|_| poisoned()),
+        Err(TryLockError::Poisoned(_)) => Err(poisoned()),
+    }
 }
 
+/// A user's write lock, taken as [`read_lock`] takes the read lock.
 fn write_lock(user: &RwLock<UserLedger>) -> Result<RwLockWriteGuard<'_, UserLedger>, StoreError> {
-    user.write().map_err(|_| poisoned())
+    match user.try_write() {
+        Ok(guard) => Ok(guard),
+        Err(TryLockError::WouldBlock) => off_runtime(|| user.write()).map_err(|_| poisoned()),
+        Err(TryLockError::Poisoned(_)) => Err(poisoned()),
+    }
+}
+
+/// Runs `wait` (blocking) so that it does not hold up the async runtime: on
+/// a multi-threaded runtime the worker hands its other tasks to a new worker
+/// first (`block_in_place`); elsewhere (a current-thread runtime, no
+/// runtime) it simply runs.
+fn off_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }
 
 /// A panic while a ledger was being changed may have left it half-updated;
