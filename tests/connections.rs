@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::ServerProcess;
+use common::metrics::free_port;
 use points::auth::token_sha256;
 use points::proto::v1::GetBalancesRequest;
 use points::proto::v1::points_service_client::PointsServiceClient;
@@ -215,38 +216,14 @@ async fn three_thousand_idle_connections_do_not_lock_out_a_well_behaved_client()
     drop(idle);
 }
 
-/// GET /metrics from the server's exporter, retrying while it starts.
+/// GET /metrics, off the runtime's threads.
 async fn scrape(port: u16) -> String {
-    for _ in 0..100 {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
-            use tokio::io::AsyncWriteExt;
-            let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-            if stream.write_all(request).await.is_ok() {
-                let mut response = String::new();
-                if stream.read_to_string(&mut response).await.is_ok()
-                    && response.starts_with("HTTP/1.1 200")
-                {
-                    return response;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no metrics on port {port}");
+    tokio::task::spawn_blocking(move || common::metrics::scrape(port)).await.expect("scrape")
 }
 
 /// The value of the sample whose line starts with `series`, or 0 when absent.
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    common::metrics::sample(metrics, series).unwrap_or(0.0)
 }
 
 /// Beyond --max-connections a new connection is closed at once and counted;

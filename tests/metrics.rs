@@ -4,45 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
+use common::metrics::{free_port, scrape};
 use common::{ServerProcess, timestamp};
 use points::proto::v1::{AddTransactionRequest, SpendRequest};
 
-/// A free loopback port (the exporter needs a fixed one).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
-
-/// GET /metrics, retrying while the exporter starts.
-fn scrape(port: u16) -> String {
-    for _ in 0..100 {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .expect("write");
-            let mut response = String::new();
-            if stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
-            {
-                return response;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no metrics on port {port}");
-}
-
 /// The value of the sample whose line starts with `series`.
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    common::metrics::sample(metrics, series).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
 }
 
 /// Every documented metric is exported and counts what happened.

@@ -1,0 +1,39 @@
+//! The server's Prometheus exporter, read by tests: a port for it, a scrape
+//! over plain HTTP, and one sample's value.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A free loopback port (the exporter needs a fixed one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// GET /metrics, retrying while the exporter starts (bounded: 100 tries).
+pub fn scrape(port: u16) -> String {
+    for _ in 0..100 {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut response = String::new();
+            if stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
+            {
+                return response;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no metrics on port {port}");
+}
+
+/// The value of the sample whose line starts with `series`, if there is one.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
