@@ -798,30 +798,27 @@ impl Ledger {
         let mut bytes = 0usize;
         let total = (self.transactions.len() + self.spends.len()) as u64;
         while entries.len() < limit && cursor.transactions + cursor.spends < total {
-            if history::next_is_spend(cursor, &self.spends) {
-                let record = &self.spends[cursor.spends as usize];
-                let size = SPEND_ENTRY_BYTES
-                    + record
-                        .taken
+            let is_spend = history::next_is_spend(cursor, &self.spends);
+            let name_bytes = |payer: PayerIndex| self.payers[payer as usize].name.len();
+            let size = if is_spend {
+                let taken = &self.spends[cursor.spends as usize].taken;
+                SPEND_ENTRY_BYTES
+                    + taken
                         .iter()
-                        .map(|&(payer, _)| {
-                            PAYER_POINTS_BYTES + self.payers[payer as usize].name.len()
-                        })
-                        .sum::<usize>();
-                if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
-                    break;
-                }
-                bytes = bytes.saturating_add(size);
+                        .map(|&(payer, _)| PAYER_POINTS_BYTES + name_bytes(payer))
+                        .sum::<usize>()
+            } else {
+                let record = &self.transactions[cursor.transactions as usize];
+                TRANSACTION_ENTRY_BYTES + name_bytes(record.payer_index)
+            };
+            if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            if is_spend {
                 entries.push(HistoryEntry::Spend(self.spend_reply(cursor.spends as usize)));
                 cursor.spends += 1;
             } else {
-                let record = &self.transactions[cursor.transactions as usize];
-                let size =
-                    TRANSACTION_ENTRY_BYTES + self.payers[record.payer_index as usize].name.len();
-                if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
-                    break;
-                }
-                bytes = bytes.saturating_add(size);
                 cursor.transactions += 1;
                 let id = cursor.transactions;
                 let record = &self.transactions[id as usize - 1];

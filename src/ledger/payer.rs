@@ -56,6 +56,7 @@ impl Payer {
         if let Some((key, points)) = lots.iter().find(|(_, points)| *points <= 0) {
             return Err(format!("payer {name:?}: lot {key:?} has {points} points"));
         }
+        let newest = lots.last().map(|&(key, _)| key);
         let lots = LotTree::from_sorted(arena, &lots);
         let credited = lots.read(arena).total();
         if balance < 0 || i128::from(balance) > credited {
@@ -63,7 +64,6 @@ impl Payer {
         }
         let debited = credited - i128::from(balance);
         let front = lots.read(arena).first_past(debited);
-        let newest = lots.read(arena).iter().last().map(|(key, _)| key);
         Ok(Self { name: name.into(), lots, debited, front, newest, balance })
     }
 
