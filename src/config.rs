@@ -225,6 +225,9 @@ impl Config {
                 fsync: self.fsync,
                 snapshot_threshold_bytes: self.snapshot_threshold_bytes,
                 max_journal_backlog_bytes: self.max_journal_backlog_bytes,
+                journal_preallocate_bytes: StoreOptions::default_journal_preallocate_bytes(
+                    self.fsync,
+                ),
                 file_system: std::sync::Arc::new(OsFileSystem),
             }
         };

@@ -16,7 +16,7 @@ use points::durability::backup::{BackupError, MAX_ATTEMPTS, backup_with};
 use points::durability::file_system::{FileSystem, LockGuard, OsFileSystem, WritableFile};
 use points::durability::files::DataDir;
 use points::durability::snapshot::SnapshotFile;
-use points::durability::{read_journal, replay};
+use points::durability::{journal_records_bytes, read_journal, replay};
 use points::ledger::Ledger;
 use points::proto::v1::history_entry::Entry;
 use points::proto::v1::points_service_client::PointsServiceClient;
@@ -136,6 +136,15 @@ fn files_in(directory: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Where the records of the journal segment `path` end: its file is
+/// preallocated with zeros, so its length says nothing of what it holds.
+fn records_bytes(path: &Path) -> usize {
+    let directory = path.parent().expect("a segment's directory");
+    let ends = journal_records_bytes(directory).expect("read the journal");
+    let end = ends.iter().find(|(segment, _)| segment == path).expect("the segment is listed");
+    usize::try_from(end.1).expect("a segment's length fits in memory")
+}
+
 /// The paths in `directory` whose names end with `suffix`, sorted.
 fn paths_ending(directory: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(directory)
@@ -177,7 +186,7 @@ async fn write_until_a_new_snapshot(client: &mut Client, data_dir: &Path, first_
     let segment = paths_ending(data_dir, ".log").pop().expect("a journal segment");
     let mut written = 0;
     loop {
-        let full = std::fs::metadata(&segment).map_or(true, |file| file.len() >= 4096);
+        let full = !segment.exists() || records_bytes(&segment) >= 4096;
         if full || paths_ending(data_dir, ".snap") != snapshots_before {
             break;
         }
@@ -608,6 +617,10 @@ async fn backup_of_a_stopped_servers_directory_restores_it_and_changes_nothing_i
     assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{}", server.log());
     assert!(!paths_ending(source.path(), ".snap").is_empty(), "snapshots were taken");
     let before = files_in(source.path());
+    let records_ends: HashMap<String, usize> = paths_ending(source.path(), ".log")
+        .iter()
+        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), records_bytes(path)))
+        .collect();
 
     let destination = backups.path().join("nightly").join("copy");
     let output = run_backup(source.path(), &destination).await;
@@ -617,7 +630,11 @@ async fn backup_of_a_stopped_servers_directory_restores_it_and_changes_nothing_i
     assert_eq!(files_in(source.path()), before, "the backup changed the data directory");
     let copied = files_in(&destination);
     for (name, bytes) in &copied {
-        assert_eq!(Some(bytes), before.get(name), "{name} is a whole copy of the source's");
+        let source = &before[name];
+        // A segment is copied without the zeros preallocated after its records.
+        let length = records_ends.get(name).copied().unwrap_or(source.len());
+        assert!(source[length..].iter().all(|&byte| byte == 0), "{name} has only zeros after");
+        assert_eq!(bytes, &source[..length], "{name} is a whole copy of the source's records");
     }
     let newest_snapshot = before.keys().filter(|name| name.ends_with(".snap")).max().unwrap();
     assert!(copied.contains_key(newest_snapshot), "{:?}", copied.keys());
@@ -661,10 +678,12 @@ async fn backup_leaves_out_a_batch_still_being_written() {
     server.signal("TERM");
     assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{}", server.log());
     let segment = paths_ending(source.path(), ".log").pop().unwrap();
-    let whole = std::fs::read(&segment).unwrap();
-    // The first 20 bytes of a frame: its 12-byte header and part of its payload.
-    let mut growing = whole.clone();
-    growing.extend_from_slice(&whole[24..44]);
+    let file = std::fs::read(&segment).unwrap();
+    let whole = file[..records_bytes(&segment)].to_vec();
+    // The first 20 bytes of a frame (its 12-byte header and part of its
+    // payload) written over the preallocated zeros after the records.
+    let mut growing = file.clone();
+    growing.splice(whole.len()..whole.len() + 20, whole[24..44].iter().copied());
     std::fs::write(&segment, &growing).unwrap();
 
     let destination = backups.path().join("copy");
@@ -785,6 +804,11 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{}", server.log());
     let mut newer_files = files_in(&newer);
     newer_files.remove("LOCK");
+    // A copy's segments end with their records, without preallocated zeros.
+    for path in paths_ending(&newer, ".log") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        newer_files.get_mut(&name).unwrap().truncate(records_bytes(&path));
+    }
     assert!(
         paths_ending(&older, ".log").iter().all(|path| !newer_files
             .contains_key(&path.file_name().unwrap().to_string_lossy().into_owned())),

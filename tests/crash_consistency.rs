@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{add, balances, spend};
 use common::{ServerProcess, copy_dir, journal_files};
-use points::durability::read_journal;
+use points::durability::{journal_records_bytes, read_journal};
 use points::proto::v1::history_entry::Entry;
 use points::proto::v1::points_service_client::PointsServiceClient;
 use points::proto::v1::{
@@ -1038,17 +1038,19 @@ impl GroupCommitJournal {
         );
         let path = journal_files(data_dir.path()).remove(0);
         let name = path.file_name().unwrap().to_owned();
-        let mut journal = std::fs::read(&path).unwrap();
+        let mut journal = journal_of(&data_dir);
         journal.truncate(batch_end(&journal, batch_start));
         std::fs::write(&path, &journal).unwrap();
         Self { data_dir, name, journal, batch_start, records }
     }
 
-    /// A copy of the data directory whose journal's last batch is replaced by `tail`.
+    /// A copy of the data directory whose journal's last batch is replaced
+    /// by `tail`, followed by preallocated zeros.
     fn with_tail(&self, tail: &[u8]) -> (tempfile::TempDir, PathBuf) {
         let copy = copy_dir(self.data_dir.path());
         let path = copy.path().join(&self.name);
-        std::fs::write(&path, [&self.journal[..self.batch_start], tail].concat()).unwrap();
+        let journal = [&self.journal[..self.batch_start], tail, &PREALLOCATED].concat();
+        std::fs::write(&path, journal).unwrap();
         (copy, path)
     }
 
@@ -1098,9 +1100,25 @@ impl GroupCommitJournal {
     }
 }
 
+/// The records of the first journal segment in `data_dir`, without the
+/// zeros preallocated after them.
 fn journal_of(data_dir: &tempfile::TempDir) -> Vec<u8> {
-    std::fs::read(&journal_files(data_dir.path())[0]).unwrap()
+    let path = &journal_files(data_dir.path())[0];
+    let mut journal = std::fs::read(path).unwrap();
+    journal.truncate(records_bytes(path));
+    journal
 }
+
+/// Where the records of the journal segment `path` end: its file is
+/// preallocated with zeros, so its length says nothing of what it holds.
+fn records_bytes(path: &Path) -> usize {
+    let ends = journal_records_bytes(path.parent().unwrap()).expect("read the journal");
+    let end = ends.iter().find(|(segment, _)| segment == path).expect("the segment is listed");
+    usize::try_from(end.1).unwrap()
+}
+
+/// Zeros after a journal's records, as a preallocated segment has them.
+const PREALLOCATED: [u8; 4 * SECTOR_BYTES] = [0; 4 * SECTOR_BYTES];
 
 /// The record count of the batch frame at `offset` (its payload starts with
 /// the first sequence, u64 LE, then the count, u32 LE).
@@ -1288,7 +1306,8 @@ async fn invalid_batch_followed_by_a_valid_one_refuses_start() {
         stop(server);
 
         let path = journal_files(data_dir.path()).remove(0);
-        let journal = std::fs::read(&path).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let journal = journal_of(&data_dir);
         let offsets = frame_offsets(&journal);
         // One batch per sequential write (and perhaps more, such as one
         // that records a final sync).
@@ -1309,7 +1328,7 @@ async fn invalid_batch_followed_by_a_valid_one_refuses_start() {
             let case = format!("--fsync {policy}, a flipped byte in {description}");
             let copy = copy_dir(data_dir.path());
             let path = copy.path().join(path.file_name().unwrap());
-            let mut damaged = journal.clone();
+            let mut damaged = file.clone();
             damaged[byte] ^= 0x10;
             std::fs::write(&path, &damaged).unwrap();
             let before = directory_contents(copy.path());
@@ -1469,7 +1488,8 @@ async fn shutdown_completes_within_the_grace_period_after_a_journal_failure() {
 }
 
 /// A write error (the file size limit, as a full disk would) leaves part of
-/// a batch in the journal. When the payers of that batch hold bytes that form
+/// a batch in the journal (the segment could not be preallocated either, and
+/// went on without it). When the payers of that batch hold bytes that form
 /// valid frames, the restart must still cut the partial batch: a client's
 /// choice of payer names must not turn a routine torn tail into a refused
 /// start.
@@ -1502,6 +1522,10 @@ async fn partial_batch_left_by_a_write_error_is_cut_even_when_payer_names_look_l
     assert_eq!(failed.expect_err("the journal hit the file size limit").code(), Code::Unavailable);
     server.signal("TERM");
     server.wait(Duration::from_secs(10));
+    // The segment's 4 MiB of zeros did not fit under the limit either; the
+    // writes that did fit were taken all the same.
+    let log = server.log();
+    assert!(log.contains("writing it without preallocation"), "{log}");
     drop(server);
 
     let server = match start_or_refusal(data_dir.path()) {

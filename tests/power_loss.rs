@@ -19,7 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::journal_files;
 use points::durability::file_system::{FileSystem, LockGuard, WritableFile};
-use points::durability::{FsyncPolicy, Storage, Store, StoreError, StoreOptions};
+use points::durability::{
+    FsyncPolicy, Storage, Store, StoreError, StoreOptions, journal_records_bytes,
+};
 use points::ledger::{Ledger, LedgerState, NewTransaction, Request};
 use sim_disk::{SimDisk, SimFault, SimOp};
 
@@ -189,6 +191,13 @@ fn options(disk: Arc<dyn FileSystem>, fsync: FsyncPolicy) -> StoreOptions {
         // operation happens in an order the seed decides.
         snapshot_threshold_bytes: u64::MAX,
         max_journal_backlog_bytes: StoreOptions::DEFAULT_MAX_JOURNAL_BACKLOG_BYTES,
+        // Preallocated as in production, but a few sectors at a time, so
+        // that runs extend segments often and cuts land in every phase of
+        // it (zeros written, records written over them, neither synced).
+        journal_preallocate_bytes: match fsync {
+            FsyncPolicy::Always => 3 * sim_disk::SECTOR_BYTES as u64,
+            FsyncPolicy::Never => 0,
+        },
         file_system: disk,
     };
     options
@@ -454,6 +463,10 @@ impl WritableFile for StallingFile {
         self.inner.append(bytes)
     }
 
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, bytes)
+    }
+
     fn sync(&mut self) -> std::io::Result<()> {
         let (held, released) = &*self.held;
         let mut guard = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -583,7 +596,7 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
                 .expect("write");
         }
         for (op, kind) in [
-            (SimOp::Append, SimFault::Enospc),
+            (SimOp::Write, SimFault::Enospc),
             (SimOp::Sync, SimFault::Eio),
             (SimOp::Rename, SimFault::Eio),
         ] {
@@ -680,20 +693,34 @@ fn a_zeroed_segment_header_with_records_after_it_refuses_start() {
     assert_eq!(std::fs::read(&path).expect("read"), data, "refusing changed nothing");
 }
 
-/// A long zero-filled tail (a file extended but never written, common after
-/// a power cut) is cut in one pass, not searched byte by byte.
+/// A long zero-filled tail (a preallocated segment, or a file extended but
+/// never written, common after a power cut) ends the records: it is found
+/// in one pass, not searched byte by byte, kept as room for later records
+/// rather than cut, and the next record goes right after the last one.
 #[test]
-fn a_long_zero_filled_tail_is_cut() {
+fn a_long_zero_filled_tail_ends_the_records_and_is_written_over() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     write_and_close(data_dir.path(), &["DANNON"]);
     let path = journal_files(data_dir.path()).pop().expect("a segment");
+    let records_end = || {
+        let ends = journal_records_bytes(data_dir.path()).expect("read the journal");
+        ends.iter().find(|(segment, _)| *segment == path).expect("the segment").1
+    };
+    let valid = records_end();
     let mut data = std::fs::read(&path).expect("read");
-    let valid = data.len();
-    data.resize(valid + (4 << 20), 0);
+    assert!(data[valid as usize..].iter().all(|&byte| byte == 0), "zeros after the records");
+    data.resize(data.len() + (4 << 20), 0);
     std::fs::write(&path, &data).expect("write");
     let (total, recovery) = reopen(data_dir.path()).expect("starts");
-    assert_eq!((total, recovery.torn_bytes_cut), (5, 4 << 20));
-    assert_eq!(std::fs::metadata(&path).expect("stat").len(), valid as u64);
+    assert_eq!((total, recovery.torn_bytes_cut), (5, 0));
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), data.len() as u64);
+    assert_eq!(records_end(), valid);
+
+    write_and_close(data_dir.path(), &["UNILEVER"]);
+    assert_eq!(reopen(data_dir.path()).expect("starts").0, 10);
+    assert!(records_end() > valid, "the new record follows the old ones");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), data.len() as u64);
+    assert_eq!(journal_files(data_dir.path()), vec![path.clone()]);
 }
 
 /// A journal segment numbered 0 was not written by this server: refused
@@ -729,7 +756,7 @@ fn a_failed_segment_creation_leaves_no_partial_file() {
             store.add_transaction("alice", None, "DANNON", 10, timestamp).await.expect("write");
         }
         let new_segment = format!("journal-{:020}.log", 4);
-        disk.fail_calls_matching(SimOp::Append, &new_segment, SimFault::Enospc, 1);
+        disk.fail_calls_matching(SimOp::Write, &new_segment, SimFault::Enospc, 1);
         assert!(store.snapshot_now().is_err(), "the rotation cannot succeed");
         let names: Vec<_> = disk.current_files().into_keys().collect();
         assert!(

@@ -180,6 +180,39 @@ fn unsynced_appends_are_kept_dropped_torn_or_left_as_zeros_and_over_many_seeds_a
     );
 }
 
+/// A write over bytes already in the file (a journal written over its
+/// preallocated zeros) survives a cut whole, not at all, or torn at sector
+/// boundaries; the bytes it did not cover, synced, are never altered, and
+/// the file's length does not change.
+#[test]
+fn unsynced_writes_over_synced_zeros_are_kept_dropped_or_torn_by_sector() {
+    let (mut kept, mut dropped, mut torn) = (0, 0, 0);
+    for seed in 0..SEEDS {
+        let disk = disk(seed);
+        let path = file("journal");
+        let (records, zeros) = (pattern(seed, 100), vec![0; 4000]);
+        let mut handle = create_synced(&disk, seed, &path, &[records.clone(), zeros].concat());
+        let unsynced = pattern(seed + 7, 1500);
+        handle.write_at(100, &unsynced).at(seed, "unsynced write over zeros");
+        assert_eq!(
+            disk.current_files()[&path],
+            [&records[..], &unsynced, &[0; 2500]].concat(),
+            "seed {seed}: reads see the write at once"
+        );
+        disk.power_cut();
+        let image = durable(&disk, &path).expect("a synced file survives");
+        assert_eq!(image.len(), 4100, "seed {seed}: the length changed");
+        assert_eq!(image[..100], records, "seed {seed}: synced data before it altered");
+        assert!(image[1600..].iter().all(|&byte| byte == 0), "seed {seed}: bytes after altered");
+        match check_sector_pieces(seed, &image, 100, &unsynced) {
+            (_, 0) => kept += 1,
+            (0, _) => dropped += 1,
+            _ => torn += 1,
+        }
+    }
+    assert!(kept > 0 && dropped > 0 && torn > 0, "kept {kept}, dropped {dropped}, torn {torn}");
+}
+
 #[test]
 fn torn_appends_are_sector_aligned_to_absolute_file_offsets() {
     let (mut partly_landed, mut gaps_before_landed_data) = (0, 0);
@@ -621,7 +654,7 @@ fn a_failed_append_may_leave_a_prefix_of_its_bytes() {
         let disk = disk(seed);
         let path = file("journal");
         let mut handle = create_synced(&disk, seed, &path, b"base");
-        disk.fail_calls_matching(SimOp::Append, "journal", SimFault::Enospc, 1);
+        disk.fail_calls_matching(SimOp::Write, "journal", SimFault::Enospc, 1);
         let bytes = pattern(seed, 300);
         let error = handle.append(&bytes).expect_err("targeted fault");
         assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "seed {seed}");

@@ -402,7 +402,8 @@ fn journal_length(
     let read = recovery::read_segment(path, first_sequence, data, |_, _| Ok(()))
         .map_err(BackupError::Damaged)?;
     match read.torn_at {
-        None => Ok(Some(data.len())),
+        // Without the zeros a preallocated segment ends with.
+        None => Ok(Some(read.valid_bytes)),
         Some((offset, _)) if is_newest => Ok(Some(offset)),
         Some((offset, reason)) => Err(BackupError::Damaged(OpenError::Damaged {
             path: path.to_owned(),

@@ -42,7 +42,8 @@ pub trait FileSystem: Debug + Send + Sync {
     /// appending.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
 
-    /// Opens the existing file at `path` for appending.
+    /// Opens the existing file at `path` for writing; appends go after its
+    /// current end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
 
     /// Renames `from` to `to`, replacing `to` if it exists.
@@ -61,10 +62,14 @@ pub trait FileSystem: Debug + Send + Sync {
     }
 }
 
-/// A file open for appending.
+/// A file open for writing.
 pub trait WritableFile: Send {
     /// Appends all of `bytes` at the end of the file.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// Writes all of `bytes` at byte `offset`, over what is there and past
+    /// the end as needed (a gap before `offset` reads as zeros).
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
 
     /// Makes everything written to this file (data and length) durable.
     fn sync(&mut self) -> io::Result<()>;
@@ -107,13 +112,14 @@ impl FileSystem for OsFileSystem {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new().create_new(true).append(true).open(path)?;
-        Ok(Box::new(OsFile(file)))
+        let file = OpenOptions::new().create_new(true).write(true).open(path)?;
+        Ok(Box::new(OsFile { file, length_bytes: 0 }))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(OsFile(file)))
+        let file = OpenOptions::new().write(true).open(path)?;
+        let length_bytes = file.metadata()?.len();
+        Ok(Box::new(OsFile { file, length_bytes }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -129,21 +135,38 @@ impl FileSystem for OsFileSystem {
     }
 }
 
-/// A file of the operating system, opened in append mode.
-struct OsFile(File);
+/// A file of the operating system, written with positional writes.
+///
+/// Not opened with `O_APPEND`: on Linux that makes `pwrite` ignore its
+/// offset. Appends go at the length this handle tracks instead, which is
+/// exact because the store has one writer per file.
+struct OsFile {
+    file: File,
+    /// Where the next append goes: the file's length as this handle left it.
+    length_bytes: u64,
+}
 
 impl WritableFile for OsFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
+        self.write_at(self.length_bytes, bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, offset)?;
+        self.length_bytes = self.length_bytes.max(offset + bytes.len() as u64);
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         // fdatasync: the length is data too, so appends are covered.
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn truncate(&mut self, length_bytes: u64) -> io::Result<()> {
-        self.0.set_len(length_bytes)
+        self.file.set_len(length_bytes)?;
+        self.length_bytes = length_bytes;
+        Ok(())
     }
 }
 

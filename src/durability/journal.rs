@@ -117,22 +117,43 @@ pub enum Refusal {
 }
 
 /// The segment being appended to.
+///
+/// Under `--fsync always` a segment is kept *preallocated*: its file is
+/// extended with zeros ahead of the records, `preallocate_bytes` at a
+/// time (`Storage::Durable::journal_preallocate_bytes`), so that a commit writes over zeros already on disk and its
+/// `fdatasync` has no new file size (a metadata commit) to make durable, only
+/// the data. Reading takes zeros after the last valid batch as the end of the
+/// records (see `recovery::read_segment`).
 pub struct Segment {
     file: Box<dyn WritableFile>,
     path: PathBuf,
     first_sequence: u64,
+    /// Where the records end: the next batch is written here.
     size_bytes: u64,
+    /// The file's length: zeros from `size_bytes` up to it.
+    file_bytes: u64,
+    /// How far ahead of the records the file is extended; 0 for never.
+    preallocate_bytes: u64,
     /// The checksum seed of its frames, from its salt.
     seed: u32,
 }
 
+/// A block of zeros to extend segments with, written in pieces of this size
+/// so that preallocating never needs a buffer as large as the extension.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 impl Segment {
     /// Creates a new, empty segment whose first record will be `first_sequence`,
-    /// durable (file and directory entry) before it is used. A segment that
-    /// cannot be completed is removed again, so no partial file is left.
-    pub fn create(data_dir: &DataDir, first_sequence: u64) -> std::io::Result<Self> {
+    /// durable (file, preallocated zeros and directory entry) before it is
+    /// used. A segment that cannot be completed is removed again, so no
+    /// partial file is left.
+    pub fn create(
+        data_dir: &DataDir,
+        first_sequence: u64,
+        preallocate_bytes: u64,
+    ) -> std::io::Result<Self> {
         let path = data_dir.journal_path(first_sequence);
-        let mut file = data_dir.fs().create_new(&path)?;
+        let file = data_dir.fs().create_new(&path)?;
         let salt = data_dir.fs().new_salt();
         let mut header = files::encode_header(
             files::JOURNAL_MAGIC,
@@ -141,43 +162,107 @@ impl Segment {
         )
         .to_vec();
         header.extend_from_slice(&files::encode_journal_salt(salt));
-        let written =
-            file.append(&header).and_then(|()| file.sync()).and_then(|()| data_dir.sync());
+        let mut segment = Self {
+            file,
+            path,
+            first_sequence,
+            size_bytes: 0,
+            file_bytes: 0,
+            preallocate_bytes,
+            seed: files::frame_seed(salt),
+        };
+        let written = segment
+            .write_unsynced(&header)
+            .and_then(|()| segment.file.sync())
+            .and_then(|()| data_dir.sync());
         if let Err(error) = written {
-            drop(file);
+            let path = segment.path;
+            drop(segment.file);
             if let Err(remove_error) = data_dir.fs().remove_file(&path) {
                 tracing::warn!(path = %path.display(), %remove_error, "cannot remove a partial journal segment; start-up will");
             }
             return Err(error);
         }
-        let size_bytes = files::JOURNAL_HEADER_BYTES as u64;
-        Ok(Self { file, path, first_sequence, size_bytes, seed: files::frame_seed(salt) })
+        debug_assert_eq!(segment.size_bytes, files::JOURNAL_HEADER_BYTES as u64);
+        Ok(segment)
     }
 
-    /// Opens an existing segment, already checked and cut to `size_bytes`, to
-    /// append after its last record; `seed` is its frames' checksum seed.
+    /// Opens an existing segment, already checked, to append after its last
+    /// record: its records end at `size_bytes`, and the file, `file_bytes`
+    /// long, holds only zeros after them. `seed` is its frames' checksum seed.
     pub fn open_existing(
         data_dir: &DataDir,
-        path: PathBuf,
-        first_sequence: u64,
+        location: (PathBuf, u64),
         size_bytes: u64,
+        file_bytes: u64,
+        preallocate_bytes: u64,
         seed: u32,
     ) -> std::io::Result<Self> {
+        let (path, first_sequence) = location;
+        assert!(size_bytes <= file_bytes, "records cannot end past the file");
         let file = data_dir.fs().open_append(&path)?;
-        Ok(Self { file, path, first_sequence, size_bytes, seed })
+        Ok(Self { file, path, first_sequence, size_bytes, file_bytes, preallocate_bytes, seed })
     }
 
     fn write(&mut self, bytes: &[u8], fsync: FsyncPolicy) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file.append(bytes)?;
-        self.size_bytes += bytes.len() as u64;
+        self.write_unsynced(bytes)?;
         if fsync == FsyncPolicy::Always {
             self.sync()?;
         }
         metrics::counter!("points_journal_bytes_total").increment(bytes.len() as u64);
         metrics::gauge!("points_journal_segment_bytes").set(self.size_bytes as f64);
+        Ok(())
+    }
+
+    /// Writes `bytes` after the records, first extending the file with zeros
+    /// if they would not fit in it (and preallocation is on).
+    ///
+    /// Preallocation only makes syncs cheaper, so failing at it (a disk or
+    /// quota nearly full) is no reason to refuse records that still fit:
+    /// this segment goes on without it, and the next one tries again.
+    fn write_unsynced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let end = self.size_bytes + bytes.len() as u64;
+        // The records first: a new segment's header must be on disk before
+        // any zeros after it can be (a file holding part of a header and
+        // zeros would read as damage, not as a segment never finished).
+        // The same sync then makes both durable.
+        self.file.write_at(self.size_bytes, bytes)?;
+        self.size_bytes = end;
+        self.file_bytes = self.file_bytes.max(end);
+        if end == self.file_bytes && self.preallocate_bytes > 0 {
+            let target = (end / self.preallocate_bytes + 1) * self.preallocate_bytes;
+            if let Err(error) = self.extend_with_zeros(target) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    "cannot preallocate the journal segment (is the disk nearly full?); \
+                     writing it without preallocation, so each commit also syncs its new size"
+                );
+                self.preallocate_bytes = 0;
+            }
+        }
+        debug_assert!(self.size_bytes <= self.file_bytes);
+        Ok(())
+    }
+
+    /// Extends the file, which ends with the records, with zeros to
+    /// `target_bytes`. On failure, `file_bytes` covers the pieces written;
+    /// whatever a failed piece left past it is zeros too, so reading still
+    /// finds the records' end.
+    fn extend_with_zeros(&mut self, target_bytes: u64) -> std::io::Result<()> {
+        debug_assert_eq!(self.file_bytes, self.size_bytes);
+        let mut offset = self.file_bytes;
+        // Each turn writes at least one byte, so this ends within
+        // `preallocate_bytes` bytes.
+        while offset < target_bytes {
+            let length = (target_bytes - offset).min(ZEROS.len() as u64);
+            self.file.write_at(offset, &ZEROS[..length as usize])?;
+            offset += length;
+            self.file_bytes = self.file_bytes.max(offset);
+        }
         Ok(())
     }
 
@@ -763,7 +848,8 @@ impl Writer {
             .sync()
             .map_err(|error| format!("cannot sync {}: {error}", self.segment.path.display()))?;
         self.horizon.synced = first_sequence - 1;
-        self.segment = Segment::create(&self.data_dir, first_sequence)
+        let preallocate_bytes = self.segment.preallocate_bytes;
+        self.segment = Segment::create(&self.data_dir, first_sequence, preallocate_bytes)
             .map_err(|error| format!("cannot create journal segment {first_sequence}: {error}"))?;
         self.last_request_size = None;
         tracing::info!(path = %self.segment.path.display(), "started a new journal segment");

@@ -12,6 +12,8 @@
 //!   snapshot and ignored);
 //! - no user in the snapshot may be ahead of the journal's end;
 //! - only the newest segment may end torn; an older one ending torn is damage.
+//!   Zeros after the last valid batch are not a torn end but the segment's
+//!   preallocated room (see `journal::Segment`), in any segment.
 //!
 //! Files that do not fit together are refused with a message naming them,
 //! never silently repaired into a loss. Opening (`prepare`) then cuts a
@@ -58,8 +60,10 @@ pub(super) enum Tail {
         path: PathBuf,
         /// Its first sequence.
         first_sequence: u64,
-        /// Its length once cut.
+        /// Where its records end (once a torn tail is cut).
         valid_bytes: u64,
+        /// Its file's length once cut: zeros from `valid_bytes` on.
+        file_bytes: u64,
         /// The checksum seed of its frames.
         seed: u32,
     },
@@ -168,8 +172,10 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
             files_read.push(path.clone());
         }
         if is_newest {
-            let valid_bytes = torn.as_ref().map_or(data.len() as u64, |torn| torn.1);
-            newest_version = Some((read.version, valid_bytes, read.seed));
+            // A torn tail is cut off, zeros and all; preallocated zeros stay.
+            let file_bytes = if read.torn_at.is_some() { read.valid_bytes } else { data.len() };
+            newest_version =
+                Some((read.version, read.valid_bytes as u64, file_bytes as u64, read.seed));
         }
         previous = Some(span);
     }
@@ -179,7 +185,7 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
     let tail = match (previous, newest_version) {
         // Appending needs a segment of the current format that ends exactly
         // at the last sequence (a snapshot may be ahead of it).
-        (Some(newest), Some((version, valid_bytes, seed)))
+        (Some(newest), Some((version, valid_bytes, file_bytes, seed)))
             if version == files::JOURNAL_FORMAT_VERSION
                 && newest.last_sequence() == last_sequence =>
         {
@@ -187,6 +193,7 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
                 path: newest.path,
                 first_sequence: newest.first_sequence,
                 valid_bytes,
+                file_bytes,
                 seed,
             }
         }
@@ -300,6 +307,9 @@ fn finish(
 pub(super) struct SegmentRead {
     version: u32,
     record_count: u64,
+    /// Where the records end: the end of the data, the start of a torn
+    /// tail, or the start of the zeros a preallocated segment ends with.
+    pub(super) valid_bytes: usize,
     /// Where a torn tail starts, and why.
     pub(super) torn_at: Option<(usize, &'static str)>,
     /// The checksum seed of its frames.
@@ -358,6 +368,7 @@ pub(super) fn read_segment(
         return Ok(SegmentRead {
             version: header.version,
             record_count: next - first_sequence,
+            valid_bytes: torn_at.map_or(data.len(), |(offset, _)| offset),
             torn_at,
             seed: frame::UNSALTED,
         });
@@ -379,15 +390,18 @@ pub(super) fn read_segment(
             Ok(())
         })
         .map_err(damaged)?;
-    let torn_at = match invalid {
-        None => None,
+    let (valid_bytes, torn_at) = match invalid {
+        None => (data.len(), None),
+        // Preallocated room (segments are written over zeros), or a batch
+        // none of whose sectors reached the disk: the records end here.
+        Some((offset, _)) if data[offset..].iter().all(|&byte| byte == 0) => (offset, None),
         Some((offset, reason)) => {
             check_unsynced_end(data, offset, next, seed).map_err(damaged)?;
-            Some((offset, reason))
+            (offset, Some((offset, reason)))
         }
     };
     let record_count = next - first_sequence;
-    Ok(SegmentRead { version: header.version, record_count, torn_at, seed })
+    Ok(SegmentRead { version: header.version, record_count, valid_bytes, torn_at, seed })
 }
 
 /// Decides whether the invalid batch at `offset`, where sequence `next`
@@ -440,7 +454,14 @@ fn check_unsynced_end(
 /// Applies what [`scan`] decided: removes leftover temporary files (done by
 /// the listing), cuts a torn tail, makes every file read durable, and opens
 /// or creates the segment to append to.
-pub(super) fn prepare(data_dir: &DataDir, scan: &Scan) -> Result<Segment, OpenError> {
+///
+/// A segment appended to keeps its preallocated zeros; a new one, and one
+/// extended later, is preallocated by `preallocate_bytes` at a time.
+pub(super) fn prepare(
+    data_dir: &DataDir,
+    scan: &Scan,
+    preallocate_bytes: u64,
+) -> Result<Segment, OpenError> {
     let fs = data_dir.fs();
     // The cut is synced with the other files read, just below.
     if let Some((path, valid_bytes)) = &scan.torn {
@@ -456,15 +477,22 @@ pub(super) fn prepare(data_dir: &DataDir, scan: &Scan) -> Result<Segment, OpenEr
     }
     data_dir.sync().map_err(files::io_error("sync", data_dir.path()))?;
     let segment = match &scan.tail {
-        Tail::Append { path, first_sequence, valid_bytes, seed } => {
-            Segment::open_existing(data_dir, path.clone(), *first_sequence, *valid_bytes, *seed)
-                .map_err(files::io_error("open for appending", path))?
+        Tail::Append { path, first_sequence, valid_bytes, file_bytes, seed } => {
+            Segment::open_existing(
+                data_dir,
+                (path.clone(), *first_sequence),
+                *valid_bytes,
+                *file_bytes,
+                preallocate_bytes,
+                *seed,
+            )
+            .map_err(files::io_error("open for appending", path))?
         }
         Tail::New { remove } => {
             if let Some(path) = remove {
                 fs.remove_file(path).map_err(files::io_error("remove", path))?;
             }
-            Segment::create(data_dir, scan.last_sequence + 1)
+            Segment::create(data_dir, scan.last_sequence + 1, preallocate_bytes)
                 .map_err(files::io_error("create a journal segment in", data_dir.path()))?
         }
     };
@@ -491,6 +519,21 @@ pub fn read_journal(
         })?;
     }
     Ok(records)
+}
+
+/// Where the records of each journal segment in `data_dir` end (see
+/// `durability::journal_records_bytes`).
+pub fn journal_records_bytes(
+    fs: &dyn FileSystem,
+    data_dir: &Path,
+) -> Result<Vec<(PathBuf, u64)>, OpenError> {
+    let mut ends = Vec::new();
+    for (first_sequence, path) in files::list(fs, data_dir)?.journals {
+        let data = fs.read(&path).map_err(files::io_error("read", &path))?;
+        let read = read_segment(&path, first_sequence, &data, |_, _| Ok(()))?;
+        ends.push((path, read.valid_bytes as u64));
+    }
+    Ok(ends)
 }
 
 /// Executes one journal record again. It was executed once on the same

@@ -6,12 +6,13 @@
 //!
 //! * **Data.** Each file (an inode) has the content calls see (`current`),
 //!   the content that would survive a power cut (`durable`), and the ordered
-//!   appends and truncates made since its last [`WritableFile::sync`]. A sync
-//!   makes the current content durable. A power cut decides, op by op, which
-//!   unsynced ops reached the platter: each is kept or dropped, an append may
-//!   also be torn at 512-byte sector boundaries (sectors are aligned to
-//!   absolute file offsets, each persists or not on its own), and now and then
-//!   an append's length lands without its data (the file grows by zeros).
+//!   writes (appends, or at an offset) and truncates made since its last
+//!   [`WritableFile::sync`]. A sync makes the current content durable. A
+//!   power cut decides, op by op, which unsynced ops reached the platter: each
+//!   is kept or dropped, a write may also be torn at 512-byte sector
+//!   boundaries (sectors are aligned to absolute file offsets, each persists
+//!   or not on its own), and now and then a write past the end has its new
+//!   length land without its data (the file grows by zeros).
 //!   Bytes that never landed below the new end of a file read back as zeros.
 //!   A file with nothing unsynced is never touched by a cut, and no cut
 //!   changes bytes below the lowest offset an unsynced op touched.
@@ -31,7 +32,7 @@
 //!   chosen mutating call, after which every call fails until
 //!   [`SimDisk::power_on`], so the code under test stops exactly there.
 //! * **Faults** ([`SimDisk::set_fault_rate`], [`SimDisk::fail_calls_matching`]):
-//!   EIO or ENOSPC on mutating calls. A failed append may have written a
+//!   EIO or ENOSPC on mutating calls. A failed write may have written a
 //!   prefix of its bytes first (unsynced); a failed sync leaves its data
 //!   unsynced; a failed create, rename, removal, truncate or directory sync
 //!   changes nothing.
@@ -52,7 +53,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use points::durability::file_system::{FileSystem, LockGuard, WritableFile};
 
-/// The unit in which an unsynced append can be torn by a power cut: real
+/// The unit in which an unsynced write can be torn by a power cut: real
 /// disks write whole sectors atomically, never half of one.
 pub const SECTOR_BYTES: usize = 512;
 
@@ -73,8 +74,8 @@ pub enum SimOp {
     CreateNew,
     /// [`FileSystem::open_append`].
     OpenAppend,
-    /// [`WritableFile::append`].
-    Append,
+    /// [`WritableFile::append`] or [`WritableFile::write_at`].
+    Write,
     /// [`WritableFile::sync`].
     Sync,
     /// [`WritableFile::truncate`].
@@ -190,8 +191,9 @@ struct Inode {
 /// An unsynced change to a file's data.
 #[derive(Debug, Clone)]
 enum DataOp {
-    /// `bytes` were written at `offset` (the file's length at the time).
-    Append { offset: usize, bytes: Vec<u8> },
+    /// `bytes` were written at `offset` (for an append, the file's length
+    /// at the time).
+    Write { offset: usize, bytes: Vec<u8> },
     /// The file's length was set to `length` (cut, or extended by zeros).
     Truncate { length: usize },
 }
@@ -262,7 +264,7 @@ fn land_at_cut(rng: &mut fastrand::Rng, image: &mut Vec<u8>, op: DataOp) {
                 image.resize(length, 0);
             }
         }
-        DataOp::Append { offset, bytes } => {
+        DataOp::Write { offset, bytes } => {
             let end = offset + bytes.len();
             match rng.u32(0..16) {
                 // The new length committed, the data blocks were never written.
@@ -282,9 +284,10 @@ fn land_at_cut(rng: &mut fastrand::Rng, image: &mut Vec<u8>, op: DataOp) {
     }
 }
 
-/// Lands a random subset of the sectors an append covered (sectors aligned
-/// to absolute file offsets); the file ends after the last one that landed,
-/// or sometimes at the append's end (its length committed anyway).
+/// Lands a random subset of the sectors a write covered (sectors aligned
+/// to absolute file offsets); a file it extended ends after the last one
+/// that landed, or sometimes at the write's end (its length committed
+/// anyway).
 fn tear(rng: &mut fastrand::Rng, image: &mut Vec<u8>, offset: usize, bytes: &[u8]) {
     let end = offset + bytes.len();
     if bytes.is_empty() {
@@ -414,15 +417,16 @@ impl State {
             .ok_or_else(|| io::Error::other("simulated disk: a live handle lost its inode"))
     }
 
-    /// Appends `bytes` to an inode as an unsynced op.
-    fn append_to(&mut self, inode: InodeId, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `bytes` at `offset` of an inode (its end for `None`) as an
+    /// unsynced op.
+    fn write_to(&mut self, inode: InodeId, offset: Option<usize>, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
         let inode = self.inode_mut(inode)?;
-        let offset = inode.current.len();
-        inode.current.extend_from_slice(bytes);
-        inode.pending.push(DataOp::Append { offset, bytes: bytes.to_vec() });
+        let offset = offset.unwrap_or(inode.current.len());
+        write_at(&mut inode.current, offset, bytes);
+        inode.pending.push(DataOp::Write { offset, bytes: bytes.to_vec() });
         Ok(())
     }
 
@@ -502,7 +506,7 @@ impl SimDisk {
     /// from 0, as [`SimDisk::mutating_calls`] does) instead of running that
     /// call, then keeps the machine off until [`SimDisk::power_on`], so the
     /// code under test stops exactly there. An index already passed cuts at
-    /// the next mutating call. An append cut this way may first have put a
+    /// the next mutating call. A write cut this way may first have put a
     /// random prefix of its bytes in the cache (unsynced).
     pub fn set_power_cut_at(&self, call_index: u64) {
         lock(&self.state).power_cut_at = Some(call_index);
@@ -532,7 +536,7 @@ impl SimDisk {
 
     /// Makes each mutating call fail with probability `numerator /
     /// denominator`, with EIO or ENOSPC at random; `(0, 1)` turns random
-    /// faults off. A failed append may have written a prefix of its bytes
+    /// faults off. A failed write may have written a prefix of its bytes
     /// (unsynced); other failed calls change nothing.
     pub fn set_fault_rate(&self, numerator: u32, denominator: u32) {
         lock(&self.state).fault_rate = (numerator, denominator);
@@ -843,16 +847,17 @@ struct SimFile {
     path: PathBuf,
 }
 
-impl WritableFile for SimFile {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+impl SimFile {
+    /// One write: at `offset`, or at the end for `None`.
+    fn write(&mut self, offset: Option<usize>, bytes: &[u8]) -> io::Result<()> {
         let mut state = lock(&self.state);
         state.check_handle(self.generation)?;
-        match state.admit(SimOp::Append, &[&self.path]) {
+        match state.admit(SimOp::Write, &[&self.path]) {
             Gate::Proceed => {}
             Gate::Cut => {
                 // The power went during the write: any prefix may be cached.
                 let written = state.rng.usize(0..=bytes.len());
-                state.append_to(self.inode, &bytes[..written])?;
+                state.write_to(self.inode, offset, &bytes[..written])?;
                 return Err(state.cut_and_switch_off());
             }
             Gate::Fail(error) => {
@@ -862,11 +867,23 @@ impl WritableFile for SimFile {
                 } else {
                     state.rng.usize(0..bytes.len())
                 };
-                state.append_to(self.inode, &bytes[..written])?;
+                state.write_to(self.inode, offset, &bytes[..written])?;
                 return Err(error);
             }
         }
-        state.append_to(self.inode, bytes)
+        state.write_to(self.inode, offset, bytes)
+    }
+}
+
+impl WritableFile for SimFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write(None, bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let offset = usize::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        self.write(Some(offset), bytes)
     }
 
     fn sync(&mut self) -> io::Result<()> {
