@@ -14,6 +14,13 @@ use points::server;
 use points::service::{Access, PointsService};
 use points::telemetry;
 
+/// mimalloc instead of the system allocator: a call allocates and frees
+/// dozens of small buffers across threads (decoding, the journal writer,
+/// replies), where glibc's malloc spends a tenth of a durable call's CPU
+/// consolidating and locking its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
