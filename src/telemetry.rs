@@ -91,7 +91,7 @@ pub fn install_metrics(address: SocketAddr) -> Result<(), String> {
     describe_gauge!(
         "points_journal_segment_bytes",
         Unit::Bytes,
-        "Size of the current journal segment."
+        "Bytes of records in the current journal segment (without its preallocated zeros)."
     );
     describe_histogram!(
         "points_journal_fsync_seconds",

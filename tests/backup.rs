@@ -16,7 +16,7 @@ use points::durability::backup::{BackupError, MAX_ATTEMPTS, backup_with};
 use points::durability::file_system::{FileSystem, LockGuard, OsFileSystem, WritableFile};
 use points::durability::files::DataDir;
 use points::durability::snapshot::SnapshotFile;
-use points::durability::{journal_records_bytes, read_journal, replay};
+use points::durability::{read_journal, replay};
 use points::ledger::Ledger;
 use points::proto::v1::history_entry::Entry;
 use points::proto::v1::points_service_client::PointsServiceClient;
@@ -136,15 +136,6 @@ fn files_in(directory: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Where the records of the journal segment `path` end: its file is
-/// preallocated with zeros, so its length says nothing of what it holds.
-fn records_bytes(path: &Path) -> usize {
-    let directory = path.parent().expect("a segment's directory");
-    let ends = journal_records_bytes(directory).expect("read the journal");
-    let end = ends.iter().find(|(segment, _)| segment == path).expect("the segment is listed");
-    usize::try_from(end.1).expect("a segment's length fits in memory")
-}
-
 /// The paths in `directory` whose names end with `suffix`, sorted.
 fn paths_ending(directory: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(directory)
@@ -186,7 +177,7 @@ async fn write_until_a_new_snapshot(client: &mut Client, data_dir: &Path, first_
     let segment = paths_ending(data_dir, ".log").pop().expect("a journal segment");
     let mut written = 0;
     loop {
-        let full = !segment.exists() || records_bytes(&segment) >= 4096;
+        let full = !segment.exists() || common::journal_records_bytes(&segment) >= 4096;
         if full || paths_ending(data_dir, ".snap") != snapshots_before {
             break;
         }
@@ -619,7 +610,12 @@ async fn backup_of_a_stopped_servers_directory_restores_it_and_changes_nothing_i
     let before = files_in(source.path());
     let records_ends: HashMap<String, usize> = paths_ending(source.path(), ".log")
         .iter()
-        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), records_bytes(path)))
+        .map(|path| {
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                common::journal_records_bytes(path),
+            )
+        })
         .collect();
 
     let destination = backups.path().join("nightly").join("copy");
@@ -679,7 +675,7 @@ async fn backup_leaves_out_a_batch_still_being_written() {
     assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{}", server.log());
     let segment = paths_ending(source.path(), ".log").pop().unwrap();
     let file = std::fs::read(&segment).unwrap();
-    let whole = file[..records_bytes(&segment)].to_vec();
+    let whole = file[..common::journal_records_bytes(&segment)].to_vec();
     // The first 20 bytes of a frame (its 12-byte header and part of its
     // payload) written over the preallocated zeros after the records.
     let mut growing = file.clone();
@@ -807,7 +803,7 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     // A copy's segments end with their records, without preallocated zeros.
     for path in paths_ending(&newer, ".log") {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        newer_files.get_mut(&name).unwrap().truncate(records_bytes(&path));
+        newer_files.get_mut(&name).unwrap().truncate(common::journal_records_bytes(&path));
     }
     assert!(
         paths_ending(&older, ".log").iter().all(|path| !newer_files

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{add, balances, spend};
 use common::{ServerProcess, copy_dir, journal_files};
-use points::durability::{journal_records_bytes, read_journal};
+use points::durability::read_journal;
 use points::proto::v1::history_entry::Entry;
 use points::proto::v1::points_service_client::PointsServiceClient;
 use points::proto::v1::{
@@ -1103,18 +1103,7 @@ impl GroupCommitJournal {
 /// The records of the first journal segment in `data_dir`, without the
 /// zeros preallocated after them.
 fn journal_of(data_dir: &tempfile::TempDir) -> Vec<u8> {
-    let path = &journal_files(data_dir.path())[0];
-    let mut journal = std::fs::read(path).unwrap();
-    journal.truncate(records_bytes(path));
-    journal
-}
-
-/// Where the records of the journal segment `path` end: its file is
-/// preallocated with zeros, so its length says nothing of what it holds.
-fn records_bytes(path: &Path) -> usize {
-    let ends = journal_records_bytes(path.parent().unwrap()).expect("read the journal");
-    let end = ends.iter().find(|(segment, _)| segment == path).expect("the segment is listed");
-    usize::try_from(end.1).unwrap()
+    common::journal_records(&journal_files(data_dir.path())[0])
 }
 
 /// Zeros after a journal's records, as a preallocated segment has them.

@@ -200,7 +200,7 @@ async fn torn_last_record_is_cut_off_at_every_offset_and_nothing_earlier_is_lost
 
     let journals = journal_files(data_dir.path());
     assert_eq!(journals.len(), 1);
-    let journal = std::fs::read(&journals[0]).expect("read the journal");
+    let journal = common::journal_records(&journals[0]);
     let last_start = *frame_offsets(&journal).last().expect("records");
     let name = journals[0].file_name().unwrap().to_owned();
     for cut in last_start..journal.len() {
@@ -232,10 +232,10 @@ async fn flipped_byte_in_an_earlier_record_refuses_start_with_the_offset() {
     assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0));
 
     let path = journal_files(data_dir.path()).remove(0);
-    let journal = std::fs::read(&path).unwrap();
-    let second = frame_offsets(&journal)[1];
+    let file = std::fs::read(&path).unwrap();
+    let second = frame_offsets(&common::journal_records(&path))[1];
     for (offset, description) in [(second + 14, "payload"), (second + 1, "length")] {
-        let mut damaged = journal.clone();
+        let mut damaged = file.clone();
         damaged[offset] ^= 0x10;
         std::fs::write(&path, &damaged).unwrap();
         let output = ServerProcess::command()
@@ -253,7 +253,7 @@ async fn flipped_byte_in_an_earlier_record_refuses_start_with_the_offset() {
         assert_eq!(std::fs::read(&path).unwrap(), damaged);
     }
     // With the original bytes back, the server starts and has everything.
-    std::fs::write(&path, &journal).unwrap();
+    std::fs::write(&path, &file).unwrap();
     let server = ServerProcess::start_durable(data_dir.path(), &[]);
     assert_eq!(balances(&mut server.client().await).await["DANNON"], 30);
 }

@@ -289,6 +289,23 @@ pub fn journal_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Where the records of the journal segment `path` end: a segment's file is
+/// preallocated with zeros after its records, so its length says nothing of
+/// what it holds.
+pub fn journal_records_bytes(path: &std::path::Path) -> usize {
+    let directory = path.parent().expect("a segment's directory");
+    let ends = points::durability::journal_records_bytes(directory).expect("read the journal");
+    let end = ends.iter().find(|(segment, _)| segment == path).expect("the segment is listed");
+    usize::try_from(end.1).expect("a segment's length fits in memory")
+}
+
+/// The records of the journal segment `path`, without the zeros after them.
+pub fn journal_records(path: &std::path::Path) -> Vec<u8> {
+    let mut records = std::fs::read(path).expect("read a journal segment");
+    records.truncate(journal_records_bytes(path));
+    records
+}
+
 /// Copies every file of `from` into a new temporary directory.
 pub fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
     let copy = tempfile::tempdir().expect("temporary directory");
