@@ -830,3 +830,93 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     assert!(message.contains("Run the backup again"), "{message}");
     assert!(files_in(&destination).is_empty(), "a failed backup leaves nothing behind");
 }
+
+/// A file system whose reads of the newest journal segment return, the
+/// first `racy_reads` times, what a read racing the server's writer can see
+/// in a segment written in place: one batch still the zeros it replaced,
+/// the batches after it already there. Every other call is the real one.
+#[derive(Debug)]
+struct RacingRead {
+    segment: PathBuf,
+    racy: Vec<u8>,
+    racy_reads: AtomicU32,
+}
+
+impl FileSystem for RacingRead {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        OsFileSystem.create_dir_all(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Option<LockGuard>> {
+        OsFileSystem.try_lock(path)
+    }
+    fn list(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        OsFileSystem.list(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let racy = path == self.segment
+            && self
+                .racy_reads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+                .is_ok();
+        if racy { Ok(self.racy.clone()) } else { OsFileSystem.read(path) }
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        OsFileSystem.create_new(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        OsFileSystem.open_append(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        OsFileSystem.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        OsFileSystem.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        OsFileSystem.sync_dir(path)
+    }
+}
+
+/// A backup whose read of the newest segment raced the writer (a batch
+/// still zeros, a later synced batch already there: damage, read once)
+/// starts over and copies the whole journal; the same bytes read every time
+/// are real damage, and the backup refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_starts_over_when_a_read_races_the_writer_and_refuses_real_damage() {
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let source = scratch.path().join("source");
+    let mut server = ServerProcess::start_durable(&source, &[]);
+    let mut client = server.client().await;
+    for day in 1..=4 {
+        add(&mut client, "DANNON", 10, &format!("2024-01-0{day}T00:00:00Z")).await;
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{}", server.log());
+    let segment = paths_ending(&source, ".log").pop().unwrap();
+    let records = common::journal_records(&segment);
+    // The second batch frame (after the 36-byte segment header and the first
+    // frame, each frame a 12-byte header and its payload), read as zeros.
+    let frame_end = |offset: usize| {
+        offset + 12 + u32::from_le_bytes(records[offset..offset + 4].try_into().unwrap()) as usize
+    };
+    let second = frame_end(36);
+    let mut racy = std::fs::read(&segment).unwrap();
+    racy[second..frame_end(second)].fill(0);
+
+    let file_system =
+        RacingRead { segment: segment.clone(), racy: racy.clone(), racy_reads: AtomicU32::new(1) };
+    let destination = scratch.path().join("copy");
+    let summary = backup_with(&file_system, &source, &destination).expect("backup");
+    assert_eq!(summary.attempts, 2, "{summary}");
+    let copied = std::fs::read(destination.join(segment.file_name().unwrap())).unwrap();
+    assert_eq!(copied, records, "the whole journal was copied");
+
+    let always_racy = RacingRead { segment, racy, racy_reads: AtomicU32::new(u32::MAX) };
+    let destination = scratch.path().join("refused");
+    match backup_with(&always_racy, &source, &destination) {
+        Err(BackupError::Damaged(error)) => {
+            assert!(error.to_string().contains(&format!("damaged at byte offset {second}")));
+        }
+        other => panic!("damage read the same twice must be refused: {other:?}"),
+    }
+}

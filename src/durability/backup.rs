@@ -16,7 +16,10 @@
 //! 3. Older segments must be whole. The newest may be growing: keep its valid
 //!    prefix, cut before a batch still being written, decided by the same
 //!    code that cuts a torn tail at start-up; a newest segment whose header
-//!    is not written yet holds no record and is left out.
+//!    is not written yet holds no record and is left out. The newest is
+//!    written in place over preallocated zeros, so a read racing the writer
+//!    can look damaged (an old page of zeros before a newly synced batch):
+//!    if it reads differently a second time, start over.
 //! 4. Write each file as `*.tmp` in the destination and fsync it; then rename
 //!    the segments into place oldest first and the snapshot last, and fsync
 //!    the directory. A file under its final name is always whole.
@@ -304,8 +307,20 @@ fn copy_once(
     for (index, (first_sequence, path)) in segments.iter().enumerate() {
         let is_newest = index + 1 == segments.len();
         let Some(mut data) = read_source(fs, path)? else { return Ok(Err(vanished(path))) };
-        let Some(length) = journal_length(path, *first_sequence, &data, is_newest)? else {
-            continue;
+        let length = match journal_length(path, *first_sequence, &data, is_newest) {
+            Ok(Some(length)) => length,
+            Ok(None) => continue,
+            // The newest segment is written in place, over its preallocated
+            // zeros: a read racing the writer may see an older page (zeros)
+            // before a newer one (a batch synced meanwhile), which looks like
+            // damage. If the file reads differently now, it was that.
+            Err(damaged) if is_newest => match read_source(fs, path)? {
+                Some(again) if again != data => {
+                    return Ok(Err(format!("{} changed while it was read", path.display())));
+                }
+                _ => return Err(damaged),
+            },
+            Err(error) => return Err(error),
         };
         data.truncate(length);
         copies.push(write_copy(fs, destination, path, &data, created)?);

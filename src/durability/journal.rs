@@ -119,11 +119,12 @@ pub enum Refusal {
 /// The segment being appended to.
 ///
 /// Under `--fsync always` a segment is kept *preallocated*: its file is
-/// extended with zeros ahead of the records, `preallocate_bytes` at a
-/// time (`Storage::Durable::journal_preallocate_bytes`), so that a commit writes over zeros already on disk and its
-/// `fdatasync` has no new file size (a metadata commit) to make durable, only
-/// the data. Reading takes zeros after the last valid batch as the end of the
-/// records (see `recovery::read_segment`).
+/// extended with zeros ahead of the records, `preallocate_bytes` at a time
+/// (`Storage::Durable::journal_preallocate_bytes`), so that a commit writes
+/// over zeros already on disk and its `fdatasync` has no new file size (a
+/// metadata commit) to make durable, only the data. Reading takes zeros
+/// after the last valid batch as the end of the records (see
+/// `recovery::read_segment`).
 pub struct Segment {
     file: Box<dyn WritableFile>,
     path: PathBuf,
@@ -134,8 +135,17 @@ pub struct Segment {
     file_bytes: u64,
     /// How far ahead of the records the file is extended; 0 for never.
     preallocate_bytes: u64,
+    /// Set when extending this segment failed for lack of room: it goes on
+    /// without preallocation (the next segment tries again).
+    preallocation_failed: bool,
     /// The checksum seed of its frames, from its salt.
     seed: u32,
+}
+
+/// Whether `error` says there is no room for more bytes: the disk is full,
+/// a quota is reached, or the process's file size limit.
+fn is_out_of_room(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG))
 }
 
 /// A block of zeros to extend segments with, written in pieces of this size
@@ -169,6 +179,7 @@ impl Segment {
             size_bytes: 0,
             file_bytes: 0,
             preallocate_bytes,
+            preallocation_failed: false,
             seed: files::frame_seed(salt),
         };
         let written = segment
@@ -201,7 +212,16 @@ impl Segment {
         let (path, first_sequence) = location;
         assert!(size_bytes <= file_bytes, "records cannot end past the file");
         let file = data_dir.fs().open_append(&path)?;
-        Ok(Self { file, path, first_sequence, size_bytes, file_bytes, preallocate_bytes, seed })
+        Ok(Self {
+            file,
+            path,
+            first_sequence,
+            size_bytes,
+            file_bytes,
+            preallocate_bytes,
+            preallocation_failed: false,
+            seed,
+        })
     }
 
     fn write(&mut self, bytes: &[u8], fsync: FsyncPolicy) -> std::io::Result<()> {
@@ -220,28 +240,34 @@ impl Segment {
     /// Writes `bytes` after the records, first extending the file with zeros
     /// if they would not fit in it (and preallocation is on).
     ///
-    /// Preallocation only makes syncs cheaper, so failing at it (a disk or
-    /// quota nearly full) is no reason to refuse records that still fit:
-    /// this segment goes on without it, and the next one tries again.
+    /// Preallocation only makes syncs cheaper, so running out of room for
+    /// it (a disk, quota or file size limit nearly reached) is no reason to
+    /// refuse records that still fit: this segment goes on without it, and
+    /// the next one tries again. Any other error fails the journal, as a
+    /// failed record write would.
     fn write_unsynced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let end = self.size_bytes + bytes.len() as u64;
-        // The records first: a new segment's header must be on disk before
-        // any zeros after it can be (a file holding part of a header and
-        // zeros would read as damage, not as a segment never finished).
-        // The same sync then makes both durable.
+        // The records before the zeros, so that a failed call never leaves
+        // a new segment without its header (a crash may still keep the
+        // zeros and not the header, before the sync: that file is all
+        // zeros, and reads as a segment whose header was never written).
         self.file.write_at(self.size_bytes, bytes)?;
         self.size_bytes = end;
         self.file_bytes = self.file_bytes.max(end);
-        if end == self.file_bytes && self.preallocate_bytes > 0 {
+        if end == self.file_bytes && self.preallocate_bytes > 0 && !self.preallocation_failed {
             let target = (end / self.preallocate_bytes + 1) * self.preallocate_bytes;
-            if let Err(error) = self.extend_with_zeros(target) {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    %error,
-                    "cannot preallocate the journal segment (is the disk nearly full?); \
-                     writing it without preallocation, so each commit also syncs its new size"
-                );
-                self.preallocate_bytes = 0;
+            match self.extend_with_zeros(target) {
+                Ok(()) => {}
+                Err(error) if is_out_of_room(&error) => {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        "cannot preallocate the journal segment (is the disk nearly full?); \
+                         writing it without preallocation, so each commit also syncs its size"
+                    );
+                    self.preallocation_failed = true;
+                }
+                Err(error) => return Err(error),
             }
         }
         debug_assert!(self.size_bytes <= self.file_bytes);
@@ -921,6 +947,119 @@ mod tests {
             out.extend_from_slice(payload);
         }
         out
+    }
+
+    /// A file in memory that takes bytes only below `limit_bytes`: a write
+    /// past it writes what fits, then fails with the OS error `error`, as a
+    /// real `write` at a full disk does.
+    struct LimitedFile {
+        data: std::sync::Arc<Mutex<Vec<u8>>>,
+        limit_bytes: usize,
+        error: i32,
+    }
+
+    impl WritableFile for LimitedFile {
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            let length = self.data.lock().expect("not poisoned").len();
+            self.write_at(length as u64, bytes)
+        }
+
+        fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+            let mut data = self.data.lock().expect("not poisoned");
+            let offset = offset as usize;
+            let fits = self.limit_bytes.saturating_sub(offset).min(bytes.len());
+            if data.len() < offset + fits {
+                data.resize(offset + fits, 0);
+            }
+            data[offset..offset + fits].copy_from_slice(&bytes[..fits]);
+            if fits < bytes.len() {
+                return Err(std::io::Error::from_raw_os_error(self.error));
+            }
+            Ok(())
+        }
+
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn truncate(&mut self, length_bytes: u64) -> std::io::Result<()> {
+            self.data.lock().expect("not poisoned").resize(length_bytes as usize, 0);
+            Ok(())
+        }
+    }
+
+    /// A segment over a [`LimitedFile`], and the file's bytes.
+    fn limited_segment(
+        limit_bytes: usize,
+        error: i32,
+        preallocate_bytes: u64,
+    ) -> (Segment, std::sync::Arc<Mutex<Vec<u8>>>) {
+        let data = std::sync::Arc::default();
+        let file = LimitedFile { data: std::sync::Arc::clone(&data), limit_bytes, error };
+        let segment = Segment {
+            file: Box::new(file),
+            path: PathBuf::from("journal-test.log"),
+            first_sequence: 1,
+            size_bytes: 0,
+            file_bytes: 0,
+            preallocate_bytes,
+            preallocation_failed: false,
+            seed: 0,
+        };
+        (segment, data)
+    }
+
+    /// The file grows by whole preallocation steps, written as zeros in
+    /// several pieces, and records go over the zeros right after each other.
+    #[test]
+    fn a_preallocated_segment_grows_in_steps_of_zeros_after_its_records() {
+        let (mut segment, data) = limited_segment(usize::MAX, libc::ENOSPC, 200_000);
+        segment.write_unsynced(&[7; 100]).expect("room");
+        assert_eq!((segment.size_bytes, segment.file_bytes), (100, 200_000));
+        {
+            let data = data.lock().expect("not poisoned");
+            assert_eq!(data.len(), 200_000);
+            assert!(data[..100].iter().all(|&byte| byte == 7));
+            assert!(data[100..].iter().all(|&byte| byte == 0));
+        }
+        segment.write_unsynced(&[8; 1_000]).expect("room");
+        assert_eq!((segment.size_bytes, segment.file_bytes), (1_100, 200_000), "within the zeros");
+        segment.write_unsynced(&[9; 199_000]).expect("room");
+        assert_eq!((segment.size_bytes, segment.file_bytes), (200_100, 400_000));
+        let data = data.lock().expect("not poisoned");
+        assert_eq!(data.len(), 400_000);
+        assert!(data[1_100..200_100].iter().all(|&byte| byte == 9));
+        assert!(data[200_100..].iter().all(|&byte| byte == 0));
+    }
+
+    /// Out of room for the zeros (ENOSPC, EDQUOT or EFBIG), the segment
+    /// keeps the pieces it wrote and takes the records that still fit,
+    /// without trying to preallocate again.
+    #[test]
+    fn a_segment_out_of_room_for_its_zeros_keeps_taking_the_records_that_fit() {
+        for error in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
+            let (mut segment, data) = limited_segment(150_000, error, 1 << 20);
+            segment.write_unsynced(&[7; 100]).expect("the records fit");
+            assert!(segment.preallocation_failed);
+            // Two whole 64 KiB pieces landed after the records; the third in part.
+            let whole_pieces = 100 + 2 * ZEROS.len() as u64;
+            assert_eq!((segment.size_bytes, segment.file_bytes), (100, whole_pieces));
+            assert_eq!(data.lock().expect("not poisoned").len(), 150_000);
+            segment.write_unsynced(&[8; 149_000]).expect("the records fit");
+            assert_eq!(segment.size_bytes, 149_100);
+            assert_eq!(data.lock().expect("not poisoned").len(), 150_000, "no zeros tried");
+            let refused = segment.write_unsynced(&[9; 1_000]).expect_err("past the limit");
+            assert_eq!(refused.raw_os_error(), Some(error));
+        }
+    }
+
+    /// Any other error while writing the zeros fails the write, as a failed
+    /// record write does: the journal fails stop.
+    #[test]
+    fn an_io_error_while_preallocating_fails_the_write() {
+        let (mut segment, _data) = limited_segment(1_000, libc::EIO, 1 << 20);
+        let failed = segment.write_unsynced(&[7; 100]).expect_err("EIO is not a full disk");
+        assert_eq!(failed.raw_os_error(), Some(libc::EIO));
     }
 
     /// Batches read back as the records they were made of, with their sequence.

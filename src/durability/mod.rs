@@ -291,7 +291,7 @@ pub struct Recovery {
     pub snapshot_sequence: Option<u64>,
     /// Journal records replayed after the snapshot.
     pub records_replayed: u64,
-    /// Bytes cut off a torn journal tail.
+    /// Bytes of a torn journal tail cut off (not counting zeros after it).
     pub torn_bytes_cut: u64,
 }
 

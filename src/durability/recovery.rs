@@ -157,15 +157,18 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
                     reason: format!("{reason} in a journal segment that is not the newest"),
                 });
             }
+            // What was torn, without the preallocated zeros after it.
+            let torn_bytes =
+                data[offset..].iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
             tracing::warn!(
                 path = %path.display(),
                 offset,
-                bytes_cut = data.len() - offset,
+                bytes_cut = torn_bytes,
                 reason,
                 "the journal ends in a torn batch (a write cut short by a crash or power cut); \
                  cutting it off: none of it was acknowledged"
             );
-            recovery.torn_bytes_cut = (data.len() - offset) as u64;
+            recovery.torn_bytes_cut = torn_bytes as u64;
             torn = Some((path.clone(), offset as u64));
         }
         if span.last_sequence() > rotation_sequence || is_newest {
