@@ -737,17 +737,10 @@ impl SnapshotDuringCopy {
     }
 }
 
-impl FileSystem for SnapshotDuringCopy {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        OsFileSystem.create_dir_all(path)
-    }
-    fn try_lock(&self, path: &Path) -> std::io::Result<Option<LockGuard>> {
-        OsFileSystem.try_lock(path)
-    }
-    fn list(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        OsFileSystem.list(path)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+impl SnapshotDuringCopy {
+    /// Before a read of `path`: changes the state when it is a live segment
+    /// and changes are left.
+    fn before_read(&self, path: &Path) {
         let is_live_segment =
             path.starts_with(&self.live) && path.to_string_lossy().ends_with(".log");
         if is_live_segment
@@ -758,7 +751,35 @@ impl FileSystem for SnapshotDuringCopy {
         {
             self.change();
         }
-        OsFileSystem.read(path)
+    }
+}
+
+/// The operating system's file system with a hook on reads: `on_read` sees
+/// every path read and may hand back other bytes than the file's, for
+/// backups racing a server that changes its files.
+struct ReadHook<Hook>(Hook);
+
+impl<Hook> std::fmt::Debug for ReadHook<Hook> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ReadHook")
+    }
+}
+
+impl<Hook: Fn(&Path) -> Option<Vec<u8>> + Send + Sync> FileSystem for ReadHook<Hook> {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        OsFileSystem.create_dir_all(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Option<LockGuard>> {
+        OsFileSystem.try_lock(path)
+    }
+    fn list(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        OsFileSystem.list(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        match (self.0)(path) {
+            Some(bytes) => Ok(bytes),
+            None => OsFileSystem.read(path),
+        }
     }
     fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
         OsFileSystem.create_new(path)
@@ -812,7 +833,11 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     );
 
     let live = scratch.path().join("live");
-    let file_system = SnapshotDuringCopy::new(&live, [&older, &newer], 1);
+    let changing = SnapshotDuringCopy::new(&live, [&older, &newer], 1);
+    let file_system = ReadHook(|path: &Path| {
+        changing.before_read(path);
+        None
+    });
     let destination = scratch.path().join("copy");
     let summary = backup_with(&file_system, &live, &destination).expect("backup");
     assert_eq!(summary.attempts, 2, "{summary}");
@@ -821,7 +846,11 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     assert_eq!(summary.snapshot_sequence, Some(sequence_of(Path::new(snapshot))));
 
     let live = scratch.path().join("always-changing");
-    let file_system = SnapshotDuringCopy::new(&live, [&older, &newer], u32::MAX);
+    let changing = SnapshotDuringCopy::new(&live, [&older, &newer], u32::MAX);
+    let file_system = ReadHook(|path: &Path| {
+        changing.before_read(path);
+        None
+    });
     let destination = scratch.path().join("never");
     let error = backup_with(&file_system, &live, &destination).expect_err("gives up");
     assert!(matches!(error, BackupError::KeptChanging { attempts: MAX_ATTEMPTS, .. }), "{error:?}");
@@ -831,49 +860,18 @@ async fn backup_starts_over_when_a_snapshot_removes_the_files_it_is_copying() {
     assert!(files_in(&destination).is_empty(), "a failed backup leaves nothing behind");
 }
 
-/// A file system whose reads of the newest journal segment return, the
-/// first `racy_reads` times, what a read racing the server's writer can see
-/// in a segment written in place: one batch still the zeros it replaced,
-/// the batches after it already there. Every other call is the real one.
-#[derive(Debug)]
-struct RacingRead {
-    segment: PathBuf,
-    racy: Vec<u8>,
-    racy_reads: AtomicU32,
-}
-
-impl FileSystem for RacingRead {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        OsFileSystem.create_dir_all(path)
-    }
-    fn try_lock(&self, path: &Path) -> std::io::Result<Option<LockGuard>> {
-        OsFileSystem.try_lock(path)
-    }
-    fn list(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        OsFileSystem.list(path)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        let racy = path == self.segment
-            && self
-                .racy_reads
+/// A read hook that hands back `racy` for the first `reads` reads of
+/// `segment`: what a read racing the server's writer can see in a segment
+/// written in place (one batch still the zeros it replaced, the batches
+/// after it already there).
+fn racing_reads(segment: PathBuf, racy: Vec<u8>, reads: u32) -> impl Fn(&Path) -> Option<Vec<u8>> {
+    let left = AtomicU32::new(reads);
+    move |path: &Path| {
+        let racy_now = path == segment
+            && left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
                 .is_ok();
-        if racy { Ok(self.racy.clone()) } else { OsFileSystem.read(path) }
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
-        OsFileSystem.create_new(path)
-    }
-    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
-        OsFileSystem.open_append(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        OsFileSystem.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        OsFileSystem.remove_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        OsFileSystem.sync_dir(path)
+        racy_now.then(|| racy.clone())
     }
 }
 
@@ -903,15 +901,14 @@ async fn backup_starts_over_when_a_read_races_the_writer_and_refuses_real_damage
     let mut racy = std::fs::read(&segment).unwrap();
     racy[second..frame_end(second)].fill(0);
 
-    let file_system =
-        RacingRead { segment: segment.clone(), racy: racy.clone(), racy_reads: AtomicU32::new(1) };
+    let file_system = ReadHook(racing_reads(segment.clone(), racy.clone(), 1));
     let destination = scratch.path().join("copy");
     let summary = backup_with(&file_system, &source, &destination).expect("backup");
     assert_eq!(summary.attempts, 2, "{summary}");
     let copied = std::fs::read(destination.join(segment.file_name().unwrap())).unwrap();
     assert_eq!(copied, records, "the whole journal was copied");
 
-    let always_racy = RacingRead { segment, racy, racy_reads: AtomicU32::new(u32::MAX) };
+    let always_racy = ReadHook(racing_reads(segment, racy, u32::MAX));
     let destination = scratch.path().join("refused");
     match backup_with(&always_racy, &source, &destination) {
         Err(BackupError::Damaged(error)) => {
