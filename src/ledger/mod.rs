@@ -71,8 +71,8 @@ struct LotKey {
     nanos_and_id: u64,
 }
 
-/// The most transactions one user may record (about 4.29 billion): ids must
-/// fit a [`LotKey`] (below 2^34) and index a payer's lots in 32 bits.
+/// The most transactions one user may record (about 4.29 billion, more than
+/// one user's memory holds): ids must fit a [`LotKey`] (below 2^34).
 pub const MAX_TRANSACTION_ID: TransactionId = u32::MAX as TransactionId - 1;
 
 /// Payer switches a spend makes lot by lot (plus two per payer involved)
@@ -298,7 +298,7 @@ fn settle(payer: &str, points: i64, balance: i64, total: i64) -> Result<(i64, i6
 #[derive(Debug, Clone)]
 pub struct Ledger {
     payers: Vec<Payer>,
-    /// The nodes of every payer's lot tree.
+    /// The leaves and branches of every payer's lot tree.
     arena: LotArena,
     payer_by_name: HashMap<Box<str>, PayerIndex>,
     /// The front lot of every payer with a positive balance; its first entry
