@@ -1,6 +1,7 @@
 //! The pure ledger core, single-threaded: add, negative add, spend touching 1
 //! and 100 lots, and balances, on ledgers of 1 thousand and 1 million lots;
-//! plus resident memory per stored transaction at 1 million. Run with
+//! plus resident memory per stored transaction at 1 million in one ledger
+//! and over many small ledgers. Run with
 //! `cargo bench --bench ledger`.
 
 use std::hint::black_box;
@@ -149,6 +150,32 @@ fn memory(_: &mut Criterion) {
         );
     }
     drop(black_box(ledger));
+
+    // Many small users, each earning from a few payers in turn: per-payer
+    // overheads show here, not in one big ledger.
+    let (users, payers, lots_per_payer) = (20_000usize, 4usize, 12usize);
+    let names: Vec<String> = (0..payers).map(|payer| format!("PAYER {payer}")).collect();
+    let before = resident_bytes();
+    let ledgers: Vec<Ledger> = (0..users)
+        .map(|_| {
+            let mut ledger = Ledger::new();
+            for lot in 0..payers * lots_per_payer {
+                let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+                ledger.add_transaction(&names[lot % payers], 1, timestamp).expect("valid");
+            }
+            ledger
+        })
+        .collect();
+    let after = resident_bytes();
+    if let (Some(before), Some(after)) = (before, after) {
+        let transactions = users * payers * lots_per_payer;
+        println!(
+            "memory: {:.1} bytes of resident memory per stored transaction over {users} users \
+             of {payers} payers with {lots_per_payer} lots each (ledger included)",
+            after.saturating_sub(before) as f64 / transactions as f64
+        );
+    }
+    drop(black_box(ledgers));
 }
 
 /// Times `iterations` of `step` on copies of `base` (which has `lots` lots),

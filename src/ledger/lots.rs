@@ -7,24 +7,33 @@
 //! ever debited), so its front lot is found by a prefix-sum search instead of
 //! a walk over used-up lots.
 //!
-//! B+ trees in one arena per ledger. Lots sit in leaves of up to
+//! A payer with up to [`SMALL_CAPACITY`] lots keeps them in a sorted vector
+//! of its own: a scan of a few cache lines answers every query, and a payer
+//! with a few lots takes a few bytes.
+//!
+//! Past that, a B+ tree in one arena per ledger. Lots sit in leaves of up to
 //! [`LEAF_CAPACITY`], in key order; a branch holds up to [`FANOUT`] children
 //! and, for each, the newest key under it, the sum of its points and the
 //! points of its newest lot, so a descent picks a child by key or by prefix
-//! sum without visiting the others. Wide nodes keep a tree shallow (a payer
-//! with half a million lots is five levels deep, against nineteen for a
-//! binary tree) and each level is a few adjacent cache lines, so a descent
-//! costs nearly as little at a million lots as at a thousand.
+//! sum without visiting the others. Wide nodes keep a tree shallow (half a
+//! million lots arriving in time order are five levels deep, six in random
+//! order, against nineteen for a binary tree) and each level is a few
+//! adjacent cache lines, so a descent costs nearly as little at a million
+//! lots as at a thousand.
 //!
 //! Lots are never removed, so nodes only ever split. A full node splits in
 //! half, except at either end of the tree: a lot newer (or older) than every
 //! other starts a node of its own, so lots arriving in time order fill their
 //! leaves. Every node but the first and last of its level is therefore at
 //! least half full, whatever the order, which bounds a tree's height by
-//! about log8(n) + 2. A tree that fits one leaf grows it 1, 2, 4… lots at a
-//! time, so a payer with few lots takes few bytes.
+//! about log8(n) + 2.
 
 use super::LotKey;
+
+/// Lots a payer keeps in its own vector before they move to a tree: a
+/// tree's first branch and leaves cost more than such a vector, and a scan of
+/// this many lots costs about what a descent does.
+const SMALL_CAPACITY: usize = 64;
 
 /// Lots in one leaf at most.
 const LEAF_CAPACITY: usize = 16;
@@ -37,14 +46,16 @@ const FANOUT: usize = 16;
 /// lots stay far below this; inserts and checks assert it.
 const MAX_HEIGHT: usize = 32;
 
-// Lengths are kept in a `u8`; a half split leaves both halves non-empty;
-// a leaf's capacity doubles up to the full one.
-const _: () = assert!(LEAF_CAPACITY <= u8::MAX as usize && LEAF_CAPACITY.is_power_of_two());
+// Lengths are kept in a `u8`; a half split leaves both halves non-empty; a
+// small payer's lots fill more than one leaf when they move to a tree, so a
+// tree always has a branch.
+const _: () = assert!(LEAF_CAPACITY <= u8::MAX as usize && LEAF_CAPACITY >= 4);
 const _: () = assert!(FANOUT <= u8::MAX as usize && FANOUT >= 4);
+const _: () = assert!(SMALL_CAPACITY > LEAF_CAPACITY);
 
 /// A lot: its key and the points it was credited with (positive).
 #[derive(Debug, Clone, Copy)]
-struct Lot {
+pub(super) struct Lot {
     key: LotKey,
     points: i64,
 }
@@ -162,10 +173,10 @@ impl Branch {
 /// The nodes of every lot tree of one ledger.
 #[derive(Debug, Clone, Default)]
 pub(super) struct LotArena {
-    /// Leaves: each a run of slots, its lots first, then room to grow.
+    /// Leaves: each a run of [`LEAF_CAPACITY`] slots, its lots first.
     slots: Vec<Lot>,
     branches: Vec<Branch>,
-    /// Lots of all trees together.
+    /// Lots of all payers together, small ones included.
     lots: usize,
 }
 
@@ -175,25 +186,14 @@ impl LotArena {
         self.lots
     }
 
-    /// Room for a leaf of `capacity` lots; returns its first slot.
-    fn allocate(&mut self, capacity: usize) -> usize {
+    /// Room for a leaf holding `lots` (at most a leaf's capacity); returns
+    /// its first slot.
+    fn allocate_leaf(&mut self, lots: &[Lot]) -> usize {
+        debug_assert!(lots.len() <= LEAF_CAPACITY);
         let start = self.slots.len();
-        self.slots.resize(start + capacity, NO_LOT);
+        self.slots.extend_from_slice(lots);
+        self.slots.resize(start + LEAF_CAPACITY, NO_LOT);
         start
-    }
-
-    /// Moves the full root leaf at `start` (`len` lots, a power of two) to
-    /// room for twice as many, in place when it is the last run of slots;
-    /// returns its new first slot.
-    fn grow(&mut self, start: usize, len: usize) -> usize {
-        debug_assert!(len.is_power_of_two() && len < LEAF_CAPACITY);
-        if start + len == self.slots.len() {
-            self.slots.resize(start + 2 * len, NO_LOT);
-            return start;
-        }
-        let moved = self.allocate(2 * len);
-        self.slots.copy_within(start..start + len, moved);
-        moved
     }
 
     /// Inserts `lot` at `position` of the leaf at `start` holding `len`
@@ -224,23 +224,30 @@ impl LotArena {
     }
 }
 
-/// A payer's lots: an ordered set of (key, points) with prefix sums, whose
-/// nodes live in the ledger's [`LotArena`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct LotTree {
-    /// A branch's index, or at height 0 the first slot of the only leaf.
-    root: usize,
-    /// Levels of branches above the leaves: 0 while the tree is one leaf.
-    height: u8,
-    /// At height 0, the lots of the only leaf (0: the tree is empty); its
-    /// capacity is the next power of two.
-    root_len: u8,
+/// A payer's lots: an ordered set of (key, points) with prefix sums.
+#[derive(Debug, Clone)]
+pub(super) enum LotTree {
+    /// Up to [`SMALL_CAPACITY`] lots in key order.
+    Small(Vec<Lot>),
+    /// A B+ tree whose nodes live in the ledger's [`LotArena`].
+    Big {
+        /// The root branch's index.
+        root: usize,
+        /// Levels of branches above the leaves: at least 1.
+        height: u8,
+    },
+}
+
+impl Default for LotTree {
+    fn default() -> Self {
+        Self::Small(Vec::new())
+    }
 }
 
 /// A tree with its arena, for the queries.
 pub(super) struct Lots<'a> {
     arena: &'a LotArena,
-    tree: LotTree,
+    tree: &'a LotTree,
 }
 
 /// A tree with its arena, for inserts.
@@ -251,8 +258,8 @@ pub(super) struct LotsMut<'a> {
 
 impl LotTree {
     /// The tree, readable.
-    pub(super) fn read<'a>(&self, arena: &'a LotArena) -> Lots<'a> {
-        Lots { arena, tree: *self }
+    pub(super) fn read<'a>(&'a self, arena: &'a LotArena) -> Lots<'a> {
+        Lots { arena, tree: self }
     }
 
     /// The tree, for inserts.
@@ -261,30 +268,27 @@ impl LotTree {
     }
 
     /// A tree of `lots`, which must be sorted by key with unique keys and
-    /// positive points (the caller checks), built bottom-up in O(n) with
-    /// full nodes.
+    /// positive points (the caller checks), built in O(n).
     pub(super) fn from_sorted(arena: &mut LotArena, lots: &[(LotKey, i64)]) -> Self {
         debug_assert!(lots.windows(2).all(|pair| pair[0].0 < pair[1].0));
         arena.lots += lots.len();
-        if lots.len() <= LEAF_CAPACITY {
-            let start = arena.allocate(lots.len().next_power_of_two());
-            for (slot, &(key, points)) in arena.slots[start..].iter_mut().zip(lots) {
-                *slot = Lot { key, points };
-            }
-            return Self { root: start, height: 0, root_len: lots.len() as u8 };
-        }
+        let lots: Vec<Lot> = lots.iter().map(|&(key, points)| Lot { key, points }).collect();
+        if lots.len() <= SMALL_CAPACITY { Self::Small(lots) } else { Self::built(arena, &lots) }
+    }
+
+    /// A B+ tree of more than a leaf's worth of sorted `lots`, built bottom-up
+    /// with full nodes (but the last of each level).
+    fn built(arena: &mut LotArena, lots: &[Lot]) -> Self {
+        debug_assert!(lots.len() > LEAF_CAPACITY);
         let mut level: Vec<Entry> = lots
             .chunks(LEAF_CAPACITY)
             .map(|chunk| {
-                let start = arena.allocate(LEAF_CAPACITY);
-                for (slot, &(key, points)) in arena.slots[start..].iter_mut().zip(chunk) {
-                    *slot = Lot { key, points };
-                }
+                let start = arena.allocate_leaf(chunk);
                 arena.leaf_summary(start, chunk.len())
             })
             .collect();
         let mut height = 0;
-        while level.len() > 1 || height == 0 {
+        while level.len() > 1 {
             level = level
                 .chunks(FANOUT)
                 .map(|chunk| {
@@ -294,8 +298,8 @@ impl LotTree {
                 .collect();
             height += 1;
         }
-        assert!(height <= MAX_HEIGHT, "a tree is never deeper than {MAX_HEIGHT} levels");
-        Self { root: level[0].child, height: height as u8, root_len: 0 }
+        assert!(height < MAX_HEIGHT, "a tree is never {MAX_HEIGHT} levels deep");
+        Self::Big { root: level[0].child, height: height as u8 }
     }
 }
 
@@ -312,35 +316,45 @@ struct Step {
 impl LotsMut<'_> {
     /// Adds a lot whose key is not in the tree. O(log n).
     ///
-    /// On the way down every child taken gains `points` in its parent's
-    /// sum (all of them contain the new lot). A full leaf splits, and its
-    /// parent takes the new sibling, splitting in turn when full, up to a
-    /// new root at worst.
+    /// A small payer's lots move to a B+ tree when they outgrow their
+    /// vector. In a tree, every child taken on the way down gains `points`
+    /// in its parent's sum (all of them contain the new lot). A full leaf
+    /// splits, and its parent takes the new sibling, splitting in turn when
+    /// full, up to a new root at worst.
     pub(super) fn insert(&mut self, key: LotKey, points: i64) {
         assert!(points > 0, "a lot has positive points");
         let lot = Lot { key, points };
-        let (arena, tree) = (&mut *self.arena, &mut *self.tree);
+        let arena = &mut *self.arena;
         arena.lots += 1;
-        if tree.height == 0 && usize::from(tree.root_len) < LEAF_CAPACITY {
-            let len = usize::from(tree.root_len);
-            if len == 0 {
-                tree.root = arena.allocate(1);
-            } else if len.is_power_of_two() {
-                tree.root = arena.grow(tree.root, len);
+        let (root, height) = match self.tree {
+            LotTree::Small(lots) if lots.len() < SMALL_CAPACITY => {
+                let position = lots.partition_point(|lot| lot.key < key);
+                debug_assert!(lots.get(position).is_none_or(|lot| lot.key != key));
+                // Doubling from one lot: a payer with two lots holds two.
+                if lots.len() == lots.capacity() {
+                    lots.reserve_exact(lots.len().max(1));
+                }
+                lots.insert(position, lot);
+                return;
             }
-            let position = arena.slots[tree.root..tree.root + len].partition_point(|l| l.key < key);
-            arena.insert_into_leaf(tree.root, len, position, lot);
-            tree.root_len += 1;
-            return;
-        }
+            LotTree::Small(lots) => {
+                let lots = std::mem::take(lots);
+                *self.tree = LotTree::built(arena, &lots);
+                let LotTree::Big { root, height } = *self.tree else {
+                    unreachable!("a built tree is big")
+                };
+                (root, height)
+            }
+            LotTree::Big { root, height } => (*root, *height),
+        };
 
         let mut path = [Step { branch: 0, position: 0, first_of_level: true, last_of_level: true };
             MAX_HEIGHT];
-        let height = usize::from(tree.height);
-        assert!(height < MAX_HEIGHT, "a tree is never deeper than {MAX_HEIGHT} levels");
+        let height = usize::from(height);
+        assert!((1..MAX_HEIGHT).contains(&height), "a tree is 1 to {MAX_HEIGHT} levels deep");
         let (mut first_of_level, mut last_of_level) = (true, true);
-        let mut node = tree.root;
-        let mut leaf_len = usize::from(tree.root_len);
+        let mut node = root;
+        let mut leaf_len = 0;
         for step in path.iter_mut().take(height) {
             let branch = &mut arena.branches[node];
             let len = branch.len();
@@ -363,7 +377,6 @@ impl LotsMut<'_> {
 
         let position = arena.slots[node..node + leaf_len].partition_point(|l| l.key < key);
         if leaf_len < LEAF_CAPACITY {
-            debug_assert!(height > 0, "a root leaf with room was handled above");
             arena.insert_into_leaf(node, leaf_len, position, lot);
             let parent = path[height - 1];
             arena.branches[parent.branch].leaf_lens[parent.position] += 1;
@@ -372,17 +385,15 @@ impl LotsMut<'_> {
 
         // Split the full leaf; `sibling` is the new node, after `node` or
         // (at the very start of the tree) before it.
-        let (sibling, sibling_after) = if last_of_level && position == leaf_len {
-            let start = arena.allocate(LEAF_CAPACITY);
-            arena.slots[start] = lot;
+        let (mut sibling, mut sibling_after) = if last_of_level && position == leaf_len {
+            let start = arena.allocate_leaf(&[lot]);
             (arena.leaf_summary(start, 1), true)
         } else if first_of_level && position == 0 {
-            let start = arena.allocate(LEAF_CAPACITY);
-            arena.slots[start] = lot;
+            let start = arena.allocate_leaf(&[lot]);
             (arena.leaf_summary(start, 1), false)
         } else {
             let half = LEAF_CAPACITY / 2;
-            let start = arena.allocate(LEAF_CAPACITY);
+            let start = arena.allocate_leaf(&[]);
             arena.slots.copy_within(node + half..node + LEAF_CAPACITY, start);
             let (left_len, right_len) = if position <= half {
                 arena.insert_into_leaf(node, half, position, lot);
@@ -395,8 +406,6 @@ impl LotsMut<'_> {
             (arena.leaf_summary(start, right_len), true)
         };
         let mut old = arena.leaf_summary(node, leaf_len);
-        let mut sibling = sibling;
-        let mut sibling_after = sibling_after;
 
         for step in path[..height].iter().rev() {
             let branch = &mut arena.branches[step.branch];
@@ -426,9 +435,9 @@ impl LotsMut<'_> {
 
         // The root split: a new root holds both halves.
         let children = if sibling_after { [old, sibling] } else { [sibling, old] };
-        tree.root = arena.push_branch(Branch::of(&children));
-        tree.height += 1;
-        tree.root_len = 0;
+        let root = arena.push_branch(Branch::of(&children));
+        assert!(height + 1 < MAX_HEIGHT, "a tree is never {MAX_HEIGHT} levels deep");
+        *self.tree = LotTree::Big { root, height: height as u8 + 1 };
     }
 }
 
@@ -436,9 +445,7 @@ impl<'a> Lots<'a> {
     /// The points of every lot together.
     pub(super) fn total(&self) -> i128 {
         match self.descend(|_, _, _| true) {
-            Ok((before, lots)) => {
-                before + lots.iter().map(|lot| i128::from(lot.points)).sum::<i128>()
-            }
+            Ok((before, lots)) => before + sum_of(lots),
             Err(total) => total,
         }
     }
@@ -446,17 +453,22 @@ impl<'a> Lots<'a> {
     /// Walks down from the root: at each branch, passes over the children
     /// for which `pass(points before the child, its newest key, its sum)`
     /// holds and enters the first that does not. Returns the points before
-    /// the leaf reached and its lots, or, when every child of a branch is
-    /// passed over, the points of all of them (with those before it).
+    /// the leaf reached (or a small payer's lots) and its lots, or, when
+    /// every child of a branch is passed over, the points of all of them
+    /// (with those before it).
     fn descend(
         &self,
         pass: impl Fn(i128, LotKey, i128) -> bool,
     ) -> Result<(i128, &'a [Lot]), i128> {
+        let (root, height) = match self.tree {
+            LotTree::Small(lots) => return Ok((0, lots)),
+            &LotTree::Big { root, height } => (root, height),
+        };
         let arena = self.arena;
         let mut before = 0;
-        let mut node = self.tree.root;
-        let mut leaf_len = usize::from(self.tree.root_len);
-        for _ in 0..self.tree.height {
+        let mut node = root;
+        let mut leaf_len = 0;
+        for _ in 0..height {
             let branch = &arena.branches[node];
             let mut position = 0;
             while position < branch.len()
@@ -529,16 +541,15 @@ impl<'a> Lots<'a> {
     /// Every lot in key order. The explicit stack is bounded by the height.
     pub(super) fn iter(&self) -> impl Iterator<Item = (LotKey, i64)> + 'a {
         let arena = self.arena;
-        let tree = self.tree;
         // (branch, next child) for each level above the current leaf.
-        let mut stack: Vec<(usize, usize)> = Vec::with_capacity(usize::from(tree.height));
-        if tree.height > 0 {
-            stack.push((tree.root, 0));
-        }
-        let mut leaf: &'a [Lot] = if tree.height == 0 {
-            &arena.slots[tree.root..tree.root + usize::from(tree.root_len)]
-        } else {
-            &[]
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        let (mut leaf, height): (&'a [Lot], usize) = match self.tree {
+            LotTree::Small(lots) => (lots, 0),
+            &LotTree::Big { root, height } => {
+                stack.reserve_exact(usize::from(height));
+                stack.push((root, 0));
+                (&[], usize::from(height))
+            }
         };
         std::iter::from_fn(move || {
             loop {
@@ -555,7 +566,7 @@ impl<'a> Lots<'a> {
                 let child = here.children[*next];
                 let leaf_len = usize::from(here.leaf_lens[*next]);
                 *next += 1;
-                if stack.len() == usize::from(tree.height) {
+                if stack.len() == height {
                     leaf = &arena.slots[child..child + leaf_len];
                 } else {
                     stack.push((child, 0));
@@ -564,56 +575,35 @@ impl<'a> Lots<'a> {
         })
     }
 
-    /// Checks the order, the sums and newest keys kept for every child, the
-    /// node sizes and that every leaf is at the same depth, and returns how
+    /// Checks the order and points of the lots, the sums and newest lots
+    /// kept for every child, that every node holds between one entry and
+    /// its capacity and that every leaf is at the same depth; returns how
     /// many lots the tree holds (the caller checks that the trees of an
     /// arena hold every lot once). O(n).
     pub(super) fn check(&self) -> Result<usize, String> {
-        let tree = self.tree;
-        if usize::from(tree.height) >= MAX_HEIGHT {
-            return Err(format!("the lot tree is {} levels deep", tree.height));
-        }
-        if tree.height == 0 {
-            let len = usize::from(tree.root_len);
-            if len == 0 {
-                return Ok(0);
-            }
-            let mut newest = None;
-            self.check_leaf(tree.root, len, len.next_power_of_two(), &mut newest)?;
-            return Ok(len);
-        }
         let mut newest = None;
-        let mut reached = 0;
-        self.check_branch(tree.root, usize::from(tree.height), &mut newest, &mut reached)?;
-        Ok(reached)
-    }
-
-    /// Checks the leaf at `start` and returns its summary; `newest` is the
-    /// key before it, moved to its last.
-    fn check_leaf(
-        &self,
-        start: usize,
-        len: usize,
-        capacity: usize,
-        newest: &mut Option<LotKey>,
-    ) -> Result<Entry, String> {
-        if len == 0 || len > capacity || start + capacity > self.arena.slots.len() {
-            return Err(format!("a leaf holds {len} lots in room for {capacity}"));
-        }
-        for lot in &self.arena.slots[start..start + len] {
-            if newest.is_some_and(|newest| lot.key <= newest) {
-                return Err(format!("lot {:?} is out of order", lot.key));
+        match self.tree {
+            LotTree::Small(lots) if lots.len() > SMALL_CAPACITY => {
+                Err(format!("a small payer has {} lots", lots.len()))
             }
-            if lot.points <= 0 {
-                return Err(format!("lot {:?} has {} points", lot.key, lot.points));
+            LotTree::Small(lots) => {
+                check_lots(lots, &mut newest)?;
+                Ok(lots.len())
             }
-            *newest = Some(lot.key);
+            &LotTree::Big { root, height } => {
+                if !(1..MAX_HEIGHT).contains(&usize::from(height)) {
+                    return Err(format!("the lot tree is {height} levels deep"));
+                }
+                let mut reached = 0;
+                self.check_branch(root, usize::from(height), &mut newest, &mut reached)?;
+                Ok(reached)
+            }
         }
-        Ok(self.arena.leaf_summary(start, len))
     }
 
     /// Checks the branch at `index`, `levels` above the leaves, and what it
-    /// keeps of every child; counts its lots into `reached`.
+    /// keeps of every child; counts its lots into `reached`. `newest` is the
+    /// key of the lot before the branch, moved to its last.
     fn check_branch(
         &self,
         index: usize,
@@ -633,8 +623,18 @@ impl<'a> Lots<'a> {
         for position in 0..branch.len() {
             let kept = branch.entry(position);
             let child = if levels == 1 {
-                *reached += usize::from(kept.leaf_len);
-                self.check_leaf(kept.child, usize::from(kept.leaf_len), LEAF_CAPACITY, newest)?
+                let len = usize::from(kept.leaf_len);
+                let lots = kept
+                    .child
+                    .checked_add(LEAF_CAPACITY)
+                    .and_then(|end| self.arena.slots.get(kept.child..end))
+                    .filter(|_| (1..=LEAF_CAPACITY).contains(&len))
+                    .ok_or_else(|| {
+                        format!("branch {index} keeps a leaf of {len} lots out of place")
+                    })?;
+                check_lots(&lots[..len], newest)?;
+                *reached += len;
+                self.arena.leaf_summary(kept.child, len)
             } else {
                 if kept.leaf_len != 0 {
                     return Err(format!("branch {index} keeps a leaf length above the leaves"));
@@ -650,27 +650,57 @@ impl<'a> Lots<'a> {
     }
 }
 
+/// The points of `lots` together.
+fn sum_of(lots: &[Lot]) -> i128 {
+    lots.iter().map(|lot| i128::from(lot.points)).sum()
+}
+
+/// Checks that `lots` follow `newest` (the key of the lot before them) in
+/// key order with positive points, and moves `newest` to their last.
+fn check_lots(lots: &[Lot], newest: &mut Option<LotKey>) -> Result<(), String> {
+    for lot in lots {
+        if newest.is_some_and(|newest| lot.key <= newest) {
+            return Err(format!("lot {:?} is out of order", lot.key));
+        }
+        if lot.points <= 0 {
+            return Err(format!("lot {:?} has {} points", lot.key, lot.points));
+        }
+        *newest = Some(lot.key);
+    }
+    Ok(())
+}
+
 /// The smallest lot key K of `trees` at which their lots together reach
 /// `target` points (the sum of every lot at or before K is at least
-/// `target`), or `None` if all of them together fall short.
+/// `target`, which must be positive), or `None` if all of them together
+/// fall short.
 ///
 /// A simultaneous descent of all trees. Each tree has a cursor: a range of
-/// one node's children (or lots) that K's place in that tree is known to lie
-/// in, and the points before it. Each range is split in two halves; the
-/// *pivot* is the newest lot of the older half, and S is the sum, over all
-/// trees, of the points up to the pivot. Then either S (less the newest
-/// pivot's own points) already reaches the target, so K is older than the
-/// newest pivot and that tree keeps its older half, or it does not, so K is
-/// newer than the oldest pivot and that tree keeps its newer half. Every
-/// step halves one range (or enters the one child left), so the cost is
-/// O(Σ log n · log c) for c trees, whatever their lots are and however they
-/// interleave.
-pub(super) fn first_reaching(arena: &LotArena, trees: &[LotTree], target: i128) -> Option<LotKey> {
+/// one node's children (or lots) with the points of the tree's lots before
+/// it. Invariant: every lot before a range is older than K and every lot
+/// after it newer, so K lies in one of the ranges. Each non-empty range is
+/// split in two; its *pivot* is the newest lot of the older half. S is the
+/// points up to each pivot (up to the range, for an empty range), summed
+/// over all trees; every lot it counts is at or before the newest pivot.
+/// - If S less the newest pivot's own points reaches the target, K is older
+///   than the newest pivot: that tree keeps the older half of its range.
+/// - Else, with two or more ranges left, every lot at or before the oldest
+///   pivot is counted in that remainder, which falls short: K is newer than
+///   the oldest pivot, and that tree keeps the newer half.
+/// - Else, one range is left and the pivot is the first lot where the
+///   points reach the target, if S does: K is the pivot when it is a lot
+///   (in a branch, the older half), or newer (the newer half).
+///
+/// Every step halves one range (or enters the one child left), so the cost
+/// is O(Σ log n · log c) for c trees, whatever their lots are and however
+/// they interleave.
+pub(super) fn first_reaching(arena: &LotArena, trees: &[&LotTree], target: i128) -> Option<LotKey> {
+    debug_assert!(target > 0, "a target of no points is reached before any lot");
     let total: i128 = trees.iter().map(|tree| tree.read(arena).total()).sum();
     if total < target || trees.is_empty() {
         return None;
     }
-    let mut cursors: Vec<Cursor> =
+    let mut cursors: Vec<Cursor<'_>> =
         trees.iter().map(|tree| Cursor::of(tree).entered(arena)).collect();
     let mut sum_through_pivots: i128 =
         cursors.iter().map(|cursor| cursor.through_pivot(arena)).sum();
@@ -681,8 +711,8 @@ pub(super) fn first_reaching(arena: &LotArena, trees: &[LotTree], target: i128) 
             .filter_map(|(tree, cursor)| Some((cursor.pivot(arena)?.0, tree))),
         trees.len(),
     );
-    // Each range halves at most log2(FANOUT) + 1 times per level.
-    let step_limit = trees.len() * (MAX_HEIGHT + 1) * (FANOUT.ilog2() as usize + 2);
+    // A range halves at most log2(its size) + 1 times per level.
+    let step_limit = trees.len() * MAX_HEIGHT * (SMALL_CAPACITY.ilog2() as usize + 2);
     for _ in 0..step_limit {
         let ((newest_key, newest), (_, oldest)) = (pivots.newest()?, pivots.oldest()?);
         let newest_cursor = &cursors[newest];
@@ -692,15 +722,11 @@ pub(super) fn first_reaching(arena: &LotArena, trees: &[LotTree], target: i128) 
         let (moving, to_older_half) = if older_than_newest >= target {
             (newest, true)
         } else if newest == oldest {
-            // One range left, and the points through its pivot reach the
-            // target while those before it do not: K is the pivot, when
-            // the pivot is one lot.
             if sum_through_pivots >= target && newest_cursor.levels == 0 {
                 return Some(newest_key);
             }
             (newest, sum_through_pivots >= target)
         } else {
-            // Everything up to the oldest pivot is counted, and falls short.
             (oldest, false)
         };
         let cursor = &mut cursors[moving];
@@ -718,23 +744,35 @@ pub(super) fn first_reaching(arena: &LotArena, trees: &[LotTree], target: i128) 
 /// Where K may lie in one tree, for [`first_reaching`]: children (or lots)
 /// `low..high` of one node.
 #[derive(Debug, Clone, Copy)]
-struct Cursor {
+struct Cursor<'a> {
     /// Levels above the leaves: 0 for a leaf, whose range holds lots.
     levels: usize,
-    /// A branch's index, or a leaf's first slot.
-    node: usize,
+    /// A branch's index (above the leaves).
+    branch: usize,
+    /// The leaf's lots (at the leaves).
+    leaf: &'a [Lot],
     low: usize,
     high: usize,
     /// The points of the tree's lots before the range.
     before: i128,
 }
 
-impl Cursor {
+impl<'a> Cursor<'a> {
     /// The whole of `tree`.
-    fn of(tree: &LotTree) -> Self {
-        let levels = usize::from(tree.height);
-        let high = if levels == 0 { usize::from(tree.root_len) } else { usize::MAX };
-        Self { levels, node: tree.root, low: 0, high, before: 0 }
+    fn of(tree: &'a LotTree) -> Self {
+        match tree {
+            LotTree::Small(lots) => {
+                Self { levels: 0, branch: 0, leaf: lots, low: 0, high: lots.len(), before: 0 }
+            }
+            &LotTree::Big { root, height } => Self {
+                levels: usize::from(height),
+                branch: root,
+                leaf: &[],
+                low: 0,
+                high: usize::MAX,
+                before: 0,
+            },
+        }
     }
 
     /// The end of the older half of the range: it holds the pivot last.
@@ -744,17 +782,21 @@ impl Cursor {
 
     /// The same place, entering a branch range's only child (repeatedly)
     /// and resolving a whole branch (`high` = MAX) to its children.
-    fn entered(mut self, arena: &LotArena) -> Self {
+    fn entered(mut self, arena: &'a LotArena) -> Self {
         while self.levels > 0 {
-            let branch = &arena.branches[self.node];
+            let branch = &arena.branches[self.branch];
             self.high = self.high.min(branch.len());
             if self.high - self.low > 1 {
                 break;
             }
-            self.node = branch.children[self.low];
+            let child = branch.children[self.low];
             self.levels -= 1;
-            self.high =
-                if self.levels == 0 { usize::from(branch.leaf_lens[self.low]) } else { usize::MAX };
+            if self.levels == 0 {
+                let len = usize::from(branch.leaf_lens[self.low]);
+                (self.leaf, self.high) = (&arena.slots[child..child + len], len);
+            } else {
+                (self.branch, self.high) = (child, usize::MAX);
+            }
             self.low = 0;
         }
         self
@@ -767,10 +809,10 @@ impl Cursor {
         }
         let last = self.middle() - 1;
         if self.levels == 0 {
-            let lot = arena.slots[self.node + last];
+            let lot = self.leaf[last];
             Some((lot.key, lot.points))
         } else {
-            let branch = &arena.branches[self.node];
+            let branch = &arena.branches[self.branch];
             Some((branch.newest_keys[last], branch.newest_points[last]))
         }
     }
@@ -779,12 +821,9 @@ impl Cursor {
     fn older_half_sum(&self, arena: &LotArena) -> i128 {
         let (low, middle) = (self.low, self.middle());
         if self.levels == 0 {
-            arena.slots[self.node + low..self.node + middle]
-                .iter()
-                .map(|lot| i128::from(lot.points))
-                .sum()
+            sum_of(&self.leaf[low..middle])
         } else {
-            arena.branches[self.node].sums[low..middle].iter().sum()
+            arena.branches[self.branch].sums[low..middle].iter().sum()
         }
     }
 
@@ -796,11 +835,10 @@ impl Cursor {
 
     /// The older half (K is older than the pivot, or is the pivot) or the
     /// newer half (K is newer than the pivot). A leaf's older half leaves
-    /// the pivot out when K is known to be older than it.
+    /// the pivot out: it goes there only when K is older than the pivot.
     fn halved(&self, arena: &LotArena, to_older_half: bool) -> Self {
         let middle = self.middle();
         if to_older_half {
-            // A one-lot range whose pivot is not K becomes empty.
             let high = if self.levels == 0 { middle - 1 } else { middle };
             Self { high, ..*self }
         } else {
@@ -941,8 +979,12 @@ mod tests {
                 assert_answers_like(tree.read(&arena), &lots, &mut rng);
                 assert_eq!(arena.len(), lots.len());
                 // Half-full nodes but at the two ends of each level.
-                assert!(tree.height <= 5, "{order}, {count} lots: height {}", tree.height);
-                if order != "random" && count > 0 {
+                let height = match tree {
+                    LotTree::Small(_) => 0,
+                    LotTree::Big { height, .. } => height,
+                };
+                assert!(height <= 3, "{order}, {count} lots: height {height}");
+                if order != "random" && count > SMALL_CAPACITY as u64 {
                     // Lots at either end fill their leaves.
                     let leaves = count.div_ceil(LEAF_CAPACITY as u64) as usize + 1;
                     let slots = arena.slots.len();
@@ -978,6 +1020,8 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         for (tree_count, lot_count, order) in [
             (1, 50, "random"),
+            (1, 2_000, "random"),
+            (2, 100, "ascending"),
             (2, 2_000, "ascending"),
             (3, 2_000, "random"),
             (20, 3_000, "random"),
@@ -985,6 +1029,8 @@ mod tests {
             let lots = lots_in_order(order, lot_count, &mut rng);
             let mut arena = LotArena::default();
             let mut trees = vec![LotTree::default(); tree_count];
+            // One more tree with no lots at all takes part too.
+            trees.push(LotTree::default());
             // Dealt out by id: two trees in time order interleave lot by lot.
             for &(key, points) in &lots {
                 trees[(key.nanos_and_id % tree_count as u64) as usize]
@@ -994,6 +1040,7 @@ mod tests {
             let mut sorted = lots.clone();
             sorted.sort();
             let total: i128 = sorted.iter().map(|&(_, points)| i128::from(points)).sum();
+            let trees: Vec<&LotTree> = trees.iter().collect();
             for _ in 0..300 {
                 let target = rng.i128(1..total + 2);
                 assert_eq!(
@@ -1013,7 +1060,8 @@ mod tests {
         let lots = lots_in_order("ascending", 100, &mut rng);
         let mut arena = LotArena::default();
         let tree = LotTree::from_sorted(&mut arena, &lots);
-        arena.branches[tree.root].sums[1] += 1;
+        let LotTree::Big { root, .. } = tree else { panic!("100 lots make a tree") };
+        arena.branches[root].sums[1] += 1;
         let error = tree.read(&arena).check().expect_err("the sum is wrong");
         assert!(error.contains("wrong sum"), "{error}");
     }

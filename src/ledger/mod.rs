@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 
 pub use error::{ErrorKind, LedgerError};
 pub use history::{HistoryCursor, SpendRecord, TransactionRecord};
-use lots::LotArena;
+use lots::{LotArena, LotTree};
 use payer::Payer;
 use requests::RequestLog;
 pub use requests::{MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
@@ -583,7 +583,7 @@ impl Ledger {
         // The cut: the smallest key with `points` available at or before
         // it. It is at or after every involved payer's front, where what a
         // payer has available is its lots' prefix sum minus its debits.
-        let trees: Vec<_> =
+        let trees: Vec<&LotTree> =
             involved.iter().map(|&(_, index)| self.payers[index as usize].lots()).collect();
         let debited: i128 =
             involved.iter().map(|&(_, index)| self.payers[index as usize].debited()).sum();

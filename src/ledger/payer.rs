@@ -159,8 +159,8 @@ impl Payer {
     }
 
     /// The payer's lots.
-    pub(super) fn lots(&self) -> LotTree {
-        self.lots
+    pub(super) fn lots(&self) -> &LotTree {
+        &self.lots
     }
 
     /// Points ever taken from this payer.
