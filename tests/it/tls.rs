@@ -3,7 +3,7 @@
 //! token, a client from another CA fails the handshake, tokens work over
 //! TLS, plaintext is refused, and grpcurl works over TLS with a token.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

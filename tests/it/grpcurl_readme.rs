@@ -4,7 +4,7 @@
 //! honest and proves reflection works for a stock client (grpcurl 1.8.6 speaks
 //! only reflection v1alpha).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

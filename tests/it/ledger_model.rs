@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Utc};
 use common::operations::{Operation, adversarial_block_strategy, operation_strategy};

@@ -1,6 +1,6 @@
 //! The API contract passes `buf lint` with the STANDARD rules (proto/buf.yaml).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! calls refused before their body is read, and one greedy client against the
 //! per-client share of the call slots.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,11 +1,11 @@
 //! Helpers shared by the integration tests: the real server in-process on an
 //! ephemeral port, the real binary as a child process, a raw-bytes gRPC codec
 //! for malformed requests, and self-installing external tools.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod client;
 pub mod metrics;
 pub mod operations;
+pub mod sim_disk;
 pub mod tools;
 
 use std::io::{BufRead, BufReader};

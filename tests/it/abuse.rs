@@ -4,7 +4,7 @@
 //! up, refuse with clear codes, keep serving well-behaved clients, and keep
 //! its memory bounded.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! nothing with the bad entry's index in the error, one journal record (so
 //! one fsync) per batch, and durability across a kill -9.
 
-mod common;
+use crate::common;
 
 use common::client::balances;
 use common::{ServerProcess, TestServer, timestamp};

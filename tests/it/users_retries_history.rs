@@ -2,7 +2,7 @@
 //! request_id retries (also across a kill -9 restart), reuse refusals,
 //! concurrent duplicates, and paging through history while writes go on.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

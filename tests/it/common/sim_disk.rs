@@ -43,7 +43,6 @@
 //!
 //! Include it from a test binary with
 //! `#[path = "common/sim_disk.rs"] mod sim_disk;`.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -487,11 +486,6 @@ impl SimDisk {
             targeted_faults: Vec::new(),
         };
         Arc::new(SimDisk { seed, state: Arc::new(Mutex::new(state)) })
-    }
-
-    /// The seed this disk was made with, for failure messages that replay.
-    pub fn seed(&self) -> u64 {
-        self.seed
     }
 
     /// Cuts the power and brings it straight back: every unsynced data op is

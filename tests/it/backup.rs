@@ -2,7 +2,7 @@
 //! writes, snapshots and rotations go on, restoring each copy; hand-made
 //! copies whose files come from different moments; and the backup's refusals.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 //! Timing choices are random: each test prints its seed, and setting
 //! `CRASH_CONSISTENCY_SEED` replays the same choices.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;

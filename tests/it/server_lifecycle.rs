@@ -1,7 +1,7 @@
 //! The server around the API: health, reflection, hostile bytes on the socket,
 //! and shutdown of the real binary on SIGTERM and SIGINT.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

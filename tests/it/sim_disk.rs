@@ -1,11 +1,10 @@
-//! Self-tests of the simulated disk (`tests/common/sim_disk.rs`): it must
+//! Self-tests of the simulated disk (`tests/it/common/sim_disk.rs`): it must
 //! model what a real Linux file system guarantees across a power cut, and
 //! nothing more, or the crash tests built on it prove nothing.
 //!
 //! Every assertion names its seed: `SimDisk::new(seed)` replays a failure.
 
-#[path = "common/sim_disk.rs"]
-mod sim_disk;
+use crate::common::sim_disk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;

@@ -5,7 +5,7 @@
 //! user's own single-user ledger replies (isolation, retries, snapshot +
 //! replay), and so must every user's whole state after each reopen.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

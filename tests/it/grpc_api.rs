@@ -2,7 +2,7 @@
 //! called with the generated client. Covers the examples, every error code with
 //! its details, concurrency and malformed input.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 //! users, and an allowed client; refusals change nothing; health and
 //! reflection stay open; protected mode refuses open non-loopback serving.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! concurrent load, torn and damaged journals, the data-directory lock,
 //! `--fsync never`, `--in-memory`, and fail-stop on a real write error.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

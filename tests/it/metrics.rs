@@ -2,7 +2,7 @@
 //! calls by method and code, latency histograms, in-flight calls, refusals by
 //! reason, users, payers, lots, journal bytes and fsync latency.
 
-mod common;
+use crate::common;
 
 use common::metrics::{free_port, scrape};
 use common::{ServerProcess, timestamp};

@@ -7,9 +7,8 @@
 //! seed; `POINTS_SIM_SEED=<seed> cargo test --test power_loss` replays it, and
 //! `POINTS_SIM_SEEDS=<n>` runs more cases than the default.
 
-mod common;
-#[path = "common/sim_disk.rs"]
-mod sim_disk;
+use crate::common;
+use crate::common::sim_disk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

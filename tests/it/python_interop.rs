@@ -4,7 +4,7 @@
 //! grpcio-health-checking, and retries a spend with a request_id, against the
 //! real server. The copyable example client runs too.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
