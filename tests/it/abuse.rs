@@ -5,6 +5,7 @@
 //! its memory bounded.
 
 use crate::common;
+use crate::common::refusal::assert_refusal;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -15,7 +16,6 @@ use points::proto::v1::points_service_client::PointsServiceClient;
 use points::proto::v1::{AddTransactionRequest, GetBalancesRequest};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 /// The resident memory of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {
@@ -83,9 +83,7 @@ async fn flood_beyond_the_concurrency_limit_is_shed_with_resource_exhausted() {
         match task.await.expect("task") {
             Ok(_) => accepted += 1,
             Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
-                assert_eq!(info.reason, "SERVER_OVERLOADED");
+                assert_refusal(&status, Code::ResourceExhausted, "SERVER_OVERLOADED");
                 shed += 1;
             }
         }
@@ -177,8 +175,7 @@ async fn user_and_payer_limits_give_resource_exhausted() {
         [(earn("carol", "A"), "USER_LIMIT_REACHED"), (earn("alice", "C"), "PAYER_LIMIT_REACHED")]
     {
         let status = client.add_transaction(request).await.expect_err("past a limit");
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(status.get_error_details().error_info().expect("ErrorInfo").reason, reason);
+        assert_refusal(&status, Code::ResourceExhausted, reason);
     }
     client.add_transaction(earn("alice", "A")).await.expect("existing payer");
     let status = client.get_balances(GetBalancesRequest { user_id: "carol".into() }).await;
@@ -215,10 +212,7 @@ async fn refusals_for_made_up_users_take_no_room_under_max_users() {
         client.add_transaction(earn(user, "DANNON")).await.expect("a real customer fits");
     }
     let status = client.add_transaction(earn("dave", "DANNON")).await.expect_err("limit");
-    assert_eq!(
-        status.get_error_details().error_info().expect("ErrorInfo").reason,
-        "USER_LIMIT_REACHED"
-    );
+    assert_refusal(&status, Code::ResourceExhausted, "USER_LIMIT_REACHED");
     // A retry of a refusal for a user who had no ledger is decided afresh.
     client.add_transaction(earn("made-up-0", "DANNON")).await.expect_err("still full");
     let balances = client
@@ -245,10 +239,7 @@ async fn request_ids_per_user_are_capped() {
         client.add_transaction(with_id(request_id)).await.expect("within the cap");
     }
     let status = client.add_transaction(with_id("third")).await.expect_err("past the cap");
-    assert_eq!(status.code(), Code::ResourceExhausted);
-    let details = status.get_error_details();
-    let info = details.error_info().expect("ErrorInfo");
-    assert_eq!(info.reason, "REQUEST_ID_LIMIT_REACHED");
+    let info = assert_refusal(&status, Code::ResourceExhausted, "REQUEST_ID_LIMIT_REACHED");
     assert_eq!(info.metadata.get("limit").map(String::as_str), Some("2"));
     let retried = client.add_transaction(with_id("first")).await.expect("a retry still works");
     assert_eq!(retried.into_inner().transaction.expect("transaction").id, 1);

@@ -3,12 +3,13 @@
 //! copies whose files come from different moments; and the backup's refusals.
 
 use crate::common;
+use crate::common::wait::eventually;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ServerProcess;
 use common::client::{Client, add, balances};
@@ -159,15 +160,6 @@ fn copy_by_hand(from: &Path, to: &Path, suffix: &str) -> Vec<String> {
     copied
 }
 
-/// Polls `condition` every 20 ms, failing the test after `timeout`.
-async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Adds transactions for the default user one at a time until the segment
 /// being appended to passes the small snapshot threshold, then waits for the
 /// snapshot that triggers. Nothing is written while the snapshot is taken,
@@ -186,8 +178,8 @@ async fn write_until_a_new_snapshot(client: &mut Client, data_dir: &Path, first_
         add(client, "DANNON", 10, &format!("2024-03-{day:02}T00:00:00Z")).await;
         written += 1;
     }
-    wait_until("a new snapshot", Duration::from_secs(30), || {
-        paths_ending(data_dir, ".snap").last() != snapshots_before.last()
+    eventually("a new snapshot", Duration::from_secs(30), || async {
+        (paths_ending(data_dir, ".snap").last() != snapshots_before.last()).then_some(())
     })
     .await;
     written
@@ -284,9 +276,9 @@ async fn backup_while_writes_go_on_restores_everything_acknowledged_before_it_st
         // Let the load run on: new writes since the last backup, and
         // snapshots (with their rotations and removals) under way.
         let since = taken.last().map_or(0, |(_, before)| before.len());
-        wait_until("more writes and a snapshot", Duration::from_secs(60), || {
-            acknowledged.lock().unwrap().len() >= since + 150
-                && !paths_ending(data_dir.path(), ".snap").is_empty()
+        eventually("more writes and a snapshot", Duration::from_secs(60), || async {
+            let enough = acknowledged.lock().unwrap().len() >= since + 150;
+            (enough && !paths_ending(data_dir.path(), ".snap").is_empty()).then_some(())
         })
         .await;
         let before = acknowledged.lock().unwrap().clone();

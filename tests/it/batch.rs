@@ -3,6 +3,7 @@
 //! one fsync) per batch, and durability across a kill -9.
 
 use crate::common;
+use crate::common::refusal::assert_refusal;
 
 use common::client::balances;
 use common::{ServerProcess, TestServer, timestamp};
@@ -59,10 +60,8 @@ async fn one_bad_entry_refuses_the_whole_batch_with_its_index() {
     ];
     for (transactions, code, reason, index) in cases {
         let status = client.add_transactions(batch(transactions)).await.expect_err("refused");
-        assert_eq!(status.code(), code, "{status:?}");
+        let info = assert_refusal(&status, code, reason);
         let details = status.get_error_details();
-        let info = details.error_info().expect("ErrorInfo");
-        assert_eq!(info.reason, reason);
         if code == Code::InvalidArgument {
             let violations = &details.bad_request().expect("BadRequest").field_violations;
             assert_eq!(violations[0].field, format!("transactions[{index}].payer"));

@@ -6,6 +6,8 @@
 //! per-client share of the call slots.
 
 use crate::common;
+use crate::common::refusal::reason;
+use crate::common::wait::eventually;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +24,6 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tonic_types::StatusExt;
 
 /// Raises this process's soft open-files limit to its hard limit: the test
 /// holds the client end of every connection it opens.
@@ -160,10 +161,6 @@ async fn status_of(response: http::Response<h2::RecvStream>) -> Status {
     Status::from_header_map(&trailers).expect("grpc-status in the trailers")
 }
 
-fn reason(status: &Status) -> String {
-    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
-}
-
 /// 3,000 connections that never send a byte, against a server started with a
 /// soft open-files limit of 1,024: the server raises its limit, accepts them
 /// all, and a well-behaved client is still served within a second.
@@ -193,15 +190,10 @@ async fn three_thousand_idle_connections_do_not_lock_out_a_well_behaved_client()
     .await
     .expect("the server stopped accepting before 3,000 connections");
     // The server holds every one of them open.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let open = sample(&scrape(port).await, "points_connections_open");
-        if open >= IDLE as f64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server holds only {open} of {IDLE} connections");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the server to hold every idle connection", Duration::from_secs(10), || async {
+        (sample(&scrape(port).await, "points_connections_open") >= IDLE as f64).then_some(())
+    })
+    .await;
 
     let started = Instant::now();
     let served = tokio::time::timeout(Duration::from_secs(10), async {
@@ -251,18 +243,15 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
 
     // One connection goes away: its place is given to the next client.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let attempt = async {
+    eventually(
+        "a place to come free after a connection closed",
+        Duration::from_secs(5),
+        || async {
             let channel = Channel::from_shared(server.uri()).unwrap().connect().await.ok()?;
             PointsServiceClient::new(channel).get_balances(GetBalancesRequest::default()).await.ok()
-        };
-        if attempt.await.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no place came free after a connection closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
     drop(held);
 }
 
@@ -447,11 +436,10 @@ async fn one_greedy_client_cannot_take_all_call_slots() {
         }));
     }
     // Seven are refused at once; three hold their slots, waiting for bodies.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while answers.iter().filter(|answer| answer.is_finished()).count() < 7 {
-        assert!(Instant::now() < deadline, "the calls past the share were not refused at once");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the calls past the share to be refused", Duration::from_secs(5), || async {
+        (answers.iter().filter(|answer| answer.is_finished()).count() >= 7).then_some(())
+    })
+    .await;
     let mut waiting = Vec::new();
     for answer in answers {
         if answer.is_finished() {
@@ -476,15 +464,21 @@ async fn one_greedy_client_cannot_take_all_call_slots() {
     drop(bodies);
     greedy.driver.abort();
     drop(greedy.requests);
-    let mut greedy = tonic_client(server.address).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(status) =
-        greedy.get_balances(with_token(GetBalancesRequest::default(), "greedy-token")).await
-    {
-        assert_eq!(reason(&status), "CLIENT_OVERLOADED", "{status:?}");
-        assert!(Instant::now() < deadline, "the greedy client's slots never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let greedy = tonic_client(server.address).await;
+    eventually("the greedy client's slots to come back", Duration::from_secs(5), || {
+        let mut greedy = greedy.clone();
+        async move {
+            let request = with_token(GetBalancesRequest::default(), "greedy-token");
+            match greedy.get_balances(request).await {
+                Ok(_) => Some(()),
+                Err(status) => {
+                    assert_eq!(reason(&status), "CLIENT_OVERLOADED", "{status:?}");
+                    None
+                }
+            }
+        }
+    })
+    .await;
     for answer in waiting {
         answer.abort();
     }

@@ -9,6 +9,7 @@
 //! `CRASH_CONSISTENCY_SEED` replays the same choices.
 
 use crate::common;
+use crate::common::refusal::assert_refusal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -323,9 +324,7 @@ impl Shown {
         if status.code() != Code::FailedPrecondition {
             return false;
         }
-        let details = status.get_error_details();
-        let info = details.error_info().expect("a refusal carries an ErrorInfo");
-        assert_eq!(info.reason, "INSUFFICIENT_POINTS", "{status:?}");
+        let info = assert_refusal(status, Code::FailedPrecondition, "INSUFFICIENT_POINTS");
         let available = info.metadata["available"].parse().expect("available is a number");
         self.available.entry(user.to_owned()).or_default().insert(available);
         self.replies += 1;

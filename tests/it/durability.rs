@@ -3,6 +3,7 @@
 //! `--fsync never`, `--in-memory`, and fail-stop on a real write error.
 
 use crate::common;
+use crate::common::wait::eventually;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -343,20 +344,18 @@ async fn write_error_fails_stop_with_unavailable_and_not_serving() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(acknowledged > 10);
 
-    let mut health =
+    let health =
         HealthClient::new(Channel::from_shared(server.uri()).unwrap().connect().await.unwrap());
     for service in ["", "points.v1.PointsService"] {
         // The health update follows the failure asynchronously; give it a moment.
-        let mut status = ServingStatus::Unknown;
-        for _ in 0..100 {
-            let reply = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
-            status = reply.into_inner().status();
-            if status == ServingStatus::NotServing {
-                break;
+        eventually(&format!("{service:?} to be NOT_SERVING"), Duration::from_secs(2), || {
+            let mut health = health.clone();
+            async move {
+                let reply = health.check(HealthCheckRequest { service: service.into() }).await;
+                (reply.unwrap().into_inner().status() == ServingStatus::NotServing).then_some(())
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(status, ServingStatus::NotServing, "service {service:?}");
+        })
+        .await;
     }
     let later = client.add_transaction(request("DANNON", 1, "2024-01-02T00:00:00Z")).await;
     assert_eq!(later.unwrap_err().code(), Code::Unavailable);

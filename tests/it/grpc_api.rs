@@ -3,13 +3,13 @@
 //! its details, concurrency and malformed input.
 
 use crate::common;
+use crate::common::refusal::assert_refusal;
 
 use std::collections::HashMap;
 
 use common::client::{add, balances, spend, transaction};
 use common::{TestServer, call_raw, timestamp};
 use points::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest};
-use points::service::ERROR_DOMAIN;
 use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -20,16 +20,6 @@ fn pairs(entries: &[(&str, i64)]) -> Vec<(String, i64)> {
 
 fn map(entries: &[(&str, i64)]) -> HashMap<String, i64> {
     entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()
-}
-
-/// Asserts the code, the ErrorInfo reason and domain, and returns the status.
-fn assert_refusal(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "unexpected status: {status:?}");
-    let details = status.get_error_details();
-    let info = details.error_info().expect("every error carries an ErrorInfo");
-    assert_eq!(info.reason, reason, "status: {status:?}");
-    assert_eq!(info.domain, ERROR_DOMAIN);
-    assert!(!status.message().is_empty());
 }
 
 /// The fields a BadRequest names, in order.

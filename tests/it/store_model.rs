@@ -6,6 +6,7 @@
 //! replay), and so must every user's whole state after each reopen.
 
 use crate::common;
+use crate::common::wait::eventually;
 
 use std::collections::HashMap;
 
@@ -181,12 +182,10 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
             entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
         })
     };
-    for _ in 0..300 {
-        if has_snapshot() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually("a snapshot", std::time::Duration::from_secs(30), || async {
+        has_snapshot().then_some(())
+    })
+    .await;
     store.close();
     drop(store);
 
@@ -212,13 +211,10 @@ async fn wait_for_snapshot(data_dir: &std::path::Path) {
             entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
         })
     };
-    for _ in 0..300 {
-        if has_snapshot() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("no snapshot was written within 30 s");
+    eventually("a snapshot", std::time::Duration::from_secs(30), || async {
+        has_snapshot().then_some(())
+    })
+    .await;
 }
 
 /// A damaged snapshot is refused with its name and offset, never skipped.

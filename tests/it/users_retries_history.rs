@@ -3,6 +3,7 @@
 //! concurrent duplicates, and paging through history while writes go on.
 
 use crate::common;
+use crate::common::refusal::reason;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -62,9 +63,7 @@ async fn balances(client: &mut Client, user: &str) -> HashMap<String, i64> {
 
 /// (code, message, ErrorInfo reason) of a refusal, to compare two refusals.
 fn refusal(status: &Status) -> (Code, String, String) {
-    let reason =
-        status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default();
-    (status.code(), status.message().to_owned(), reason)
+    (status.code(), status.message().to_owned(), reason(status))
 }
 
 /// Walks a user's whole history with pages of `page_size`, returning

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use super::wait::eventually_blocking;
+
 /// A free loopback port (the exporter needs a fixed one).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
@@ -12,21 +14,16 @@ pub fn free_port() -> u16 {
 
 /// GET /metrics, retrying while the exporter starts (bounded: 100 tries).
 pub fn scrape(port: u16) -> String {
-    for _ in 0..100 {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .expect("write");
-            let mut response = String::new();
-            if stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
-            {
-                return response;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no metrics on port {port}");
+    eventually_blocking(&format!("metrics on port {port}"), Duration::from_secs(10), || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.starts_with("HTTP/1.1 200").then_some(response)
+    })
 }
 
 /// The value of the sample whose line starts with `series`, if there is one.

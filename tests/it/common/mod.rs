@@ -5,8 +5,10 @@
 pub mod client;
 pub mod metrics;
 pub mod operations;
+pub mod refusal;
 pub mod sim_disk;
 pub mod tools;
+pub mod wait;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
