@@ -80,13 +80,21 @@ pub const MAX_TRANSACTION_ID: TransactionId = u32::MAX as TransactionId - 1;
 const MERGE_SWITCH_BUDGET: usize = 4;
 
 impl LotKey {
+    /// Bits of `nanos_and_id` that hold the id; the nanoseconds sit above.
+    const ID_BITS: u32 = 34;
+
     fn new(timestamp: DateTime<Utc>, id: TransactionId) -> Self {
         let nanos = u64::from(timestamp.timestamp_subsec_nanos());
         assert!(nanos < 1 << 30, "nanoseconds below one second fit 30 bits");
         assert!(id <= MAX_TRANSACTION_ID, "transaction ids are checked against the limit");
-        Self { seconds: timestamp.timestamp(), nanos_and_id: nanos << 34 | id }
+        Self { seconds: timestamp.timestamp(), nanos_and_id: nanos << Self::ID_BITS | id }
     }
 }
+
+// The packing orders like (nanoseconds, id): every id fits below the
+// nanoseconds, and 30 bits of nanoseconds (below 10^9 < 2^30) fit above it.
+const _: () = assert!(MAX_TRANSACTION_ID < 1 << LotKey::ID_BITS);
+const _: () = assert!(LotKey::ID_BITS + 30 <= u64::BITS);
 
 /// A transaction as the ledger recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
