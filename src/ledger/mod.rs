@@ -532,6 +532,12 @@ impl Ledger {
             taken_by_payer.add(index, taken);
             left -= taken;
             switches += 1;
+            // The budget grows by two per payer taken from, and only up to
+            // every payer: the loop is bounded whatever the lots.
+            assert!(
+                switches <= switch_budget.saturating_add(2 * self.payers.len()),
+                "a spend switches payers a bounded number of times"
+            );
         }
         taken_by_payer
     }
