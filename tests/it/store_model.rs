@@ -135,19 +135,19 @@ proptest! {
         let options = options(data_dir.path(), snapshot_threshold_bytes);
         let mut ledgers = HashMap::new();
         runtime.block_on(async {
-            let (mut store, _) = Store::open(&options).expect("open");
+            let (mut store, _) = common::open_store(&options).expect("open");
             for (index, command) in commands.iter().enumerate() {
                 apply_both(&store, &mut ledgers, command).await?;
                 if index % reopen_every == reopen_every - 1 {
                     store.close();
                     drop(store);
-                    store = Store::open(&options).expect("reopen").0;
+                    store = common::open_store(&options).expect("reopen").0;
                     assert_same_states(&store, &ledgers).await?;
                 }
             }
             store.close();
             drop(store);
-            let (store, _) = Store::open(&options).expect("final reopen");
+            let (store, _) = common::open_store(&options).expect("final reopen");
             assert_same_states(&store, &ledgers).await?;
             store.close();
             Ok::<(), TestCaseError>(())
@@ -161,7 +161,7 @@ proptest! {
 async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let options = options(data_dir.path(), 4096);
-    let (store, _) = Store::open(&options).expect("open");
+    let (store, _) = common::open_store(&options).expect("open");
     let mut ledgers = HashMap::new();
     let base = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().to_utc();
     for step in 0..600i64 {
@@ -196,7 +196,7 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
     assert_eq!(names.iter().filter(|name| name.ends_with(".snap")).count(), 1, "{names:?}");
     assert_eq!(names.iter().filter(|name| name.ends_with(".log")).count(), 1, "{names:?}");
 
-    let (store, recovery) = Store::open(&options).expect("reopen");
+    let (store, recovery) = common::open_store(&options).expect("reopen");
     assert!(recovery.snapshot_sequence.expect("start-up used the snapshot") > 0);
     assert!(recovery.records_replayed < 600, "replayed {} records", recovery.records_replayed);
     assert_same_states(&store, &ledgers).await.expect("same states");
@@ -222,7 +222,7 @@ async fn wait_for_snapshot(data_dir: &std::path::Path) {
 async fn damaged_snapshot_refuses_start() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let options = options(data_dir.path(), 4096);
-    let (store, _) = Store::open(&options).expect("open");
+    let (store, _) = common::open_store(&options).expect("open");
     let base = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().to_utc();
     for step in 0..300 {
         let timestamp = base + chrono::TimeDelta::seconds(step);
@@ -240,7 +240,8 @@ async fn damaged_snapshot_refuses_start() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&snapshot, &bytes).unwrap();
-    let error = Store::open(&options).expect_err("a damaged snapshot is refused").to_string();
+    let error =
+        common::open_store(&options).expect_err("a damaged snapshot is refused").to_string();
     assert!(error.contains(&snapshot.display().to_string()), "{error}");
     assert!(error.contains("is damaged at byte offset"), "{error}");
 }

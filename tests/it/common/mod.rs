@@ -318,3 +318,21 @@ pub fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
     }
     copy
 }
+
+/// Opens the store of `options`, retrying for a few seconds while its data
+/// directory reads as locked. A store closed just before may still look
+/// locked for a moment: a child process that another test of this binary is
+/// starting holds a copy of every descriptor of this process, the lock's
+/// included, until it executes its program. The server never starts child
+/// processes, so only tests that reopen a store in-process need this.
+pub fn open_store(
+    options: &points::durability::StoreOptions,
+) -> Result<(points::durability::Store, points::durability::Recovery), points::durability::OpenError>
+{
+    wait::eventually_blocking("the data directory's lock", Duration::from_secs(5), || {
+        match points::durability::Store::open(options) {
+            Err(points::durability::OpenError::Locked { .. }) => None,
+            opened => Some(opened),
+        }
+    })
+}
