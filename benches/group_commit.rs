@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use points::durability::{FsyncPolicy, Store, StoreOptions};
+use points::{FsyncPolicy, PayerName, Store, StoreOptions, UserId};
 
 /// Transactions per measured iteration, split across the writers.
 const TRANSACTIONS_PER_ITERATION: u64 = 512;
@@ -36,7 +36,13 @@ fn group_commit(criterion: &mut Criterion) {
                                 let payer = format!("PAYER {writer}");
                                 for _ in 0..TRANSACTIONS_PER_ITERATION / writers {
                                     store
-                                        .add_transaction("default", None, &payer, 1, timestamp)
+                                        .add_transaction(
+                                            UserId::new("default"),
+                                            None,
+                                            PayerName::new(&payer),
+                                            1,
+                                            timestamp,
+                                        )
                                         .await
                                         .expect("accepted");
                                 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use points::durability::files::{self, JOURNAL_MAGIC};
-use points::durability::records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
-use points::durability::{FsyncPolicy, Store, StoreOptions, journal};
 use points::ledger::Ledger;
+use points::testing::batch;
+use points::testing::files::{self, JOURNAL_MAGIC};
+use points::testing::records::{AddTransactionRecord, Command, JournalRecord, SpendRecord};
+use points::{FsyncPolicy, Store, StoreOptions};
 
 const TRANSACTIONS: u64 = 1_000_000;
 const PAYERS: u64 = 100;
@@ -58,12 +59,12 @@ fn write_history(data_dir: &Path) {
                 accepted_at_ms: 1_700_000_000_000,
                 ..JournalRecord::default()
             };
-            journal::encode_record(&record, &mut records);
+            batch::encode_record(&record, &mut records);
             record_count += 1;
         }
         if record_count >= 1000 || step + 1 == TRANSACTIONS {
             batch.clear();
-            journal::encode_batches(&records, record_count, next_sequence, seed, &mut batch);
+            batch::encode_batches(&records, record_count, next_sequence, seed, &mut batch);
             out.write_all(&batch).expect("write");
             next_sequence += record_count as u64;
             (records, record_count) = (Vec::new(), 0);

@@ -8,8 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use points::durability::{FsyncPolicy, Store, StoreOptions};
 use points::ledger::NewTransaction;
+use points::{FsyncPolicy, Store, StoreOptions, UserId};
 
 /// The system allocator, counting the bytes in use and their peak.
 struct Counting;
@@ -63,7 +63,7 @@ fn measure(users: usize) {
                         timestamp: epoch + TimeDelta::minutes(index as i64),
                     })
                     .collect();
-                store.add_transactions(&user_id, &batch).await.expect("batch");
+                store.add_transactions(UserId::new(&user_id), &batch).await.expect("batch");
             }
         }
     });

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use points::durability::Store;
+use points::{PayerName, Store, UserId};
+
+const DANNON: PayerName<'static> = PayerName::new("DANNON");
 
 const CLIENTS: usize = 64;
 const CALLS_PER_CLIENT: usize = 64;
@@ -37,10 +39,19 @@ fn users(criterion: &mut Criterion) {
                                 };
                                 for call in 0..CALLS_PER_CLIENT {
                                     if call % 4 == 3 {
-                                        store.spend(&user, None, 1).await.expect("enough points");
+                                        store
+                                            .spend(UserId::new(&user), None, 1)
+                                            .await
+                                            .expect("enough points");
                                     } else {
                                         store
-                                            .add_transaction(&user, None, "DANNON", 2, timestamp)
+                                            .add_transaction(
+                                                UserId::new(&user),
+                                                None,
+                                                DANNON,
+                                                2,
+                                                timestamp,
+                                            )
                                             .await
                                             .expect("accepted");
                                     }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::connections::ConnectionLimits;
-use crate::durability::file_system::OsFileSystem;
-use crate::durability::{FsyncPolicy, Storage, StoreOptions};
 use crate::server::{ServerSettings, TlsFiles};
 use crate::service::CallLimits;
+use crate::store::embedded::file_system::OsFileSystem;
+use crate::store::{DurableOptions, FsyncPolicy, Storage, StoreOptions};
 use crate::telemetry::LogFormat;
 
 /// points-server: a loyalty-points ledger served over gRPC.
@@ -214,13 +214,59 @@ pub enum Command {
     },
 }
 
+/// Why the configuration cannot be served as given; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file the flags name cannot be read.
+    #[error("cannot read the {what} {}: {source}", path.display())]
+    Unreadable {
+        /// What the file is for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A non-loopback address without authentication (protected mode).
+    #[error(
+        "refusing to serve {listen} without authentication: anyone who can reach it could credit \
+         and spend points. Pass --tokens-file PATH (POINTS_TOKENS_FILE) listing the clients \
+         allowed to call (see the README's security section), or, only on a network you trust, \
+         --insecure-no-auth"
+    )]
+    Unprotected {
+        /// The address asked for.
+        listen: SocketAddr,
+    },
+}
+
+/// `--fsync` offers the store's policies under their lower-case names (the
+/// store itself knows nothing of command lines).
+impl clap::ValueEnum for FsyncPolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[FsyncPolicy::Always, FsyncPolicy::Never]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            FsyncPolicy::Always => clap::builder::PossibleValue::new("always")
+                .help("After `fdatasync`: survives power loss and kernel crashes"),
+            FsyncPolicy::Never => clap::builder::PossibleValue::new("never").help(
+                "After `write` to the operating system: survives the process dying (kill -9), \
+                 but a power loss can lose the last moments of writes",
+            ),
+        })
+    }
+}
+
 impl Config {
     /// Where and how the ledger is stored.
     pub fn store_options(&self) -> StoreOptions {
         let storage = if self.in_memory {
             Storage::InMemory
         } else {
-            Storage::Durable {
+            Storage::Durable(DurableOptions {
                 data_dir: self.data_dir.clone(),
                 fsync: self.fsync,
                 snapshot_threshold_bytes: self.snapshot_threshold_bytes,
@@ -229,7 +275,7 @@ impl Config {
                     self.fsync,
                 ),
                 file_system: std::sync::Arc::new(OsFileSystem),
-            }
+            })
         };
         let request_id_retention_ms =
             i64::try_from(self.request_id_retention.as_millis()).unwrap_or(i64::MAX);
@@ -243,11 +289,14 @@ impl Config {
     }
 
     /// The TLS files, read; `None` without --tls-cert.
-    pub fn tls(&self) -> Result<Option<TlsFiles>, String> {
+    pub fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path)
-                .map_err(|error| format!("cannot read the {what} {}: {error}", path.display()))
+        let read = |path: &PathBuf, what: &'static str| {
+            std::fs::read(path).map_err(|source| ConfigError::Unreadable {
+                what,
+                path: path.clone(),
+                source,
+            })
         };
         Ok(Some(TlsFiles {
             certificate_pem: read(cert, "TLS certificate")?,
@@ -262,17 +311,11 @@ impl Config {
 
     /// Protected mode (after Redis's): without a tokens file the server only
     /// serves loopback addresses, unless told explicitly to run open.
-    pub fn check_protected_mode(&self) -> Result<(), String> {
+    pub fn check_protected_mode(&self) -> Result<(), ConfigError> {
         if self.tokens_file.is_some() || self.insecure_no_auth || self.listen.ip().is_loopback() {
             return Ok(());
         }
-        Err(format!(
-            "refusing to serve {} without authentication: anyone who can reach it could credit \
-             and spend points. Pass --tokens-file PATH (POINTS_TOKENS_FILE) listing the clients \
-             allowed to call (see the README's security section), or, only on a network you \
-             trust, --insecure-no-auth",
-            self.listen
-        ))
+        Err(ConfigError::Unprotected { listen: self.listen })
     }
 
     /// The settings of the gRPC server.

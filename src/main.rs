@@ -7,12 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::sync::Arc;
 
-use points::auth::Authenticator;
-use points::config::{Command, Config};
-use points::durability::Store;
-use points::server;
-use points::service::{Access, PointsService};
-use points::telemetry;
+use points::{Access, Authenticator, Command, Config, PointsService, Store};
 
 /// mimalloc instead of the system allocator: a call allocates and frees
 /// dozens of small buffers across threads (decoding, the journal writer,
@@ -25,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let config = Config::parse();
     // Held to the end of main: dropping it writes out queued log lines.
-    let _log_writer = telemetry::init(config.log_format);
+    let _log_writer = points::init_logging(config.log_format);
     if let Some(command) = &config.command {
         return run(command);
     }
@@ -36,7 +31,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Some(address) = config.metrics_listen {
-        if let Err(message) = telemetry::install_metrics(address) {
+        if let Err(message) = points::install_metrics(address) {
             eprintln!("points-server: {message}");
             return ExitCode::FAILURE;
         }
@@ -104,7 +99,7 @@ async fn main() -> ExitCode {
         Err(error) => tracing::warn!(%error, "listening, but the bound address is unknown"),
     }
 
-    let result = server::serve(
+    let result = points::serve(
         listener,
         PointsService::with_limits(Arc::clone(&store), access, config.call_limits()),
         config.server_settings(tls),
@@ -181,18 +176,16 @@ fn raise_open_files_limit(max_connections: u32) {
 /// or why it failed to stderr.
 fn run(command: &Command) -> ExitCode {
     match command {
-        Command::Backup { data_dir, to } => {
-            match points::durability::backup::backup(data_dir, to) {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("points-server: backup failed: {error}");
-                    ExitCode::FAILURE
-                }
+        Command::Backup { data_dir, to } => match points::backup(data_dir, to) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(error) => {
+                eprintln!("points-server: backup failed: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

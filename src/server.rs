@@ -93,7 +93,7 @@ pub enum ServeError {
 /// accepting, reports NOT_SERVING on health, and gives in-flight calls
 /// `settings.shutdown_grace` to finish.
 ///
-/// Connections are accepted by [`connections::Incoming`] (the connection
+/// Connections are accepted by `connections::Incoming` (the connection
 /// limit, TLS, the handshake and idle timeouts, `TCP_NODELAY`); PointsService
 /// calls are admitted from their headers by the service's admission layer
 /// before their bodies are read, while health and reflection stay open.

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use tracing_subscriber::EnvFilter;
 
@@ -27,7 +27,7 @@ const MAX_BUFFERED_LOG_LINES: usize = 65_536;
 /// call never waits for stderr (a slow terminal or log collector would
 /// otherwise set the server's pace: one line per call at INFO cost a third of
 /// Spend's throughput at the ceiling). If the writer falls
-/// [`MAX_BUFFERED_LOG_LINES`] behind, new lines are dropped rather than
+/// `MAX_BUFFERED_LOG_LINES` behind, new lines are dropped rather than
 /// queued without bound. Keep the returned guard until exit: dropping it
 /// writes out what is queued.
 pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
@@ -51,15 +51,31 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// Why the Prometheus exporter did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The latency buckets were refused.
+    #[error(transparent)]
+    Buckets(#[from] BuildError),
+    /// The listener could not be bound, or the recorder installed.
+    #[error("cannot serve metrics on {address}: {source}")]
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: BuildError,
+    },
+}
+
 /// Serves Prometheus metrics at `http://address/metrics` (any path works) and
 /// describes every metric the server records. Must run inside the runtime.
-pub fn install_metrics(address: SocketAddr) -> Result<(), String> {
+pub fn install_metrics(address: SocketAddr) -> Result<(), MetricsError> {
     PrometheusBuilder::new()
         .with_http_listener(address)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)
-        .map_err(|error| error.to_string())?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)?
         .install()
-        .map_err(|error| format!("cannot serve metrics on {address}: {error}"))?;
+        .map_err(|source| MetricsError::Listen { address, source })?;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "points_rpc_calls_total",

@@ -89,12 +89,6 @@ pub enum LedgerError {
         /// The reused request id.
         request_id: String,
     },
-    /// Crediting a new payer would pass the server's limit of payers per user.
-    #[error("this user already has the maximum of {limit} payers; no new payer can be credited")]
-    PayerLimitReached {
-        /// The limit.
-        limit: usize,
-    },
     /// The user already has the most request ids remembered that one user
     /// may have; a command with a new request id must wait until older ones
     /// expire (or go without one).
@@ -139,9 +133,9 @@ impl LedgerError {
             }
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
             Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
-            Self::PayerLimitReached { .. }
-            | Self::TransactionLimitReached { .. }
-            | Self::RequestIdLimitReached { .. } => ErrorKind::ResourceExhausted,
+            Self::TransactionLimitReached { .. } | Self::RequestIdLimitReached { .. } => {
+                ErrorKind::ResourceExhausted
+            }
         }
     }
 
@@ -166,7 +160,6 @@ impl LedgerError {
             Self::PayerBalanceOverflow { .. } => "PAYER_BALANCE_OVERFLOW",
             Self::TotalOverflow { .. } => "TOTAL_OVERFLOW",
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
-            Self::PayerLimitReached { .. } => "PAYER_LIMIT_REACHED",
             Self::TransactionLimitReached { .. } => "TRANSACTION_LIMIT_REACHED",
             Self::RequestIdLimitReached { .. } => "REQUEST_ID_LIMIT_REACHED",
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::LedgerError;
+use super::{Ledger, LedgerError, Outcome, Request, Spend, Transaction, TransactionId};
 
 /// The longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -123,5 +123,147 @@ impl RequestLog {
                 accepted_at_ms: entry.accepted_at_ms,
             })
         })
+    }
+}
+
+impl Ledger {
+    /// The transaction with `id` (which must exist), rebuilt from the history.
+    pub(super) fn transaction(&self, id: TransactionId) -> Transaction {
+        let record = &self.transactions[id as usize - 1];
+        Transaction {
+            id,
+            payer: self.payers[record.payer_index as usize].name.to_string(),
+            points: record.points,
+            timestamp: record.timestamp,
+        }
+    }
+
+    /// Records a transaction once per request id: a retry with the same id
+    /// and parameters gets the original outcome, a reuse with other
+    /// parameters is refused with [`LedgerError::RequestIdReused`].
+    pub fn execute_add_transaction(
+        &mut self,
+        request: Option<Request<'_>>,
+        payer: &str,
+        points: i64,
+        timestamp: DateTime<Utc>,
+    ) -> Outcome<Transaction> {
+        let params = RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
+        match request.map(|request| self.remembered(request, &params)) {
+            Some(Some(outcome)) => outcome.map(|id| self.transaction(id)),
+            _ => Outcome::Fresh(self.replay_add_transaction(
+                request.map(|request| (request.id, request.now_ms)),
+                payer,
+                points,
+                timestamp,
+            )),
+        }
+    }
+
+    /// Spends once per request id; see [`Ledger::execute_add_transaction`].
+    pub fn execute_spend(&mut self, request: Option<Request<'_>>, points: i64) -> Outcome<Spend> {
+        let params = RequestParams::Spend { points };
+        match request.map(|request| self.remembered(request, &params)) {
+            Some(Some(outcome)) => outcome.map(|id| self.spend_reply(id as usize - 1)),
+            _ => Outcome::Fresh(
+                self.replay_spend(request.map(|request| (request.id, request.now_ms)), points),
+            ),
+        }
+    }
+
+    /// The remembered outcome of `request`, as ids, if it is a retry (or a
+    /// refusal if the id was reused); `None` if the request is new.
+    fn remembered(&mut self, request: Request<'_>, params: &RequestParams) -> Option<Outcome<u64>> {
+        self.requests.purge(request.now_ms, request.retention_ms);
+        let Some((remembered_params, outcome)) =
+            self.requests.get(request.id, request.now_ms, request.retention_ms)
+        else {
+            if self.requests.len() >= request.max_remembered {
+                return Some(Outcome::Fresh(Err(LedgerError::RequestIdLimitReached {
+                    limit: request.max_remembered,
+                })));
+            }
+            return None;
+        };
+        if remembered_params != params {
+            return Some(Outcome::Fresh(Err(LedgerError::RequestIdReused {
+                request_id: request.id.to_owned(),
+            })));
+        }
+        Some(Outcome::Repeated(outcome.clone()))
+    }
+
+    /// Records a transaction without looking the request id up, remembering
+    /// it if given as (id, accepted at ms): what the journal replays, where
+    /// every record is a command that was executed.
+    pub fn replay_add_transaction(
+        &mut self,
+        request: Option<(&str, i64)>,
+        payer: &str,
+        points: i64,
+        timestamp: DateTime<Utc>,
+    ) -> Result<Transaction, LedgerError> {
+        let result = self.add_transaction(payer, points, timestamp);
+        if let Some((request_id, accepted_at_ms)) = request {
+            let params =
+                RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
+            self.remember(
+                request_id,
+                accepted_at_ms,
+                params,
+                result.as_ref().map(|transaction| transaction.id),
+            );
+        }
+        result
+    }
+
+    /// Spends without looking the request id up; see [`Ledger::replay_add_transaction`].
+    pub fn replay_spend(
+        &mut self,
+        request: Option<(&str, i64)>,
+        points: i64,
+    ) -> Result<Spend, LedgerError> {
+        let result = self.spend(points);
+        if let Some((request_id, accepted_at_ms)) = request {
+            let params = RequestParams::Spend { points };
+            self.remember(
+                request_id,
+                accepted_at_ms,
+                params,
+                result.as_ref().map(|spend| spend.id),
+            );
+        }
+        result
+    }
+
+    fn remember(
+        &mut self,
+        request_id: &str,
+        accepted_at_ms: i64,
+        params: RequestParams,
+        outcome: Result<u64, &LedgerError>,
+    ) {
+        // Refusals that depend on the request alone are refused again anyway.
+        if let Err(error) = outcome
+            && !error.depends_on_state()
+        {
+            return;
+        }
+        self.requests.insert(RequestRecord {
+            request_id: request_id.to_owned(),
+            params,
+            outcome: outcome.map_err(Clone::clone),
+            accepted_at_ms,
+        });
+    }
+
+    /// Forgets request ids accepted `retention_ms` or more before `now_ms`.
+    pub fn purge_requests(&mut self, now_ms: i64, retention_ms: i64) {
+        self.requests.purge(now_ms, retention_ms);
+    }
+
+    /// How many request ids are remembered.
+    pub fn remembered_request_count(&self) -> usize {
+        self.requests.len()
     }
 }

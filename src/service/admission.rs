@@ -28,8 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::server::NamedService;
 
+use super::auth::Principal;
 use super::{Access, status};
-use crate::auth::Principal;
 use crate::connections::ConnectionInfo;
 
 /// How many PointsService calls may be in progress at once.
@@ -156,7 +156,7 @@ impl Admission {
                 let common_name = connection
                     .and_then(ConnectionInfo::peer_certificates)
                     .and_then(<[_]>::first)
-                    .and_then(|der| crate::auth::certificate_common_name(der));
+                    .and_then(|der| super::auth::certificate_common_name(der));
                 let principal = authenticator
                     .authenticate_headers(headers, common_name.as_deref())
                     .map_err(|error| status::access_refusal(&error))?;
@@ -327,8 +327,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::auth::{Authenticator, token_sha256};
     use super::*;
-    use crate::auth::{Authenticator, token_sha256};
 
     /// Two clients, "a" and "b", with the tokens "a-token" and "b-token".
     fn admission(max_concurrent_calls: usize, max_concurrent_calls_per_client: usize) -> Admission {

@@ -20,6 +20,7 @@
 //! the layer (as in tests) runs them in the handler instead.
 
 mod admission;
+pub mod auth;
 mod page_token;
 mod status;
 mod validation;
@@ -34,16 +35,11 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 use tracing::Instrument;
 
-pub use admission::{Admission, AdmissionLayer, Admit, Admitted, CallLimits, Caller};
+pub use admission::{Admission, AdmissionLayer, Admitted, CallLimits, Caller};
 pub use status::ERROR_DOMAIN;
-pub use validation::{
-    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TIMESTAMP_SECONDS, MAX_USER_ID_BYTES,
-    MIN_TIMESTAMP_SECONDS,
-};
 
-use crate::auth::{Authenticator, Principal, Role};
+use self::auth::{Authenticator, Principal, Role};
 use crate::connections::ConnectionInfo;
-use crate::durability::Store;
 use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
 use crate::proto::v1::{
@@ -52,6 +48,7 @@ use crate::proto::v1::{
     ListTransactionsResponse, PayerPoints, SpendRequest, SpendResponse, Transaction,
     TransactionEntry,
 };
+use crate::store::{Store, UserId};
 
 /// The most bytes of history entries one ListTransactions reply carries:
 /// 4 MiB (the default largest message of gRPC clients) less room for the
@@ -114,7 +111,7 @@ impl PointsService {
         request: &'request Request<Message>,
         role: Role,
         validate: impl FnOnce(&'request Message) -> Result<Valid, Vec<status::FieldViolation>>,
-        user_of: impl FnOnce(&Valid) -> &'request str,
+        user_of: impl FnOnce(&Valid) -> UserId<'request>,
     ) -> Result<(Option<Admitted>, Valid), Status> {
         let (admitted, principal) = match request.extensions().get::<Caller>() {
             Some(caller) => (None, caller.principal.clone()),
@@ -131,7 +128,7 @@ impl PointsService {
             tracing::Span::current().record("client", principal.name.as_str());
         }
         let valid = validate(request.get_ref()).map_err(|bad| status::invalid_argument(&bad))?;
-        let user_id = user_of(&valid);
+        let user_id = user_of(&valid).as_str();
         authorize(principal.as_deref(), role, user_id)?;
         tracing::Span::current().record("user", user_id);
         Ok((admitted, valid))
@@ -224,7 +221,7 @@ impl PointsServiceApi for PointsService {
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
             let (_call, user_id) =
-                self.admit_request(&request, Role::Read, validation::balances, |user_id| user_id)?;
+                self.admit_request(&request, Role::Read, validation::balances, |user_id| *user_id)?;
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
@@ -246,7 +243,11 @@ impl PointsServiceApi for PointsService {
                 self.admit_request(&request, Role::Read, validation::page, |page| page.user_id)?;
             let history = self
                 .store
-                .history_page(page.user_id, page.cursor, page.page_size, MAX_PAGE_BYTES)
+                .history_page(
+                    page.user_id,
+                    page.cursor,
+                    ledger::PageLimits { max_entries: page.page_size, max_bytes: MAX_PAGE_BYTES },
+                )
                 .await
                 .map_err(|error| status::store_error(&error))?
                 .ok_or_else(|| status::invalid_argument(&[validation::invalid_page_token()]))?;
@@ -278,7 +279,7 @@ impl PointsServiceApi for PointsService {
                 .collect();
             let next_page_token = history
                 .next
-                .map(|cursor| page_token::encode(page.user_id, cursor))
+                .map(|cursor| page_token::encode(page.user_id.as_str(), cursor))
                 .unwrap_or_default();
             Ok(Response::new(ListTransactionsResponse { entries, next_page_token }))
         })

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::AccessError;
-use crate::durability::StoreError;
+use super::auth::AccessError;
 use crate::ledger::{ErrorKind, LedgerError};
+use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "points.v1.PointsService";
@@ -111,6 +111,15 @@ pub fn store_error(error: &StoreError) -> Status {
     match error {
         StoreError::Refused(refusal) => ledger_refusal(refusal),
         StoreError::LimitReached { reason, message } => resource_exhausted(reason, message.clone()),
+        StoreError::PayerLimitReached { limit, batch_index } => {
+            let mut metadata = HashMap::from([("limit".to_owned(), limit.to_string())]);
+            if let Some(index) = batch_index {
+                metadata.insert("index".to_owned(), index.to_string());
+            }
+            let mut details = ErrorDetails::new();
+            details.set_error_info("PAYER_LIMIT_REACHED", ERROR_DOMAIN, metadata);
+            Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
+        }
         StoreError::Busy { reason, message } => {
             let mut details = ErrorDetails::new();
             details.set_error_info(*reason, ERROR_DOMAIN, HashMap::new());
@@ -157,7 +166,6 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
             vec![("total", total.to_string()), ("points", points.to_string())]
         }
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
-        LedgerError::PayerLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::TransactionLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::RequestIdLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::BlankPayer

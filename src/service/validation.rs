@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 
 use super::page_token;
 use super::status::FieldViolation;
-use crate::durability::DEFAULT_USER;
 use crate::ledger::{
     self, HistoryCursor, MAX_BATCH_TRANSACTIONS, MAX_REQUEST_ID_BYTES, NewTransaction,
 };
@@ -14,6 +13,7 @@ use crate::proto::v1::{
     AddTransactionRequest, AddTransactionsRequest, GetBalancesRequest, ListTransactionsRequest,
     SpendRequest,
 };
+use crate::store::{DEFAULT_USER, PayerName, RequestId, UserId};
 
 /// Earliest accepted timestamp, 0001-01-01T00:00:00Z, in Unix seconds (the
 /// range of google.protobuf.Timestamp and RFC 3339).
@@ -31,9 +31,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// A transaction that passed validation.
 #[derive(Debug)]
 pub struct ValidTransaction<'request> {
-    pub user_id: &'request str,
-    pub request_id: Option<&'request str>,
-    pub payer: &'request str,
+    pub user_id: UserId<'request>,
+    pub request_id: Option<RequestId<'request>>,
+    pub payer: PayerName<'request>,
     pub points: i64,
     pub timestamp: DateTime<Utc>,
 }
@@ -41,15 +41,15 @@ pub struct ValidTransaction<'request> {
 /// A spend that passed validation.
 #[derive(Debug)]
 pub struct ValidSpend<'request> {
-    pub user_id: &'request str,
-    pub request_id: Option<&'request str>,
+    pub user_id: UserId<'request>,
+    pub request_id: Option<RequestId<'request>>,
     pub points: i64,
 }
 
 /// A history page request that passed validation.
 #[derive(Debug)]
 pub struct ValidPage<'request> {
-    pub user_id: &'request str,
+    pub user_id: UserId<'request>,
     pub cursor: HistoryCursor,
     pub page_size: usize,
 }
@@ -71,7 +71,7 @@ pub fn transaction(
         Some(fields) if violations.is_empty() => Ok(ValidTransaction {
             user_id,
             request_id,
-            payer: fields.payer,
+            payer: PayerName::new(fields.payer),
             points: fields.points,
             timestamp: fields.timestamp,
         }),
@@ -109,7 +109,7 @@ fn transaction_fields<'request>(
 /// A batch that passed validation.
 #[derive(Debug)]
 pub struct ValidBatch<'request> {
-    pub user_id: &'request str,
+    pub user_id: UserId<'request>,
     pub transactions: Vec<NewTransaction<'request>>,
 }
 
@@ -169,7 +169,7 @@ pub fn spend(request: &SpendRequest) -> Result<ValidSpend<'_>, Vec<FieldViolatio
 }
 
 /// Validates a GetBalances request and returns the user.
-pub fn balances(request: &GetBalancesRequest) -> Result<&str, Vec<FieldViolation>> {
+pub fn balances(request: &GetBalancesRequest) -> Result<UserId<'_>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
     let user_id = user_id(&request.user_id, &mut violations);
     if violations.is_empty() { Ok(user_id) } else { Err(violations) }
@@ -195,7 +195,7 @@ pub fn page(request: &ListTransactionsRequest) -> Result<ValidPage<'_>, Vec<Fiel
     let cursor = if request.page_token.is_empty() {
         HistoryCursor::default()
     } else {
-        page_token::decode(user_id, &request.page_token).unwrap_or_else(|| {
+        page_token::decode(user_id.as_str(), &request.page_token).unwrap_or_else(|| {
             violations.push(invalid_page_token());
             HistoryCursor::default()
         })
@@ -256,9 +256,12 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
 /// The user a call is for: "default" when empty; at most
 /// [`MAX_USER_ID_BYTES`] bytes with no control characters (they end up in
 /// logs and file contents).
-fn user_id<'request>(value: &'request str, violations: &mut Vec<FieldViolation>) -> &'request str {
+fn user_id<'request>(
+    value: &'request str,
+    violations: &mut Vec<FieldViolation>,
+) -> UserId<'request> {
     if value.is_empty() {
-        return DEFAULT_USER;
+        return UserId::new(DEFAULT_USER);
     }
     if let Some(problem) = identifier_problem(value, MAX_USER_ID_BYTES) {
         violations.push(FieldViolation {
@@ -267,14 +270,14 @@ fn user_id<'request>(value: &'request str, violations: &mut Vec<FieldViolation>)
             description: format!("user_id {problem}"),
         });
     }
-    value
+    UserId::new(value)
 }
 
 /// The request id of a call, if any (AIP-155).
 fn request_id<'request>(
     value: &'request str,
     violations: &mut Vec<FieldViolation>,
-) -> Option<&'request str> {
+) -> Option<RequestId<'request>> {
     if value.is_empty() {
         return None;
     }
@@ -285,7 +288,7 @@ fn request_id<'request>(
             description: format!("request_id {problem}"),
         });
     }
-    Some(value)
+    Some(RequestId::new(value))
 }
 
 fn identifier_problem(value: &str, max_bytes: usize) -> Option<String> {

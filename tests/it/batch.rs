@@ -7,8 +7,8 @@ use crate::common::refusal::assert_refusal;
 
 use common::client::balances;
 use common::{ServerProcess, TestServer, timestamp};
-use points::durability::read_journal;
 use points::proto::v1::{AddTransactionsRequest, NewTransaction};
+use points::testing::read_journal;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -25,8 +25,7 @@ fn batch(transactions: Vec<NewTransaction>) -> AddTransactionsRequest {
 /// 10,000 transactions in one call get ids in order and land together.
 #[tokio::test]
 async fn ten_thousand_transactions_in_one_call() {
-    let server = TestServer::start().await;
-    let mut client = server.client().await;
+    let (_server, mut client) = TestServer::start_with_client().await;
     let payers = ["DANNON", "UNILEVER", "MILLER COORS", "KRAFT"];
     let transactions: Vec<_> =
         (0..10_000).map(|index| entry(payers[index % 4], 1 + (index % 7) as i64, index)).collect();
@@ -40,8 +39,7 @@ async fn ten_thousand_transactions_in_one_call() {
 /// A bad entry refuses the whole batch with its index; nothing changes.
 #[tokio::test]
 async fn one_bad_entry_refuses_the_whole_batch_with_its_index() {
-    let server = TestServer::start().await;
-    let mut client = server.client().await;
+    let (_server, mut client) = TestServer::start_with_client().await;
     client.add_transactions(batch(vec![entry("DANNON", 10, 0)])).await.expect("accepted");
     let cases = [
         (
@@ -86,8 +84,7 @@ async fn one_bad_entry_refuses_the_whole_batch_with_its_index() {
 /// A batch is one journal record, and it survives kill -9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_one_journal_record_and_survives_kill_9() {
-    let data_dir = tempfile::tempdir().expect("temporary directory");
-    let server = ServerProcess::start_durable(data_dir.path(), &[]);
+    let (data_dir, server) = ServerProcess::start_on_new_dir(&[]);
     let mut client = server.client().await;
     let transactions = (0..2_000).map(|index| entry("DANNON", 2, index)).collect();
     client.add_transactions(batch(transactions)).await.expect("accepted");

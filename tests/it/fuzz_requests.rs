@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use points::durability::Store;
+use points::PointsService;
+use points::Store;
 use points::proto::v1::points_service_server::PointsService as _;
 use points::proto::v1::{
     AddTransactionRequest, GetBalancesRequest, ListTransactionsRequest, SpendRequest,
 };
-use points::service::PointsService;
 use proptest::prelude::*;
 use prost::Message;
 use tonic::{Code, Request, Status};

@@ -204,7 +204,7 @@ fn check_against_reference(operations: &[Operation]) -> Result<(), TestCaseError
                 }
             }
             if let Err(violation) = ledger.check_invariants() {
-                return Err(TestCaseError::fail(violation));
+                return Err(TestCaseError::fail(violation.to_string()));
             }
             let balances: Vec<_> =
                 ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect();

@@ -2,15 +2,14 @@
 //! calls by method and code, latency histograms, in-flight calls, refusals by
 //! reason, users, payers, lots, journal bytes and fsync latency.
 
-use crate::common;
-
-use common::metrics::{free_port, scrape};
-use common::{ServerProcess, timestamp};
-use points::proto::v1::{AddTransactionRequest, SpendRequest};
+use crate::common::ServerProcess;
+use crate::common::client::{add_request, spend_request, try_add, try_spend};
+use crate::common::metrics::{free_port, scrape};
 
 /// The value of the sample whose line starts with `series`.
 fn sample(metrics: &str, series: &str) -> f64 {
-    common::metrics::sample(metrics, series).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    let value = crate::common::metrics::sample(metrics, series);
+    value.unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
 }
 
 /// Every documented metric is exported and counts what happened.
@@ -24,19 +23,10 @@ async fn metrics_count_calls_refusals_users_payers_lots_and_fsyncs() {
     );
     let mut client = server.client().await;
     for (payer, points) in [("DANNON", 10), ("UNILEVER", 5), ("DANNON", 1)] {
-        client
-            .add_transaction(AddTransactionRequest {
-                user_id: "alice".into(),
-                payer: payer.into(),
-                points,
-                timestamp: Some(timestamp("2024-01-01T00:00:00Z")),
-                ..Default::default()
-            })
-            .await
-            .expect("accepted");
+        let earn = add_request("alice", "", payer, points, "2024-01-01T00:00:00Z");
+        try_add(&mut client, earn).await.expect("accepted");
     }
-    let refused =
-        client.spend(SpendRequest { user_id: "bob".into(), points: 1, ..Default::default() }).await;
+    let refused = try_spend(&mut client, spend_request("bob", "", 1)).await;
     assert!(refused.is_err());
 
     let metrics = scrape(port);

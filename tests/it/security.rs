@@ -1,78 +1,50 @@
 //! Who may call what, on the real binary: every RPC against a missing token,
 //! an unknown token, a client without the role, a client limited to other
-//! users, and an allowed client; refusals change nothing; health and
+//! users, and an allowed client; refusals change nothing; calls without a
+//! valid token are refused before their body is read; health and
 //! reflection stay open; protected mode refuses open non-loopback serving.
 
-use crate::common;
-use crate::common::refusal::assert_refusal;
+use crate::common::ServerProcess;
+use crate::common::client::{Client, add_request, connect_to};
+use crate::common::raw::{H2Connection, status_of};
+use crate::common::refusal::{assert_refusal, reason};
+use crate::common::tokens::{balances_as, token_client, tokens_file, with_token};
 use crate::common::wait::eventually;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{ServerProcess, timestamp};
-use points::auth::token_sha256;
-use points::proto::v1::points_service_client::PointsServiceClient;
-use points::proto::v1::{
-    AddTransactionRequest, GetBalancesRequest, ListTransactionsRequest, SpendRequest,
-};
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use points::proto::v1::{GetBalancesRequest, ListTransactionsRequest, SpendRequest};
+use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Writes a tokens file with one client per role plus an admin limited to "alice".
-fn tokens_file(dir: &Path) -> PathBuf {
-    let client = |name: &str, roles: &str, users: &str| {
-        format!(
-            "[[client]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [{roles}]\n{users}\n",
-            token_sha256(&format!("{name}-token"))
-        )
-    };
-    let text = [
-        client("reader", "\"read\"", ""),
-        client("earner", "\"earn\"", ""),
-        client("spender", "\"spend\"", ""),
-        client("ops", "\"admin\"", ""),
-        client("alice-only", "\"admin\"", "user_ids = [\"alice\"]"),
-    ]
-    .join("\n");
-    let path = dir.join("tokens.toml");
-    std::fs::write(&path, text).expect("write the tokens file");
-    path
-}
-
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
+fn role_tokens_file(dir: &Path) -> PathBuf {
+    let clients = [
+        token_client("reader", &["read"], &[]),
+        token_client("earner", &["earn"], &[]),
+        token_client("spender", &["spend"], &[]),
+        token_client("ops", &["admin"], &[]),
+        token_client("alice-only", &["admin"], &["alice"]),
+    ];
+    tokens_file(dir, &clients)
 }
 
 /// Calls `method` for user "bob" with `token` and returns the outcome's code.
 async fn call(
-    client: &mut PointsServiceClient<Channel>,
+    client: &mut Client,
     method: &str,
     token: Option<&str>,
     user: &str,
 ) -> Result<(), Status> {
     let user_id = user.to_owned();
     match method {
-        "AddTransaction" => client
-            .add_transaction(with_token(
-                AddTransactionRequest {
-                    user_id,
-                    payer: "DANNON".into(),
-                    points: 10,
-                    timestamp: Some(timestamp("2024-01-01T00:00:00Z")),
-                    ..Default::default()
-                },
-                token,
-            ))
-            .await
-            .map(drop),
+        "AddTransaction" => {
+            let earn = add_request(user, "", "DANNON", 10, "2024-01-01T00:00:00Z");
+            client.add_transaction(with_token(earn, token)).await.map(drop)
+        }
         "Spend" => client
             .spend(with_token(SpendRequest { user_id, points: 1, ..Default::default() }, token))
             .await
@@ -91,19 +63,8 @@ async fn call(
     }
 }
 
-async fn balances_as_admin(
-    client: &mut PointsServiceClient<Channel>,
-    user: &str,
-) -> HashMap<String, i64> {
-    client
-        .get_balances(with_token(
-            GetBalancesRequest { user_id: user.to_owned() },
-            Some("ops-token"),
-        ))
-        .await
-        .expect("admin reads")
-        .into_inner()
-        .balances
+async fn balances_as_admin(client: &mut Client, user: &str) -> HashMap<String, i64> {
+    balances_as(client, "ops-token", user).await.expect("admin reads")
 }
 
 /// Every RPC × {no token, bad token, wrong role, wrong user, right role}: the
@@ -111,7 +72,7 @@ async fn balances_as_admin(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_enforces_tokens_roles_and_users() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let tokens = tokens_file(dir.path());
+    let tokens = role_tokens_file(dir.path());
     let server = ServerProcess::start(&["--tokens-file", tokens.to_str().unwrap()]);
     let mut client = server.client().await;
     // Give alice and bob some points so that spends can succeed.
@@ -166,9 +127,9 @@ async fn every_rpc_enforces_tokens_roles_and_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_stay_open_without_a_token() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let tokens = tokens_file(dir.path());
+    let tokens = role_tokens_file(dir.path());
     let server = ServerProcess::start(&["--tokens-file", tokens.to_str().unwrap()]);
-    let channel = Channel::from_shared(server.uri()).unwrap().connect().await.unwrap();
+    let channel = server.channel().await;
     let mut health = HealthClient::new(channel.clone());
     let reply =
         health.check(HealthCheckRequest { service: "points.v1.PointsService".into() }).await;
@@ -187,7 +148,7 @@ async fn health_and_reflection_stay_open_without_a_token() {
         .unwrap()
         .into_inner();
     assert!(replies.message().await.unwrap().is_some());
-    let mut client = PointsServiceClient::new(channel);
+    let mut client = Client::new(channel);
     assert_eq!(
         call(&mut client, "GetBalances", None, "bob").await.unwrap_err().code(),
         Code::Unauthenticated
@@ -198,17 +159,16 @@ async fn health_and_reflection_stay_open_without_a_token() {
 /// and says what to do; --insecure-no-auth or a tokens file allow it.
 #[test]
 fn protected_mode_refuses_an_open_non_loopback_listener() {
-    let output = ServerProcess::command()
-        .args(["--listen", "0.0.0.0:0", "--in-memory"])
-        .output()
-        .expect("run points-server");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = ServerProcess::command();
+    command.args(["--listen", "0.0.0.0:0", "--in-memory"]);
+    let exited = ServerProcess::run_to_exit(command);
+    assert_eq!(exited.status.code(), Some(1));
+    let stderr = exited.log;
     assert!(stderr.contains("--tokens-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
 
     for extra in [vec!["--insecure-no-auth"], vec!["--tokens-file", "TOKENS"]] {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let tokens = tokens_file(dir.path());
+        let tokens = role_tokens_file(dir.path());
         let extra: Vec<&str> = extra
             .iter()
             .map(|arg| if *arg == "TOKENS" { tokens.to_str().unwrap() } else { arg })
@@ -235,13 +195,39 @@ fn invalid_tokens_file_refuses_start() {
         (bad.clone(), "token_sha256 must be 64 hexadecimal digits"),
         (dir.path().join("missing.toml"), "cannot read"),
     ] {
-        let output = ServerProcess::command()
-            .args(["--listen", "127.0.0.1:0", "--in-memory", "--tokens-file"])
-            .arg(&path)
-            .output()
-            .expect("run points-server");
-        assert_eq!(output.status.code(), Some(1));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(expected), "{stderr}");
+        let mut command = ServerProcess::in_memory(&["--tokens-file"]);
+        command.arg(&path);
+        let exited = ServerProcess::run_to_exit(command);
+        assert_eq!(exited.status.code(), Some(1));
+        assert!(exited.log.contains(expected), "{}", exited.log);
     }
+}
+
+/// A call without a valid token is refused with UNAUTHENTICATED from its
+/// headers, while its 1 MB body is still unsent: the server does not wait
+/// for (or buffer) the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_calls_are_refused_before_their_body_is_read() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = role_tokens_file(dir.path());
+    let server = ServerProcess::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let connection = H2Connection::open(server.address).await;
+    for (token, expected) in [(None, "TOKEN_MISSING"), (Some("forged"), "TOKEN_UNKNOWN")] {
+        let started = Instant::now();
+        let (response, body) =
+            connection.start_unfinished_call("AddTransactions", token, 1_000_000, 16 * 1024).await;
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("no answer while the body was unfinished: the server waited for it")
+            .expect("a response");
+        let status = status_of(response).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert_eq!(reason(&status), expected);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        drop(body);
+    }
+    // The server serves on, to callers with a token.
+    let mut client =
+        connect_to(server.address).connect_timeout(Duration::from_secs(5)).client().await;
+    balances_as(&mut client, "ops-token", "").await.expect("an authenticated call");
 }

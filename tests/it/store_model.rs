@@ -3,16 +3,18 @@
 //! through a durable store whose tiny snapshot threshold makes it snapshot
 //! often and that is reopened along the way. Every reply must equal what the
 //! user's own single-user ledger replies (isolation, retries, snapshot +
-//! replay), and so must every user's whole state after each reopen.
+//! replay), and so must every user's whole state after each reopen, also
+//! when start-up loads a snapshot and replays only what came after it.
 
 use crate::common;
-use crate::common::wait::eventually;
+use crate::common::files::{journal_files, snapshot_files, wait_for_snapshot};
 
 use std::collections::HashMap;
 
-use common::operations::{Operation, operation_strategy};
-use points::durability::{FsyncPolicy, Store, StoreError, StoreOptions};
-use points::ledger::{Ledger, LedgerError, LedgerState, Request};
+use common::operations::{Operation, comparable_state, operation_strategy};
+use points::ledger::{Ledger, LedgerError, Request};
+use points::{FsyncPolicy, Store, StoreError, StoreOptions};
+use points::{PayerName, RequestId, UserId};
 use proptest::prelude::*;
 
 const USERS: [&str; 3] = ["alice", "bob", "default"];
@@ -65,14 +67,23 @@ async fn apply_both(
     let request_id = command.request_id.as_deref();
     match &command.operation {
         Operation::Add { payer, points, timestamp } => {
-            let stored =
-                store.add_transaction(command.user, request_id, payer, *points, *timestamp).await;
+            let stored = store
+                .add_transaction(
+                    UserId::new(command.user),
+                    request_id.map(RequestId::new),
+                    PayerName::new(payer),
+                    *points,
+                    *timestamp,
+                )
+                .await;
             let expected =
                 ledger.execute_add_transaction(request, payer, *points, *timestamp).into_result();
             prop_assert_eq!(stored.map_err(refusal), expected, "{:?}", command);
         }
         Operation::Spend { points } => {
-            let stored = store.spend(command.user, request_id, *points).await;
+            let stored = store
+                .spend(UserId::new(command.user), request_id.map(RequestId::new), *points)
+                .await;
             let expected = ledger.execute_spend(request, *points).into_result();
             prop_assert_eq!(stored.map_err(refusal), expected, "{:?}", command);
         }
@@ -83,22 +94,12 @@ async fn apply_both(
     Ok(())
 }
 
-/// A user's state without the acceptance times of its requests (the store
-/// uses the wall clock, the single-user ledgers time 0).
-fn comparable_state(ledger: &Ledger) -> LedgerState {
-    let mut state = ledger.state();
-    for request in &mut state.requests {
-        request.accepted_at_ms = 0;
-    }
-    state
-}
-
 async fn assert_same_states(
     store: &Store,
     ledgers: &HashMap<&'static str, Ledger>,
 ) -> Result<(), TestCaseError> {
     for user in USERS {
-        let stored = store.read(user, comparable_state).await.expect("reads");
+        let stored = store.read(UserId::new(user), comparable_state).await.expect("reads");
         let expected = ledgers.get(user).map(comparable_state).unwrap_or_default();
         if stored != expected {
             let differs =
@@ -177,71 +178,17 @@ async fn snapshot_replaces_covered_segments_and_start_up_uses_it() {
         apply_both(&store, &mut ledgers, &command).await.expect("same replies");
     }
     // Snapshots run in the background: wait for one (closing skips a pending one).
-    let has_snapshot = || {
-        std::fs::read_dir(data_dir.path()).unwrap().any(|entry| {
-            entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
-        })
-    };
-    eventually("a snapshot", std::time::Duration::from_secs(30), || async {
-        has_snapshot().then_some(())
-    })
-    .await;
+    wait_for_snapshot(data_dir.path()).await;
     store.close();
     drop(store);
 
-    let names: Vec<String> = std::fs::read_dir(data_dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names.iter().filter(|name| name.ends_with(".snap")).count(), 1, "{names:?}");
-    assert_eq!(names.iter().filter(|name| name.ends_with(".log")).count(), 1, "{names:?}");
+    let (snapshots, segments) = (snapshot_files(data_dir.path()), journal_files(data_dir.path()));
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(segments.len(), 1, "{segments:?}");
 
     let (store, recovery) = common::open_store(&options).expect("reopen");
     assert!(recovery.snapshot_sequence.expect("start-up used the snapshot") > 0);
     assert!(recovery.records_replayed < 600, "replayed {} records", recovery.records_replayed);
     assert_same_states(&store, &ledgers).await.expect("same states");
     store.close();
-}
-
-/// Waits (at most 30 s) until a snapshot file exists: snapshots run in the
-/// background, and closing the store skips one that has not started.
-async fn wait_for_snapshot(data_dir: &std::path::Path) {
-    let has_snapshot = || {
-        std::fs::read_dir(data_dir).unwrap().any(|entry| {
-            entry.unwrap().path().extension().is_some_and(|extension| extension == "snap")
-        })
-    };
-    eventually("a snapshot", std::time::Duration::from_secs(30), || async {
-        has_snapshot().then_some(())
-    })
-    .await;
-}
-
-/// A damaged snapshot is refused with its name and offset, never skipped.
-#[tokio::test]
-async fn damaged_snapshot_refuses_start() {
-    let data_dir = tempfile::tempdir().expect("temporary directory");
-    let options = options(data_dir.path(), 4096);
-    let (store, _) = common::open_store(&options).expect("open");
-    let base = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().to_utc();
-    for step in 0..300 {
-        let timestamp = base + chrono::TimeDelta::seconds(step);
-        store.add_transaction("default", None, "DANNON", 1, timestamp).await.unwrap();
-    }
-    wait_for_snapshot(data_dir.path()).await;
-    store.close();
-    drop(store);
-    let snapshot = std::fs::read_dir(data_dir.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|extension| extension == "snap"))
-        .expect("a snapshot was written");
-    let mut bytes = std::fs::read(&snapshot).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&snapshot, &bytes).unwrap();
-    let error =
-        common::open_store(&options).expect_err("a damaged snapshot is refused").to_string();
-    assert!(error.contains(&snapshot.display().to_string()), "{error}");
-    assert!(error.contains("is damaged at byte offset"), "{error}");
 }

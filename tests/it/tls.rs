@@ -1,27 +1,33 @@
 //! TLS and mutual TLS end to end on the real binary, with certificates made
 //! in the test: a client certificate from the trusted CA stands in for a
 //! token, a client from another CA fails the handshake, tokens work over
-//! TLS, plaintext is refused, and grpcurl works over TLS with a token.
+//! TLS, plaintext is refused, grpcurl works over TLS with a token, and the
+//! handshake timeout bounds the TLS handshake and the HTTP/2 preface.
 
-use crate::common;
+use crate::common::client::{Client, add_request, connect, connect_to};
+use crate::common::raw::closed_after;
+use crate::common::tokens::{token_client, tokens_file, with_token};
+use crate::common::{ServerProcess, tools};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::{ServerProcess, timestamp, tools};
-use points::auth::token_sha256;
-use points::proto::v1::points_service_client::PointsServiceClient;
-use points::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest};
+use points::proto::v1::{GetBalancesRequest, SpendRequest};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Request};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tonic::Code;
+use tonic::transport::Channel;
 
-/// PEM files of a test PKI.
+/// The certificates of a test PKI as PEM, and the CA's as DER too.
 struct Pki {
     ca: String,
+    ca_der: CertificateDer<'static>,
     server: (String, String),
     client: (String, String),
     untrusted_client: (String, String),
@@ -56,6 +62,7 @@ fn pki() -> Pki {
     let stranger = certificate_authority("some other CA");
     Pki {
         ca: ca.pem(),
+        ca_der: ca.der().clone(),
         server: leaf(
             &ca,
             &["localhost", "127.0.0.1"],
@@ -81,16 +88,13 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 /// Starts the binary with TLS, mutual TLS optional, and a tokens file naming
 /// a certificate client (read only) and a token client (admin).
 fn start_tls_server(dir: &Path, pki: &Pki) -> ServerProcess {
-    let tokens = format!(
-        "[[client]]\nname = \"reporting\"\ncertificate_common_name = \"reporting.internal\"\nroles = [\"read\"]\n\n\
-         [[client]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nroles = [\"admin\"]\n",
-        token_sha256("ops-token")
-    );
+    let reporting = "[[client]]\nname = \"reporting\"\n\
+                     certificate_common_name = \"reporting.internal\"\nroles = [\"read\"]\n";
     let paths = [
         write(dir, "server.pem", &pki.server.0),
         write(dir, "server.key", &pki.server.1),
         write(dir, "ca.pem", &pki.ca),
-        write(dir, "tokens.toml", &tokens),
+        tokens_file(dir, &[reporting.to_owned(), token_client("ops", &["admin"], &[])]),
     ];
     let [cert, key, ca, tokens] = paths.each_ref().map(|path| path.to_str().expect("utf-8 path"));
     ServerProcess::start(&[
@@ -110,23 +114,8 @@ async fn tls_channel(
     pki: &Pki,
     identity: Option<&(String, String)>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca))
-        .domain_name("localhost");
-    if let Some((certificate, key)) = identity {
-        tls = tls.identity(Identity::from_pem(certificate, key));
-    }
-    Channel::from_shared(format!("https://localhost:{}", server.address.port()))
-        .expect("uri")
-        .tls_config(tls)?
-        .connect()
-        .await
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
+    let uri = format!("https://localhost:{}", server.address.port());
+    connect(uri).tls(&pki.ca, "localhost", identity).try_channel().await
 }
 
 /// mTLS certificates and tokens both work over TLS; roles still apply; an
@@ -138,14 +127,8 @@ async fn tls_and_mutual_tls_authenticate_clients_end_to_end() {
     let server = start_tls_server(dir.path(), &pki);
 
     // A token over server-only TLS.
-    let mut ops =
-        PointsServiceClient::new(tls_channel(&server, &pki, None).await.expect("TLS connect"));
-    let earn = AddTransactionRequest {
-        payer: "DANNON".into(),
-        points: 10,
-        timestamp: Some(timestamp("2024-01-01T00:00:00Z")),
-        ..Default::default()
-    };
+    let mut ops = Client::new(tls_channel(&server, &pki, None).await.expect("TLS connect"));
+    let earn = add_request("", "", "DANNON", 10, "2024-01-01T00:00:00Z");
     ops.add_transaction(with_token(earn.clone(), "ops-token")).await.expect("admin token over TLS");
     let status = ops
         .get_balances(GetBalancesRequest::default())
@@ -154,9 +137,8 @@ async fn tls_and_mutual_tls_authenticate_clients_end_to_end() {
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // The trusted client certificate stands in for a token, with its roles.
-    let mut reporting = PointsServiceClient::new(
-        tls_channel(&server, &pki, Some(&pki.client)).await.expect("mTLS connect"),
-    );
+    let mut reporting =
+        Client::new(tls_channel(&server, &pki, Some(&pki.client)).await.expect("mTLS connect"));
     let balances =
         reporting.get_balances(GetBalancesRequest::default()).await.expect("read by certificate");
     assert_eq!(balances.into_inner().balances["DANNON"], 10);
@@ -169,9 +151,7 @@ async fn tls_and_mutual_tls_authenticate_clients_end_to_end() {
     // A certificate from another CA fails the handshake: no call gets through.
     let untrusted = match tls_channel(&server, &pki, Some(&pki.untrusted_client)).await {
         Err(_) => None,
-        Ok(channel) => Some(
-            PointsServiceClient::new(channel).get_balances(GetBalancesRequest::default()).await,
-        ),
+        Ok(channel) => Some(Client::new(channel).get_balances(GetBalancesRequest::default()).await),
     };
     assert!(
         !matches!(untrusted, Some(Ok(_))),
@@ -179,10 +159,10 @@ async fn tls_and_mutual_tls_authenticate_clients_end_to_end() {
     );
 
     // Plaintext against the TLS port gets nowhere.
-    let plaintext = match Channel::from_shared(server.uri()).unwrap().connect().await {
+    let plaintext = match connect_to(server.address).try_channel().await {
         Err(_) => None,
         Ok(channel) => Some(
-            PointsServiceClient::new(channel)
+            Client::new(channel)
                 .get_balances(with_token(GetBalancesRequest::default(), "ops-token"))
                 .await,
         ),
@@ -225,4 +205,47 @@ fn grpcurl_works_over_tls_with_a_token() {
     assert!(ok && stdout.contains("\"id\": \"1\""), "{stdout}{stderr}");
     let (ok, _, stderr) = run(&[&address, "points.v1.PointsService/GetBalances"]);
     assert!(!ok && stderr.contains("Unauthenticated"), "{stderr}");
+}
+
+/// Under TLS, the handshake timeout bounds the TLS handshake and the HTTP/2
+/// preface after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_and_prefaces_are_bounded_by_the_handshake_timeout() {
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = pki();
+    let certificate = write(dir.path(), "server.pem", &pki.server.0);
+    let key = write(dir.path(), "server.key", &pki.server.1);
+    let server = ServerProcess::start(&[
+        "--tls-cert",
+        certificate.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--handshake-timeout-ms",
+        "300",
+    ]);
+
+    // No ClientHello at all.
+    let connected = Instant::now();
+    let mut silent = TcpStream::connect(server.address).await.expect("connect");
+    // A finished TLS handshake, then no HTTP/2 preface.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("a trusted root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls_connected = Instant::now();
+    let tcp = TcpStream::connect(server.address).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+    let mut tls = connector.connect(name, tcp).await.expect("the TLS handshake succeeds");
+
+    let elapsed = closed_after(&mut silent, connected, Duration::from_secs(5)).await;
+    assert!(elapsed >= Duration::from_millis(250), "closed after only {elapsed:?}");
+    let elapsed = closed_after(&mut tls, tls_connected, Duration::from_secs(5)).await;
+    assert!(elapsed >= Duration::from_millis(200), "closed after only {elapsed:?}");
 }

@@ -12,7 +12,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
-/// GET /metrics, retrying while the exporter starts (bounded: 100 tries).
+/// GET /metrics, retrying while the exporter starts (for at most 10 s).
 pub fn scrape(port: u16) -> String {
     eventually_blocking(&format!("metrics on port {port}"), Duration::from_secs(10), || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -24,6 +24,11 @@ pub fn scrape(port: u16) -> String {
         stream.read_to_string(&mut response).ok()?;
         response.starts_with("HTTP/1.1 200").then_some(response)
     })
+}
+
+/// [`scrape`] from an async test, off the runtime's threads.
+pub async fn scrape_async(port: u16) -> String {
+    tokio::task::spawn_blocking(move || scrape(port)).await.expect("scrape")
 }
 
 /// The value of the sample whose line starts with `series`, if there is one.

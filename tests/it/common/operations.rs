@@ -1,7 +1,7 @@
-//! Random ledger commands for property tests.
+//! Random ledger commands for property tests, and the state they compare.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use points::ledger::MAX_PAYER_BYTES;
+use points::ledger::{Ledger, LedgerState, MAX_PAYER_BYTES};
 use proptest::prelude::*;
 
 fn epoch() -> DateTime<Utc> {
@@ -82,4 +82,15 @@ pub fn adversarial_block_strategy() -> impl Strategy<Value = Vec<Operation>> {
         }),
         2 => (1i64..700).prop_map(|points| vec![Operation::Spend { points }]),
     ]
+}
+
+/// A ledger's state without the times its request ids were accepted at,
+/// which differ by design between a store (the wall clock) and a model
+/// ledger run beside it.
+pub fn comparable_state(ledger: &Ledger) -> LedgerState {
+    let mut state = ledger.state();
+    for request in &mut state.requests {
+        request.accepted_at_ms = 0;
+    }
+    state
 }

@@ -1,7 +1,7 @@
 //! What a refused call carries: its code, and an ErrorInfo whose reason is
 //! the stable, machine-readable name of the refusal.
 
-use points::service::ERROR_DOMAIN;
+use points::ERROR_DOMAIN;
 use tonic::{Code, Status};
 use tonic_types::{ErrorInfo, StatusExt};
 

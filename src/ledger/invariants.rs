@@ -1,0 +1,75 @@
+//! The ledger's invariants, checked in O(lots): after recovery, after every
+//! restore, and by the tests after every command.
+
+use super::Ledger;
+
+/// An invariant a ledger breaks: a bug, or a damaged or forged snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvariantViolation(pub String);
+
+impl Ledger {
+    /// Checks every invariant in O(lots): each payer's balance equals its
+    /// credits minus debits and is never negative, its lots hold exactly its
+    /// balance, `fronts` holds exactly each payer's front lot, and the total
+    /// is the sum of the balances. For tests and debugging.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.first_broken_invariant().map_err(InvariantViolation)
+    }
+
+    fn first_broken_invariant(&self) -> Result<(), String> {
+        let mut total: i128 = 0;
+        let mut lots = 0usize;
+        for (index, payer) in self.payers.iter().enumerate() {
+            lots += payer.check_invariants(&self.arena)?;
+            total += i128::from(payer.balance());
+            if let Some(key) = payer.front_key()
+                && self.fronts.get(&key).map(|&i| i as usize) != Some(index)
+            {
+                return Err(format!("payer {:?} front {key:?} missing from fronts", payer.name));
+            }
+            if self.payer_by_name.get(&payer.name).map(|&i| i as usize) != Some(index) {
+                return Err(format!("payer {:?} missing from the name index", payer.name));
+            }
+        }
+        if total != i128::from(self.total) {
+            return Err(format!("total {} != sum of balances {total}", self.total));
+        }
+        if lots != self.arena.len() || lots != self.lots {
+            return Err(format!(
+                "the payers hold {lots} lots, the arena {}, the count {}",
+                self.arena.len(),
+                self.lots
+            ));
+        }
+        let payers_with_points = self.payers.iter().filter(|payer| payer.balance() > 0).count();
+        if self.fronts.len() != payers_with_points {
+            return Err(format!(
+                "{} fronts for {payers_with_points} payers with points",
+                self.fronts.len()
+            ));
+        }
+        if self.payer_by_name.len() != self.payers.len() {
+            return Err("name index and payers differ in size".to_owned());
+        }
+        let mut net_by_payer = vec![0i128; self.payers.len()];
+        for record in &self.transactions {
+            net_by_payer[record.payer_index as usize] += i128::from(record.points);
+        }
+        for spend in &self.spends {
+            for &(payer, taken) in &spend.taken {
+                net_by_payer[payer as usize] -= i128::from(taken);
+            }
+        }
+        for (payer, net) in self.payers.iter().zip(net_by_payer) {
+            if net != i128::from(payer.balance()) {
+                return Err(format!(
+                    "payer {:?}: history nets {net} but the balance is {}",
+                    payer.name,
+                    payer.balance()
+                ));
+            }
+        }
+        Ok(())
+    }
+}

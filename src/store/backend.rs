@@ -1,0 +1,133 @@
+//! The storage seam: what a store needs from where it keeps users' commands.
+//!
+//! The [`Store`](super::Store) does everything that is the same for every
+//! backend once: it caches users in the ledger core behind per-user locks,
+//! enforces the limits, replays request ids, and decides each command's
+//! outcome on the cached ledger. A [`Backend`] only makes outcomes durable and
+//! says when they are: it admits a write before anything changes, takes the
+//! record of each command applied (under that user's write lock, so each
+//! user's records are in the order its ledger applied them), reports when a
+//! sequence is durable, loads users the cache has not seen, and shuts down.
+//!
+//! Two backends exist: [`InMemory`] (durable at once, nothing kept) and the
+//! embedded journal ([`Embedded`](super::embedded::Embedded)). One that
+//! loads users lazily (a database) answers [`Backend::load_user`]; the
+//! embedded one recovers every user at start and never has one to load.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::embedded::records::JournalRecord;
+use super::embedded::wal::{DurableReceipt, Journal};
+use super::{SnapshotFailed, StoreError, UserLedger};
+
+/// A future a backend returns through the seam.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a store keeps what it accepted; see the module documentation.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// Loads `user_id`'s ledger when the store has no ledger for them in
+    /// memory: `None` when no command of theirs was ever kept. By default a
+    /// backend has every user in memory from the start, so it never has one
+    /// to load; a backend that caches users lazily loads them here.
+    fn load_user<'a>(
+        &'a self,
+        _user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserLedger>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Refuses a write before anything changes when its record could not be
+    /// taken ([`Backend::append`] never refuses).
+    fn admit(&self) -> Result<(), StoreError>;
+
+    /// Refuses a read when what memory holds may be ahead of what a restart
+    /// would recover (the backend failed).
+    fn check_healthy(&self) -> Result<(), StoreError>;
+
+    /// Takes the record `record` builds, of a command just applied to a
+    /// user's ledger whose write lock the caller holds, and returns its
+    /// sequence (greater than any before it) and what to wait on for it.
+    fn append(&self, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt);
+
+    /// Whether every record up to `sequence` is durable now.
+    fn is_durable(&self, sequence: u64) -> Result<bool, StoreError>;
+
+    /// Completes once every record up to `sequence` is durable.
+    fn wait_durable(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Completes when the backend stops taking changes because it failed,
+    /// with why; never, while it is healthy.
+    fn failed(&self) -> BoxFuture<'_, String>;
+
+    /// Writes a snapshot now, if the backend takes them.
+    fn snapshot_now(&self) -> Result<(), SnapshotFailed>;
+
+    /// Makes everything taken durable and stops the backend's threads,
+    /// giving up at `deadline` (`None`: waiting as long as that takes).
+    /// Returns whether everything stopped.
+    fn close(&self, deadline: Option<Instant>) -> bool;
+}
+
+/// What a write waits on before its reply: its own record being durable.
+pub(crate) enum Receipt {
+    /// Durable already.
+    Durable,
+    /// Told by the journal writer.
+    Journal(DurableReceipt),
+}
+
+impl Receipt {
+    /// Completes once the record is durable, or with why it never will be.
+    pub(crate) async fn wait(self) -> Result<(), StoreError> {
+        match self {
+            Receipt::Durable => Ok(()),
+            Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt).await?),
+        }
+    }
+}
+
+/// Nothing kept: everything is durable at once and lost when the process
+/// ends.
+#[derive(Debug, Default)]
+pub(crate) struct InMemory {
+    /// The sequence of the last record "taken", so that sequences mean the
+    /// same in every backend.
+    last_sequence: AtomicU64,
+}
+
+impl Backend for InMemory {
+    fn admit(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn check_healthy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn append(&self, _record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
+        (self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1, Receipt::Durable)
+    }
+
+    fn is_durable(&self, _sequence: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    fn wait_durable(&self, _sequence: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn failed(&self) -> BoxFuture<'_, String> {
+        Box::pin(std::future::pending())
+    }
+
+    fn snapshot_now(&self) -> Result<(), SnapshotFailed> {
+        Ok(())
+    }
+
+    fn close(&self, _deadline: Option<Instant>) -> bool {
+        true
+    }
+}

@@ -1,0 +1,145 @@
+//! The commands and reads the service runs against a store, each a thin
+//! shell over the shared write and read paths: what it executes on the
+//! ledger, and the record it keeps.
+
+#[cfg(doc)]
+use crate::ledger::Ledger;
+use chrono::{DateTime, Utc};
+
+use super::embedded::records::{AddTransactionRecord, AddTransactionsRecord, Command, SpendRecord};
+use super::{HEAVY_BATCH_ENTRIES, PayerName, RequestId, Store, StoreError, UserId};
+use crate::ledger::{
+    HistoryCursor, HistoryPage, NewTransaction, Outcome, PageLimits, Spend, Transaction,
+};
+
+impl Store {
+    /// Records a transaction for `user_id`; see [`Ledger::execute_add_transaction`].
+    /// Returns once the change is durable.
+    pub async fn add_transaction(
+        &self,
+        user_id: UserId<'_>,
+        request_id: Option<RequestId<'_>>,
+        payer: PayerName<'_>,
+        points: i64,
+        timestamp: DateTime<Utc>,
+    ) -> Result<Transaction, StoreError> {
+        let payer = payer.as_str();
+        let max_payers = self.limits.max_payers_per_user;
+        self.write(
+            user_id,
+            request_id,
+            false,
+            |ledger, request| {
+                // Only new payers count; a retry of an accepted credit always
+                // names a payer that exists.
+                if points > 0 && !ledger.has_payer(payer) && ledger.payer_count() >= max_payers {
+                    return Err(StoreError::PayerLimitReached {
+                        limit: max_payers,
+                        batch_index: None,
+                    });
+                }
+                Ok(ledger.execute_add_transaction(request, payer, points, timestamp))
+            },
+            |result| {
+                let id = result.as_ref().map_or(0, |transaction| transaction.id);
+                Command::AddTransaction(AddTransactionRecord::new(payer, points, timestamp, id))
+            },
+        )
+        .await
+    }
+
+    /// Records a batch for `user_id`, all or nothing; see
+    /// [`Ledger::add_transactions`]. One journal record, so one fsync.
+    pub async fn add_transactions(
+        &self,
+        user_id: UserId<'_>,
+        batch: &[NewTransaction<'_>],
+    ) -> Result<Vec<Transaction>, StoreError> {
+        let max_payers = self.limits.max_payers_per_user;
+        self.write(
+            user_id,
+            None,
+            batch.len() >= HEAVY_BATCH_ENTRIES,
+            |ledger, _| {
+                // New payers count against the limit in the order they appear.
+                let mut new_payers = std::collections::HashSet::new();
+                for (index, entry) in batch.iter().enumerate() {
+                    if entry.points > 0
+                        && !ledger.has_payer(entry.payer)
+                        && new_payers.insert(entry.payer)
+                        && ledger.payer_count() + new_payers.len() > max_payers
+                    {
+                        return Err(StoreError::PayerLimitReached {
+                            limit: max_payers,
+                            batch_index: Some(index),
+                        });
+                    }
+                }
+                Ok(Outcome::Fresh(ledger.add_transactions(batch)))
+            },
+            |result| {
+                let transactions = result.as_deref().unwrap_or_default();
+                Command::AddTransactions(AddTransactionsRecord {
+                    transactions: transactions
+                        .iter()
+                        .map(|done| {
+                            AddTransactionRecord::new(
+                                &done.payer,
+                                done.points,
+                                done.timestamp,
+                                done.id,
+                            )
+                        })
+                        .collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Spends `user_id`'s points; see [`Ledger::execute_spend`]. Returns once
+    /// the change is durable.
+    pub async fn spend(
+        &self,
+        user_id: UserId<'_>,
+        request_id: Option<RequestId<'_>>,
+        points: i64,
+    ) -> Result<Spend, StoreError> {
+        self.write(
+            user_id,
+            request_id,
+            false,
+            |ledger, request| Ok(ledger.execute_spend(request, points)),
+            |result| {
+                Command::Spend(SpendRecord {
+                    points,
+                    spend_id: result.as_ref().map_or(0, |spend| spend.id),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Every payer ever credited to `user_id` with its balance (none for an
+    /// unknown user), once every change it reflects is durable.
+    pub async fn balances(&self, user_id: UserId<'_>) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(user_id, |ledger| {
+            ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect()
+        })
+        .await
+    }
+
+    /// A page of `user_id`'s history, or `None` if `cursor` is not a position
+    /// of it, once every change it reflects is durable. An unknown user has
+    /// an empty history. The page stops before its entries' encoded size
+    /// passes `max_bytes` (one entry always fits); see
+    /// [`Ledger::history_page_within`].
+    pub async fn history_page(
+        &self,
+        user_id: UserId<'_>,
+        cursor: HistoryCursor,
+        limits: PageLimits,
+    ) -> Result<Option<HistoryPage>, StoreError> {
+        self.read(user_id, |ledger| ledger.history_page_within(cursor, limits)).await
+    }
+}

@@ -1,0 +1,409 @@
+//! Snapshots: every user's whole ledger, so that start-up reads one compact
+//! file instead of replaying all history, and old journal segments can be
+//! removed.
+//!
+//! A snapshot is written to a temporary file, fsynced, renamed into place and
+//! the directory fsynced, so a snapshot under its final name is always
+//! complete; its footer, counts and checksums prove it on reading. A
+//! snapshot that fails is removed, not left behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use super::file_system::{AppendWriter, FileSystem};
+use super::files::{self, DataDir};
+use super::records::{
+    self, PayersChunk, RequestEntry, RequestsChunk, SnapshotFooter, SnapshotHeader, SnapshotPart,
+    SnapshotRecord, SpendsChunk, TransactionsChunk, UserRecord,
+};
+use super::wal::frame;
+use crate::ledger::{
+    InvariantViolation, Ledger, LedgerState, RequestRecord, SpendRecord, TransactionRecord,
+};
+use crate::store::OpenError;
+
+/// Items per chunk record: large enough to amortise framing, small enough to
+/// keep each frame far under the frame size limit.
+const ITEMS_PER_CHUNK: usize = 4096;
+
+/// Encoded bytes gathered before they are written, and the most the buffer
+/// keeps between writes.
+pub const ENCODED_KEEP_BYTES: usize = 1 << 20;
+
+/// One user's state in a snapshot.
+#[derive(Debug, Clone)]
+pub struct UserSnapshot {
+    /// The user id.
+    pub user_id: String,
+    /// The last journal sequence applied to this user.
+    pub last_sequence: u64,
+    /// The user's ledger.
+    pub ledger: Ledger,
+}
+
+/// A snapshot being written to its temporary file, one user at a time, so
+/// that the store never holds a second copy of the ledgers: each user is
+/// encoded while the caller holds that user's lock (no I/O under it: a
+/// stalled disk must not hold a user's lock), and the encoding is written
+/// after the lock is released. Dropped before [`SnapshotFile::publish`], it
+/// removes its temporary file.
+pub struct SnapshotFile<'dir> {
+    data_dir: &'dir DataDir,
+    temporary_path: PathBuf,
+    final_path: PathBuf,
+    /// `None` once finished.
+    out: Option<AppendWriter>,
+    /// Frames encoded and not yet written.
+    encoded: Vec<u8>,
+    user_count: u64,
+    size_bytes: u64,
+}
+
+impl<'dir> SnapshotFile<'dir> {
+    /// Starts the snapshot named for `rotation_sequence` in a temporary file.
+    pub fn create(data_dir: &'dir DataDir, rotation_sequence: u64) -> std::io::Result<Self> {
+        let final_path = data_dir.snapshot_path(rotation_sequence);
+        let temporary_path = final_path.with_extension("snap.tmp");
+        // A leftover of an earlier failed attempt would make create_new fail.
+        let _ = data_dir.fs().remove_file(&temporary_path);
+        let file = data_dir.fs().create_new(&temporary_path)?;
+        let mut snapshot = Self {
+            data_dir,
+            temporary_path,
+            final_path,
+            out: Some(AppendWriter(file)),
+            encoded: Vec::new(),
+            user_count: 0,
+            size_bytes: files::FILE_HEADER_BYTES as u64,
+        };
+        let header = files::encode_header(
+            files::SNAPSHOT_MAGIC,
+            files::SNAPSHOT_FORMAT_VERSION,
+            rotation_sequence,
+        );
+        snapshot.encoded.extend_from_slice(&header);
+        snapshot.put(SnapshotPart::Header(SnapshotHeader { rotation_sequence }));
+        Ok(snapshot)
+    }
+
+    fn put(&mut self, part: SnapshotPart) {
+        let before = self.encoded.len();
+        let record = SnapshotRecord { part: Some(part) };
+        frame::encode_message(&record, frame::UNSALTED, &mut self.encoded);
+        self.size_bytes += (self.encoded.len() - before) as u64;
+    }
+
+    /// Writes what was encoded so far once it passes `threshold_bytes`
+    /// (0: always). Call it without holding any user's lock.
+    pub fn write_encoded(&mut self, threshold_bytes: usize) -> std::io::Result<()> {
+        if self.encoded.len() < threshold_bytes.max(1) {
+            return Ok(());
+        }
+        let out =
+            self.out.as_mut().ok_or_else(|| std::io::Error::other("the snapshot is finished"))?;
+        out.write_all(&self.encoded)?;
+        self.encoded.clear();
+        self.encoded.shrink_to(ENCODED_KEEP_BYTES);
+        Ok(())
+    }
+
+    /// Encodes one user's whole ledger, whose last journal record is
+    /// `last_sequence`, in memory; [`SnapshotFile::write_encoded`] writes it.
+    pub fn encode_user(
+        &mut self,
+        user_id: &str,
+        last_sequence: u64,
+        ledger: &Ledger,
+    ) -> Result<(), InvariantViolation> {
+        // Checked before it is written, as it is after it is read: a ledger
+        // broken in memory must not become the only copy on disk.
+        ledger.check_invariants()?;
+        let state = ledger.view();
+        self.user_count += 1;
+        self.put(SnapshotPart::User(UserRecord {
+            user_id: user_id.to_owned(),
+            last_sequence,
+            payer_count: state.payers.len() as u64,
+            transaction_count: state.transactions.len() as u64,
+            spend_count: state.spends.len() as u64,
+            request_count: state.requests.len() as u64,
+        }));
+        for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
+            self.put(SnapshotPart::Payers(PayersChunk {
+                names: chunk.iter().map(|&(name, _)| name.to_owned()).collect(),
+                balances: chunk.iter().map(|&(_, balance)| balance).collect(),
+            }));
+        }
+        for chunk in state.transactions.chunks(ITEMS_PER_CHUNK) {
+            self.put(SnapshotPart::Transactions(TransactionsChunk {
+                payer_indices: chunk.iter().map(|record| record.payer_index).collect(),
+                points: chunk.iter().map(|record| record.points).collect(),
+                timestamp_seconds: chunk
+                    .iter()
+                    .map(|record| record.timestamp.timestamp())
+                    .collect(),
+                timestamp_nanos: chunk
+                    .iter()
+                    .map(|record| record.timestamp.timestamp_subsec_nanos())
+                    .collect(),
+            }));
+        }
+        for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
+            let taken = chunk.iter().flat_map(|spend| spend.taken.iter());
+            self.put(SnapshotPart::Spends(SpendsChunk {
+                points: chunk.iter().map(|spend| spend.points).collect(),
+                transactions_before: chunk.iter().map(|spend| spend.transactions_before).collect(),
+                taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
+                taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
+                taken_points: taken.map(|&(_, points)| points).collect(),
+            }));
+        }
+        for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
+            let requests = chunk
+                .iter()
+                .map(|request| RequestEntry {
+                    request_id: request.request_id.clone(),
+                    accepted_at_ms: request.accepted_at_ms,
+                    command: Some(records::command_of(&request.params)),
+                    outcome_id: *request.outcome.as_ref().unwrap_or(&0),
+                    refusal: request.outcome.as_ref().err().map(records::refusal_of),
+                })
+                .collect();
+            self.put(SnapshotPart::Requests(RequestsChunk { requests }));
+        }
+        Ok(())
+    }
+
+    /// Writes the footer and everything still encoded, and makes the
+    /// temporary file durable; returns its size.
+    pub fn finish(&mut self) -> std::io::Result<u64> {
+        let user_count = self.user_count;
+        self.put(SnapshotPart::Footer(SnapshotFooter { user_count }));
+        self.write_encoded(0)?;
+        let mut file = self.out.take().ok_or_else(|| std::io::Error::other("finished twice"))?.0;
+        file.sync()?;
+        Ok(self.size_bytes)
+    }
+
+    /// Renames the finished snapshot into place, durably, and returns its
+    /// path. Only call once the journal holds everything the snapshot does.
+    pub fn publish(mut self) -> std::io::Result<PathBuf> {
+        if self.out.is_some() {
+            return Err(std::io::Error::other("the snapshot is not finished"));
+        }
+        let fs = self.data_dir.fs();
+        fs.rename(&self.temporary_path, &self.final_path)?;
+        self.temporary_path = PathBuf::new();
+        self.data_dir.sync()?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for SnapshotFile<'_> {
+    fn drop(&mut self) {
+        if self.temporary_path.as_os_str().is_empty() {
+            return;
+        }
+        self.out = None;
+        if let Err(error) = self.data_dir.fs().remove_file(&self.temporary_path) {
+            tracing::warn!(
+                path = %self.temporary_path.display(),
+                %error,
+                "cannot remove an unfinished snapshot; start-up will"
+            );
+        }
+    }
+}
+
+/// Reads and fully checks the snapshot at `path`, named for `rotation_sequence`.
+pub fn read(
+    fs: &dyn FileSystem,
+    path: &Path,
+    rotation_sequence: u64,
+) -> Result<Vec<UserSnapshot>, OpenError> {
+    let data = fs.read(path).map_err(files::io_error("read", path))?;
+    let damaged = |offset: usize, reason: String| OpenError::Damaged {
+        path: path.to_owned(),
+        offset,
+        reason,
+    };
+    let base = files::decode_header(
+        path,
+        &data,
+        files::SNAPSHOT_MAGIC,
+        &[files::SNAPSHOT_FORMAT_VERSION],
+    )?
+    .base_sequence;
+    if base != rotation_sequence {
+        return Err(damaged(
+            0,
+            format!("header says sequence {base}, the name says {rotation_sequence}"),
+        ));
+    }
+    let mut reader = SnapshotReader::default();
+    let ending = frame::scan(&data, files::FILE_HEADER_BYTES, frame::UNSALTED, |_, payload| {
+        let record = SnapshotRecord::decode(payload).map_err(|error| error.to_string())?;
+        reader.accept(record.part.ok_or("a snapshot record with no part")?)
+    })
+    .map_err(|damage| damaged(damage.offset, damage.reason))?;
+    if ending != frame::Ending::Clean {
+        return Err(damaged(data.len(), format!("the snapshot is incomplete: {ending:?}")));
+    }
+    reader.finish(rotation_sequence).map_err(|reason| damaged(data.len(), reason))
+}
+
+/// Rebuilds users from snapshot records, checking their order and counts.
+#[derive(Default)]
+struct SnapshotReader {
+    header: Option<SnapshotHeader>,
+    /// Finished users.
+    users: Vec<UserSnapshot>,
+    /// The user being read, with the counts its record announced.
+    current: Option<(UserRecord, LedgerState)>,
+    footer: Option<SnapshotFooter>,
+}
+
+impl SnapshotReader {
+    fn accept(&mut self, part: SnapshotPart) -> Result<(), String> {
+        if self.footer.is_some() {
+            return Err("data after the snapshot footer".to_owned());
+        }
+        if self.header.is_none() && !matches!(part, SnapshotPart::Header(_)) {
+            return Err("the snapshot does not start with a header".to_owned());
+        }
+        match part {
+            SnapshotPart::Header(header) => {
+                if self.header.replace(header).is_some() {
+                    return Err("a second snapshot header".to_owned());
+                }
+            }
+            SnapshotPart::User(user) => {
+                self.finish_user()?;
+                self.current = Some((user, LedgerState::default()));
+            }
+            SnapshotPart::Payers(chunk) => {
+                let state = self.state()?;
+                if chunk.names.len() != chunk.balances.len() {
+                    return Err("payer columns of different lengths".to_owned());
+                }
+                state.payers.extend(chunk.names.into_iter().zip(chunk.balances));
+            }
+            SnapshotPart::Transactions(chunk) => {
+                let state = self.state()?;
+                let count = chunk.points.len();
+                if [
+                    chunk.payer_indices.len(),
+                    chunk.timestamp_seconds.len(),
+                    chunk.timestamp_nanos.len(),
+                ]
+                .iter()
+                .any(|&length| length != count)
+                {
+                    return Err("transaction columns of different lengths".to_owned());
+                }
+                for index in 0..count {
+                    state.transactions.push(TransactionRecord {
+                        payer_index: chunk.payer_indices[index],
+                        points: chunk.points[index],
+                        timestamp: records::timestamp(
+                            chunk.timestamp_seconds[index],
+                            chunk.timestamp_nanos[index],
+                        )?,
+                    });
+                }
+            }
+            SnapshotPart::Spends(chunk) => {
+                let state = self.state()?;
+                let count = chunk.points.len();
+                let pairs: usize = chunk.taken_counts.iter().map(|&count| count as usize).sum();
+                if chunk.transactions_before.len() != count
+                    || chunk.taken_counts.len() != count
+                    || chunk.taken_payers.len() != pairs
+                    || chunk.taken_points.len() != pairs
+                {
+                    return Err("spend columns of different lengths".to_owned());
+                }
+                let mut taken = chunk.taken_payers.into_iter().zip(chunk.taken_points);
+                for index in 0..count {
+                    state.spends.push(SpendRecord {
+                        points: chunk.points[index],
+                        transactions_before: chunk.transactions_before[index],
+                        taken: taken.by_ref().take(chunk.taken_counts[index] as usize).collect(),
+                    });
+                }
+            }
+            SnapshotPart::Requests(chunk) => {
+                let state = self.state()?;
+                for entry in chunk.requests {
+                    let command = entry.command.as_ref().ok_or("a request without parameters")?;
+                    let outcome = match &entry.refusal {
+                        Some(refusal) => Err(records::error_of(refusal)?),
+                        None => Ok(entry.outcome_id),
+                    };
+                    state.requests.push(RequestRecord {
+                        request_id: entry.request_id,
+                        params: records::params_of(command)?,
+                        outcome,
+                        accepted_at_ms: entry.accepted_at_ms,
+                    });
+                }
+            }
+            SnapshotPart::Footer(footer) => {
+                self.finish_user()?;
+                self.footer = Some(footer);
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<&mut LedgerState, String> {
+        self.current
+            .as_mut()
+            .map(|(_, state)| state)
+            .ok_or_else(|| "user data before any user".to_owned())
+    }
+
+    fn finish_user(&mut self) -> Result<(), String> {
+        let Some((user, state)) = self.current.take() else { return Ok(()) };
+        let counts = (
+            state.payers.len(),
+            state.transactions.len(),
+            state.spends.len(),
+            state.requests.len(),
+        );
+        let announced =
+            (user.payer_count, user.transaction_count, user.spend_count, user.request_count);
+        if (counts.0 as u64, counts.1 as u64, counts.2 as u64, counts.3 as u64) != announced {
+            return Err(format!(
+                "user {:?} holds {counts:?} items, its record says {announced:?}",
+                user.user_id
+            ));
+        }
+        let ledger = Ledger::restore(state)
+            .map_err(|reason| format!("user {:?}: {reason}", user.user_id))?;
+        self.users.push(UserSnapshot {
+            user_id: user.user_id,
+            last_sequence: user.last_sequence,
+            ledger,
+        });
+        Ok(())
+    }
+
+    fn finish(self, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, String> {
+        let header = self.header.ok_or("the snapshot has no header")?;
+        let footer = self.footer.ok_or("the snapshot has no footer: it is incomplete")?;
+        if header.rotation_sequence != rotation_sequence {
+            return Err(format!("the header says sequence {}", header.rotation_sequence));
+        }
+        if footer.user_count != self.users.len() as u64 {
+            return Err(format!(
+                "the footer counts {} users, the snapshot holds {}",
+                footer.user_count,
+                self.users.len()
+            ));
+        }
+        Ok(self.users)
+    }
+}

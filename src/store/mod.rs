@@ -1,0 +1,439 @@
+//! The store: every user's ledger, the write and read paths shared by every
+//! backend, and the seam to where commands are kept.
+//!
+//! Each user has an in-memory [`Ledger`] behind its own lock, the source of
+//! every read. A write is admitted by the backend before anything changes,
+//! executed under the user's write lock (request-id replay and the limits
+//! are decided here, once, for every backend), and its record handed to the
+//! backend in the same critical section, so each user's records are in the
+//! order its ledger applied them; the reply waits outside the lock until the
+//! record is durable. Refused commands keep nothing, except refusals of calls
+//! with a request id, which retries must see again. Every reply (a read, a
+//! refusal, a retry) waits until every change it reflects is durable; a user
+//! with nothing pending never waits.
+//!
+//! Modules: [`backend`] (the seam, and the in-memory backend), [`embedded`]
+//! (the journal and snapshots in a data directory), `users` (the per-user
+//! locks), `sweeper` (releasing expired request ids), `options`, `error`.
+
+pub mod backend;
+mod commands;
+pub mod embedded;
+mod error;
+mod ids;
+mod options;
+mod sweeper;
+pub mod users;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dashmap::DashMap;
+
+use self::backend::{Backend, InMemory, Receipt};
+use self::embedded::Embedded;
+use self::embedded::records::{Command, JournalRecord};
+use self::sweeper::Sweeper;
+use self::users::{UserLedger, Users, off_runtime, read_lock, write_lock};
+use crate::ledger::{Ledger, LedgerError, Outcome, Request};
+pub use embedded::wal::FsyncPolicy;
+#[cfg(any(test, feature = "testing"))]
+pub use embedded::{journal_records_bytes, read_journal};
+pub use error::{OpenError, SnapshotFailed, StoreError};
+pub use ids::{PayerName, RequestId, UserId};
+pub use options::{DurableOptions, Storage, StoreOptions};
+
+/// The user of calls that name none.
+pub const DEFAULT_USER: &str = "default";
+
+/// Every user's ledger, kept by a backend: what the service calls. Each user
+/// has its own lock, so calls for different users never wait on each other.
+///
+/// Dropping a store closes it ([`Store::close`]): its threads stop and its
+/// data directory is unlocked.
+pub struct Store {
+    users: Arc<Users>,
+    backend: Box<dyn Backend>,
+    limits: Limits,
+    /// The sweeper, and how far closing got; held while closing, so that
+    /// concurrent closes wait for one another.
+    closing: Mutex<Closing>,
+}
+
+/// How far a store's closing got.
+#[derive(Debug)]
+struct Closing {
+    sweeper: Sweeper,
+    state: CloseState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    Open,
+    /// Everything stopped: closing again does nothing.
+    Closed,
+    /// A close gave up at its deadline (a stalled disk); a later close tries
+    /// again, a drop does not wait again.
+    GaveUp,
+}
+
+/// How long dropping a store that nobody closed waits for it to close: a
+/// stalled disk must not hang whoever drops it.
+const DROP_CLOSE_GRACE: Duration = Duration::from_secs(60);
+
+/// The limits and retention every backend shares.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    request_id_retention_ms: i64,
+    max_users: usize,
+    max_payers_per_user: usize,
+    max_request_ids_per_user: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What recovery found, for the start-up log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The rotation sequence of the snapshot loaded, if any.
+    pub snapshot_sequence: Option<u64>,
+    /// Journal records replayed after the snapshot.
+    pub records_replayed: u64,
+    /// Bytes of a torn journal tail cut off (not counting zeros after it).
+    pub torn_bytes_cut: u64,
+}
+
+impl Store {
+    /// A store that keeps nothing on disk, with the default limits.
+    pub fn in_memory() -> Self {
+        Self::assemble(Arc::default(), Box::new(InMemory::default()), &StoreOptions::in_memory())
+    }
+
+    /// Opens the store: in memory, or recovering the data directory (newest
+    /// snapshot, then the journal after it) and starting the journal writer.
+    pub fn open(options: &StoreOptions) -> Result<(Self, Recovery), OpenError> {
+        let users: Arc<Users> = Arc::new(DashMap::new());
+        let (backend, recovery): (Box<dyn Backend>, _) = match &options.storage {
+            Storage::InMemory => (Box::new(InMemory::default()), Recovery::default()),
+            Storage::Durable(durable) => {
+                let (embedded, recovery) =
+                    Embedded::open(durable, &users, options.request_id_retention_ms)?;
+                (Box::new(embedded), recovery)
+            }
+        };
+        Ok((Self::assemble(users, backend, options), recovery))
+    }
+
+    fn assemble(users: Arc<Users>, backend: Box<dyn Backend>, options: &StoreOptions) -> Self {
+        let limits = Limits {
+            request_id_retention_ms: options.request_id_retention_ms,
+            max_users: options.max_users,
+            max_payers_per_user: options.max_payers_per_user,
+            max_request_ids_per_user: options.max_request_ids_per_user,
+        };
+        let sweeper = Sweeper::start(Arc::clone(&users), limits.request_id_retention_ms);
+        let closing = Mutex::new(Closing { sweeper, state: CloseState::Open });
+        Self { users, backend, limits, closing }
+    }
+
+    /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)
+    /// and returns its result once every change it saw is durable, so that
+    /// no reply shows what a crash could take back. A user with nothing
+    /// pending does not wait.
+    pub async fn read<T>(
+        &self,
+        user_id: UserId<'_>,
+        read: impl FnOnce(&Ledger) -> T,
+    ) -> Result<T, StoreError> {
+        // After a backend failure the in-memory state may hold changes that a
+        // restart would not have: serve nothing rather than contradict it.
+        self.backend.check_healthy()?;
+        let (result, seen_sequence) = match self.user(user_id).await? {
+            Some(user) => {
+                let user = read_lock(&user)?;
+                (read(&user.ledger), user.last_sequence)
+            }
+            None => (read(&Ledger::new()), 0),
+        };
+        self.wait_durable(seen_sequence).await?;
+        Ok(result)
+    }
+
+    /// Completes when the store stops accepting changes because its backend
+    /// failed, with why; never, for a healthy or in-memory store.
+    pub async fn failed(&self) -> String {
+        self.backend.failed().await
+    }
+
+    /// Takes a snapshot now and returns once it is written (or why not);
+    /// normally the journal's growth triggers snapshots on their own. For
+    /// tests and tools; an in-memory store has nothing to snapshot.
+    pub fn snapshot_now(&self) -> Result<(), SnapshotFailed> {
+        self.backend.snapshot_now()
+    }
+
+    /// Writes out everything buffered and stops the background threads,
+    /// waiting as long as that takes. Closing a closed store does nothing.
+    pub fn close(&self) {
+        self.close_within(Duration::MAX);
+    }
+
+    /// Writes out everything buffered and stops the background threads,
+    /// giving up after `grace` (a stalled disk, a long snapshot): returns
+    /// whether everything stopped. What was acknowledged is durable either
+    /// way; giving up only leaves the writing of unacknowledged records, or a
+    /// snapshot, unfinished, which start-up handles as after a crash. Once
+    /// it has succeeded, later calls return `true` at once; after it gave
+    /// up, a later call tries again.
+    pub fn close_within(&self, grace: Duration) -> bool {
+        let mut closing = self.closing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if closing.state == CloseState::Closed {
+            return true;
+        }
+        let deadline = Instant::now().checked_add(grace);
+        closing.sweeper.signal();
+        let backend_stopped = self.backend.close(deadline);
+        let sweeper_stopped = closing.sweeper.stop(deadline);
+        let stopped = backend_stopped && sweeper_stopped;
+        closing.state = if stopped { CloseState::Closed } else { CloseState::GaveUp };
+        if !stopped {
+            tracing::error!(
+                "the store did not stop within the shutdown grace period (a stalled disk or \
+                 a long snapshot); exiting anyway: every acknowledged change is durable"
+            );
+        }
+        stopped
+    }
+
+    /// `user_id`'s ledger: cached, or loaded from the backend (and cached)
+    /// on first use; `None` for a user with nothing kept.
+    async fn user(
+        &self,
+        user_id: UserId<'_>,
+    ) -> Result<Option<Arc<RwLock<UserLedger>>>, StoreError> {
+        let user_id = user_id.as_str();
+        if let Some(user) = self.users.get(user_id) {
+            return Ok(Some(Arc::clone(user.value())));
+        }
+        let Some(loaded) = self.backend.load_user(user_id).await? else { return Ok(None) };
+        // A concurrent call may have loaded or created the user meanwhile:
+        // the first one cached wins.
+        let user = self.users.entry(user_id.into()).or_insert_with(|| {
+            metrics::gauge!("points_users").increment(1.0);
+            Arc::new(RwLock::new(loaded))
+        });
+        Ok(Some(Arc::clone(user.value())))
+    }
+
+    /// Completes once every record up to `sequence` is durable.
+    async fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
+        if !self.backend.is_durable(sequence)? {
+            self.backend.wait_durable(sequence).await?;
+        }
+        Ok(())
+    }
+
+    /// Executes a command under the user's write lock and, if it changed
+    /// anything or is a refusal to remember, hands its record to the backend
+    /// in the same critical section (so each user's records are in order);
+    /// then waits outside the lock until everything the reply reflects is
+    /// durable: its own record, or for a refusal or a retry, every record
+    /// of the user it was decided on.
+    async fn write<T>(
+        &self,
+        user_id: UserId<'_>,
+        request_id: Option<RequestId<'_>>,
+        heavy: bool,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        command: impl Fn(&Result<T, LedgerError>) -> Command,
+    ) -> Result<T, StoreError> {
+        // Before anything changes: the backend must be able to take the
+        // record, so that no applied change is ever left unkept.
+        self.backend.admit()?;
+        let existing = self.user(user_id).await?;
+        let now_ms = Utc::now().timestamp_millis();
+        let request = request_id.map(|id| Request {
+            id: id.as_str(),
+            now_ms,
+            retention_ms: self.limits.request_id_retention_ms,
+            max_remembered: self.limits.max_request_ids_per_user,
+        });
+        let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
+        let run = || match existing {
+            Some(user) => {
+                let (result, durable, _) =
+                    self.execute_locked(&mut *write_lock(&user)?, step, execute, &command);
+                Ok::<_, StoreError>((result, durable))
+            }
+            None => self.first_write(step, execute, &command),
+        };
+        // A large batch is milliseconds of ledger work under the user's
+        // lock: not on a worker of the async runtime.
+        let (result, durable) = if heavy { off_runtime(run)? } else { run()? };
+        match durable {
+            Durability::Receipt(receipt) => receipt.wait().await?,
+            Durability::Sequence(sequence) => self.wait_durable(sequence).await?,
+        }
+        result
+    }
+
+    /// Executes a command on a user's ledger whose write lock the caller
+    /// holds, and hands its record to the backend if it changed anything or
+    /// is a refusal to remember. Returns the result, what to wait for, and
+    /// whether the ledger changed.
+    fn execute_locked<T>(
+        &self,
+        user: &mut UserLedger,
+        step: WriteStep<'_>,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        command: &impl Fn(&Result<T, LedgerError>) -> Command,
+    ) -> (Result<T, StoreError>, Durability, bool) {
+        let before = (user.ledger.payer_count(), user.ledger.lot_count());
+        let outcome = match execute(&mut user.ledger, step.request) {
+            Ok(outcome) => outcome,
+            // Refused by a limit of the server before the ledger was asked.
+            Err(refusal) => return (Err(refusal), Durability::Sequence(user.last_sequence), false),
+        };
+        let after = (user.ledger.payer_count(), user.ledger.lot_count());
+        if after != before {
+            metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
+            metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
+        }
+        let result = match outcome {
+            Outcome::Repeated(result) => {
+                return (
+                    result.map_err(StoreError::from),
+                    Durability::Sequence(user.last_sequence),
+                    false,
+                );
+            }
+            Outcome::Fresh(result) => result,
+        };
+        // A refusal is remembered (for retries with its request id) only for
+        // a user who exists: remembering it would create the user, and made-up
+        // user ids would then fill the user limit. A retry of a refusal for a
+        // user with no ledger is decided afresh.
+        let changed = match &result {
+            Ok(_) => true,
+            Err(error) => !step.new_user && step.request_id.is_some() && error.depends_on_state(),
+        };
+        if !changed {
+            // Decided on everything the user has.
+            return (
+                result.map_err(StoreError::from),
+                Durability::Sequence(user.last_sequence),
+                false,
+            );
+        }
+        let (sequence, receipt) = self.backend.append(&|| JournalRecord {
+            command: Some(command(&result)),
+            user_id: step.user_id.as_str().to_owned(),
+            request_id: step.request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
+            accepted_at_ms: step.now_ms,
+            refused: result.is_err(),
+        });
+        assert!(sequence > user.last_sequence, "a user's records are in sequence order");
+        user.last_sequence = sequence;
+        (result.map_err(StoreError::from), Durability::Receipt(receipt), true)
+    }
+
+    /// A write for a user without a ledger. It runs on a new ledger while
+    /// holding the user's vacant map entry (so concurrent first writes wait
+    /// for it), and the user is kept only if the write changed something: a
+    /// refused write creates no user, so refusals cannot fill the user limit.
+    fn first_write<T>(
+        &self,
+        step: WriteStep<'_>,
+        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        command: &impl Fn(&Result<T, LedgerError>) -> Command,
+    ) -> Result<(Result<T, StoreError>, Durability), StoreError> {
+        // Checked before taking the entry: counting users reads every shard,
+        // including the one the entry locks. Concurrent first writes may pass
+        // together, so the bound is exact up to the calls in flight.
+        let max_users = self.limits.max_users;
+        if self.users.len() >= max_users && !self.users.contains_key(step.user_id.as_str()) {
+            return Err(StoreError::LimitReached {
+                reason: "USER_LIMIT_REACHED",
+                message: format!(
+                    "the server already holds its maximum of {max_users} users; no new user can \
+                     be added"
+                ),
+            });
+        }
+        match self.users.entry(step.user_id.as_str().into()) {
+            dashmap::Entry::Occupied(entry) => {
+                let user = Arc::clone(entry.get());
+                drop(entry);
+                let (result, durable, _) =
+                    self.execute_locked(&mut *write_lock(&user)?, step, execute, command);
+                Ok((result, durable))
+            }
+            dashmap::Entry::Vacant(entry) => {
+                let mut user = UserLedger::default();
+                let step = WriteStep { new_user: true, ..step };
+                let (result, durable, changed) =
+                    self.execute_locked(&mut user, step, execute, command);
+                if changed {
+                    entry.insert(Arc::new(RwLock::new(user)));
+                    metrics::gauge!("points_users").increment(1.0);
+                }
+                Ok((result, durable))
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    /// Closes the store if nobody did: its threads stop, everything buffered
+    /// is written out and the data directory is unlocked. Waits at most
+    /// [`DROP_CLOSE_GRACE`], and not again after a close that gave up.
+    fn drop(&mut self) {
+        let state = self.closing.get_mut().map_or(CloseState::GaveUp, |closing| closing.state);
+        match state {
+            CloseState::Open => {
+                self.close_within(DROP_CLOSE_GRACE);
+            }
+            CloseState::GaveUp => {
+                self.close_within(Duration::ZERO);
+            }
+            CloseState::Closed => {}
+        }
+    }
+}
+
+/// Batches at least this long run off the async runtime's workers: about a
+/// millisecond of ledger work or more under the user's lock.
+const HEAVY_BATCH_ENTRIES: usize = 1_000;
+
+/// The request-scoped facts of one write.
+#[derive(Clone, Copy)]
+struct WriteStep<'a> {
+    user_id: UserId<'a>,
+    request_id: Option<RequestId<'a>>,
+    now_ms: i64,
+    request: Option<Request<'a>>,
+    /// Whether the user has no ledger yet (so a refusal must leave none).
+    new_user: bool,
+}
+
+/// What a write must wait for before its reply.
+enum Durability {
+    /// Its own record.
+    Receipt(Receipt),
+    /// Nothing of its own was kept (a retry, or a refusal not remembered):
+    /// the user's records up to this sequence, on which its outcome was
+    /// decided (0 for a new user).
+    Sequence(u64),
+}
+
+#[cfg(test)]
+mod tests;

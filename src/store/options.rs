@@ -1,0 +1,108 @@
+//! How a store is configured: where it keeps its data and its limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::embedded::file_system::{FileSystem, OsFileSystem};
+use super::embedded::wal::FsyncPolicy;
+
+/// Where the store keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// No files at all: everything is lost when the process ends.
+    InMemory,
+    /// A journal and snapshots in a data directory.
+    Durable(DurableOptions),
+}
+
+/// Where and how the embedded journal keeps its data.
+#[derive(Debug, Clone)]
+pub struct DurableOptions {
+    /// The data directory; created if missing, locked while open.
+    pub data_dir: PathBuf,
+    /// When a change counts as written.
+    pub fsync: FsyncPolicy,
+    /// Journal segment size that triggers a snapshot.
+    pub snapshot_threshold_bytes: u64,
+    /// Bytes appended and not yet durable past which new writes are refused.
+    pub max_journal_backlog_bytes: u64,
+    /// How far ahead of its records a journal segment's file is extended
+    /// with zeros, so that a commit's `fdatasync` changes no file size
+    /// (only data); 0 for none. Worth it only under `--fsync always`.
+    pub journal_preallocate_bytes: u64,
+    /// The file system the directory is on: the operating system's,
+    /// or a simulated disk in tests.
+    pub file_system: Arc<dyn FileSystem>,
+}
+
+/// How the store keeps its data, remembers request ids, and bounds memory.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Where the data lives.
+    pub storage: Storage,
+    /// How long a request id is remembered, in milliseconds.
+    pub request_id_retention_ms: i64,
+    /// The most users with a ledger; a write for a new user past it is refused.
+    pub max_users: usize,
+    /// The most payers one user may have; crediting a new payer past it is refused.
+    pub max_payers_per_user: usize,
+    /// The most request ids one user may have remembered at once; a command
+    /// with a new request id past it is refused.
+    pub max_request_ids_per_user: usize,
+}
+
+impl StoreOptions {
+    /// Request ids remembered for 24 hours.
+    pub const DEFAULT_REQUEST_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;
+    /// The default limit of users.
+    pub const DEFAULT_MAX_USERS: usize = 1_000_000;
+    /// The default limit of payers per user.
+    pub const DEFAULT_MAX_PAYERS_PER_USER: usize = 10_000;
+    /// The default limit of request ids remembered per user: more than one
+    /// a second for the whole default retention of 24 hours, and at most a
+    /// few tens of MB for one user.
+    pub const DEFAULT_MAX_REQUEST_IDS_PER_USER: usize = 100_000;
+    /// The default limit of journal bytes waiting for the disk: far above
+    /// what a healthy disk ever has pending (a few batches), small enough
+    /// that a stalled disk cannot exhaust memory.
+    pub const DEFAULT_MAX_JOURNAL_BACKLOG_BYTES: u64 = 64 << 20;
+    /// The default preallocation of journal segments under `--fsync always`:
+    /// one extension (a few milliseconds of writing zeros) per ~40,000
+    /// single-call records; none under `--fsync never`, which never waits
+    /// for an fsync anyway.
+    pub const DEFAULT_JOURNAL_PREALLOCATE_BYTES: u64 = 4 << 20;
+
+    /// The default preallocation of journal segments under `fsync`.
+    pub fn default_journal_preallocate_bytes(fsync: FsyncPolicy) -> u64 {
+        match fsync {
+            FsyncPolicy::Always => Self::DEFAULT_JOURNAL_PREALLOCATE_BYTES,
+            FsyncPolicy::Never => 0,
+        }
+    }
+
+    /// In memory, with the default retention and limits.
+    pub fn in_memory() -> Self {
+        Self {
+            storage: Storage::InMemory,
+            request_id_retention_ms: Self::DEFAULT_REQUEST_ID_RETENTION_MS,
+            max_users: Self::DEFAULT_MAX_USERS,
+            max_payers_per_user: Self::DEFAULT_MAX_PAYERS_PER_USER,
+            max_request_ids_per_user: Self::DEFAULT_MAX_REQUEST_IDS_PER_USER,
+        }
+    }
+
+    /// In `data_dir`, with the default retention and limits.
+    pub fn durable(data_dir: &Path, fsync: FsyncPolicy, snapshot_threshold_bytes: u64) -> Self {
+        Self {
+            storage: Storage::Durable(DurableOptions {
+                data_dir: data_dir.to_owned(),
+                fsync,
+                snapshot_threshold_bytes,
+                max_journal_backlog_bytes: Self::DEFAULT_MAX_JOURNAL_BACKLOG_BYTES,
+                journal_preallocate_bytes: Self::default_journal_preallocate_bytes(fsync),
+                file_system: Arc::new(OsFileSystem),
+            }),
+            ..Self::in_memory()
+        }
+    }
+}
