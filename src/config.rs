@@ -12,7 +12,7 @@ use crate::connections::ConnectionLimits;
 use crate::server::{ServerSettings, TlsFiles};
 use crate::service::CallLimits;
 use crate::store::embedded::file_system::OsFileSystem;
-use crate::store::{DurableOptions, FsyncPolicy, Storage, StoreOptions};
+use crate::store::{DatabaseOptions, DurableOptions, FsyncPolicy, Storage, StoreOptions};
 use crate::telemetry::LogFormat;
 
 /// points-server: a loyalty-points ledger served over gRPC.
@@ -36,6 +36,43 @@ pub struct Config {
     /// Keep nothing on disk: everything is lost when the server stops (tests, demos).
     #[arg(long, env = "POINTS_IN_MEMORY")]
     pub in_memory: bool,
+
+    /// Keep the ledger in this PostgreSQL database instead of --data-dir, so that any
+    /// number of replicas can serve it (postgres://user:password@host:port/database).
+    #[arg(long, env = "POINTS_DATABASE_URL", value_name = "URL", conflicts_with = "in_memory")]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Connections each replica's pool opens to the database (for loading and reading
+    /// users; group commit has one more of its own).
+    #[arg(
+        long,
+        env = "POINTS_DATABASE_POOL_SIZE",
+        value_name = "CONNECTIONS",
+        default_value_t = DatabaseOptions::DEFAULT_POOL_SIZE as u32,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub database_pool_size: u32,
+
+    /// How long connecting to the database may take before a call fails with UNAVAILABLE.
+    #[arg(
+        long,
+        env = "POINTS_DATABASE_CONNECT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = DatabaseOptions::DEFAULT_CONNECT_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub database_connect_timeout_ms: u64,
+
+    /// How long one database statement may run before it is cancelled and the call fails
+    /// with UNAVAILABLE.
+    #[arg(
+        long,
+        env = "POINTS_DATABASE_STATEMENT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = DatabaseOptions::DEFAULT_STATEMENT_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub database_statement_timeout_ms: u64,
 
     /// When a change is acknowledged: after fsync (always), or after the write reaches
     /// the operating system (never: survives kill -9, not power loss).
@@ -194,6 +231,24 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+/// A database connection URL, which may hold a password: shown redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self(url.to_owned()))
+    }
+}
+
 /// Commands that run instead of the server, then exit.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -263,7 +318,14 @@ impl clap::ValueEnum for FsyncPolicy {
 impl Config {
     /// Where and how the ledger is stored.
     pub fn store_options(&self) -> StoreOptions {
-        let storage = if self.in_memory {
+        let storage = if let Some(url) = &self.database_url {
+            Storage::Database(DatabaseOptions {
+                url: url.0.clone(),
+                pool_size: self.database_pool_size as usize,
+                connect_timeout_ms: self.database_connect_timeout_ms,
+                statement_timeout_ms: self.database_statement_timeout_ms,
+            })
+        } else if self.in_memory {
             Storage::InMemory
         } else {
             Storage::Durable(DurableOptions {

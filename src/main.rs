@@ -80,8 +80,14 @@ async fn main() -> ExitCode {
     // journal handles by failing stop, not kill the process mid-write.
     let _file_size_limit_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
-    let store = match Store::open(&config.store_options()) {
-        Ok((store, _recovery)) => Arc::new(store),
+    if config.database_url.is_some() {
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "--database-url is given: the ledger is kept in the database and --data-dir is ignored"
+        );
+    }
+    let store = match Store::connect(&config.store_options()).await {
+        Ok(store) => Arc::new(store),
         Err(error) => {
             eprintln!("points-server: {error}");
             return ExitCode::FAILURE;

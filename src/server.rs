@@ -4,6 +4,7 @@
 //! lets tests run the real server on port 0 and stop it at will.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -114,6 +115,30 @@ pub async fn serve(
         tracing::error!(%reason, "store failed: health is NOT_SERVING");
         report_not_serving(&reporter).await;
     });
+    // A backend whose readiness comes and goes (a database): health follows
+    // it, until shutdown, after which it stays NOT_SERVING.
+    let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readiness_watch = service.store().serving().map(|mut serving| {
+        let reporter = health_reporter.clone();
+        let shutting_down = Arc::clone(&shutting_down);
+        tokio::spawn(async move {
+            loop {
+                let ready = *serving.borrow_and_update();
+                if shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                if ready {
+                    reporter.set_serving::<PointsServiceServer<PointsService>>().await;
+                    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                } else {
+                    report_not_serving(&reporter).await;
+                }
+                if serving.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    });
     let call_summaries = tokio::spawn(crate::service::log_call_summaries());
 
     let reflection_v1 = reflection_builder().build_v1()?;
@@ -123,6 +148,7 @@ pub async fn serve(
     let reporter = health_reporter.clone();
     let signal = async move {
         shutdown.await;
+        shutting_down.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!("shutdown requested: no new connections, finishing in-flight calls");
         report_not_serving(&reporter).await;
         // The receiver lives as long as `serve` below; nothing to do if it is gone.
@@ -173,6 +199,9 @@ pub async fn serve(
         ),
     }
     failure_watch.abort();
+    if let Some(readiness_watch) = readiness_watch {
+        readiness_watch.abort();
+    }
     call_summaries.abort();
     tracing::info!("server stopped");
     Ok(())

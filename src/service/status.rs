@@ -125,6 +125,11 @@ pub fn store_error(error: &StoreError) -> Status {
             details.set_error_info(*reason, ERROR_DOMAIN, HashMap::new());
             Status::with_error_details(Code::Unavailable, message.as_str(), details)
         }
+        StoreError::Conflict { .. } => {
+            let mut details = ErrorDetails::new();
+            details.set_error_info("WRITE_CONFLICT", ERROR_DOMAIN, HashMap::new());
+            Status::with_error_details(Code::Aborted, error.to_string(), details)
+        }
         StoreError::Unavailable(reason) => {
             let mut details = ErrorDetails::new();
             details.set_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());

@@ -9,14 +9,21 @@
 //! user's records are in the order its ledger applied them), reports when a
 //! sequence is durable, loads users the cache has not seen, and shuts down.
 //!
-//! Two backends exist: [`InMemory`] (durable at once, nothing kept) and the
-//! embedded journal ([`Embedded`](super::embedded::Embedded)). One that
-//! loads users lazily (a database) answers [`Backend::load_user`]; the
-//! embedded one recovers every user at start and never has one to load.
+//! Three backends exist: [`InMemory`] (durable at once, nothing kept), the
+//! embedded journal ([`Embedded`](super::embedded::Embedded)), and
+//! PostgreSQL ([`Postgres`](super::postgres::Postgres)), which loads users
+//! lazily ([`Backend::load_user`]) and is shared by replicas: another
+//! process may have written a cached user, so the store refreshes it before
+//! a read or an outcome that records nothing ([`Backend::refresh`]), and a
+//! record computed on a stale ledger is refused at commit
+//! ([`StoreError::Conflict`]) and the write decided again on the stored
+//! state. The embedded one recovers every user at start and never has one
+//! to load.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use super::embedded::records::JournalRecord;
@@ -39,6 +46,30 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Whether other processes write the same users (replicas sharing a
+    /// database), so that a cached user may be behind and reads and
+    /// unrecorded outcomes must [`Backend::refresh`] it first.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Brings a cached user up to what the backend holds, applying records
+    /// other processes wrote; only called when [`Backend::is_shared`].
+    fn refresh<'a>(
+        &'a self,
+        _user_id: &'a str,
+        _user: &'a Arc<RwLock<UserLedger>>,
+    ) -> BoxFuture<'a, Result<Freshness, StoreError>> {
+        Box::pin(std::future::ready(Ok(Freshness::Current)))
+    }
+
+    /// Whether the backend can serve now, as it changes (a database that
+    /// becomes unreachable and comes back); `None` for a backend that is
+    /// serving until it [`failed`](Backend::failed).
+    fn serving(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
     /// Refuses a write before anything changes when its record could not be
     /// taken ([`Backend::append`] never refuses).
     fn admit(&self) -> Result<(), StoreError>;
@@ -47,10 +78,10 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// would recover (the backend failed).
     fn check_healthy(&self) -> Result<(), StoreError>;
 
-    /// Takes the record `record` builds, of a command just applied to a
-    /// user's ledger whose write lock the caller holds, and returns its
+    /// Takes the record `record` builds, of a command just applied to
+    /// `user`'s ledger whose write lock the caller holds, and returns its
     /// sequence (greater than any before it) and what to wait on for it.
-    fn append(&self, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt);
+    fn append(&self, user: &UserLedger, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt);
 
     /// Whether every record up to `sequence` is durable now.
     fn is_durable(&self, sequence: u64) -> Result<bool, StoreError>;
@@ -71,12 +102,26 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn close(&self, deadline: Option<Instant>) -> bool;
 }
 
+/// Whether a cached user was up to date with a shared backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Nothing newer was stored: what the ledger decided stands.
+    Current,
+    /// Newer records were stored and are now applied: decide again.
+    CaughtUp,
+    /// The cached ledger may differ from what is stored: drop it, load anew.
+    Stale,
+}
+
 /// What a write waits on before its reply: its own record being durable.
 pub(crate) enum Receipt {
     /// Durable already.
     Durable,
     /// Told by the journal writer.
     Journal(DurableReceipt),
+    /// Told by a database backend's committer: stored, refused as
+    /// conflicting ([`StoreError::Conflict`]), or failed.
+    Database(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
 }
 
 impl Receipt {
@@ -85,6 +130,11 @@ impl Receipt {
         match self {
             Receipt::Durable => Ok(()),
             Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt).await?),
+            Receipt::Database(receipt) => receipt.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the database committer stopped before storing the change".to_owned(),
+                ))
+            }),
         }
     }
 }
@@ -107,7 +157,7 @@ impl Backend for InMemory {
         Ok(())
     }
 
-    fn append(&self, _record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
+    fn append(&self, _user: &UserLedger, _record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
         (self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1, Receipt::Durable)
     }
 

@@ -43,6 +43,20 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// The database cannot be reached, migrated or used.
+    #[error(
+        "cannot use the database at {location}: {reason}. Check --database-url and that the \
+         database accepts connections"
+    )]
+    Database {
+        /// Where it is (never the password).
+        location: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The data is in a database: open it with `Store::connect`.
+    #[error("the store's data is in a database; open it with Store::connect")]
+    NeedsConnect,
     /// The files are each intact but do not fit together.
     #[error("{path}: {reason}")]
     Inconsistent {
@@ -86,6 +100,18 @@ pub enum StoreError {
     /// was left unusable by an internal error.
     #[error("{0}")]
     Unavailable(String),
+    /// A shared backend refused the write's record because another replica
+    /// wrote the user meanwhile; the store decides the write again on the
+    /// stored state, and returns this (ABORTED) only when that kept
+    /// happening; nothing changed.
+    #[error(
+        "this user was written concurrently through other replicas {attempts} times in a row; \
+         nothing changed, retry"
+    )]
+    Conflict {
+        /// How many times the write was decided.
+        attempts: u32,
+    },
     /// The store cannot take this write now, but may shortly (the disk is
     /// behind); nothing changed.
     #[error("{message}")]

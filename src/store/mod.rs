@@ -22,6 +22,7 @@ pub mod embedded;
 mod error;
 mod ids;
 mod options;
+mod postgres;
 mod sweeper;
 pub mod users;
 
@@ -31,9 +32,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use dashmap::DashMap;
 
-use self::backend::{Backend, InMemory, Receipt};
+use self::backend::{Backend, Freshness, InMemory, Receipt};
 use self::embedded::Embedded;
 use self::embedded::records::{Command, JournalRecord};
+use self::postgres::Postgres;
 use self::sweeper::Sweeper;
 use self::users::{UserLedger, Users, off_runtime, read_lock, write_lock};
 use crate::ledger::{Ledger, LedgerError, Outcome, Request};
@@ -42,7 +44,7 @@ pub use embedded::wal::FsyncPolicy;
 pub use embedded::{journal_records_bytes, read_journal};
 pub use error::{OpenError, SnapshotFailed, StoreError};
 pub use ids::{PayerName, RequestId, UserId};
-pub use options::{DurableOptions, Storage, StoreOptions};
+pub use options::{DatabaseOptions, DurableOptions, Storage, StoreOptions};
 
 /// The user of calls that name none.
 pub const DEFAULT_USER: &str = "default";
@@ -129,8 +131,22 @@ impl Store {
                     Embedded::open(durable, &users, options.request_id_retention_ms)?;
                 (Box::new(embedded), recovery)
             }
+            Storage::Database(_) => return Err(OpenError::NeedsConnect),
         };
         Ok((Self::assemble(users, backend, options), recovery))
+    }
+
+    /// Opens the store: [`Store::open`] for data in memory or a data
+    /// directory; for a database, connects, migrates the schema and starts
+    /// the committer (needs a Tokio runtime). Users are loaded on first use.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, OpenError> {
+        match &options.storage {
+            Storage::Database(database) => {
+                let backend = Postgres::open(database).await?;
+                Ok(Self::assemble(Arc::new(DashMap::new()), Box::new(backend), options))
+            }
+            _ => Self::open(options).map(|(store, _)| store),
+        }
     }
 
     fn assemble(users: Arc<Users>, backend: Box<dyn Backend>, options: &StoreOptions) -> Self {
@@ -149,23 +165,49 @@ impl Store {
     /// and returns its result once every change it saw is durable, so that
     /// no reply shows what a crash could take back. A user with nothing
     /// pending does not wait.
+    ///
+    /// With a shared backend the cached user is first brought up to what is
+    /// stored, so that the read sees every change acknowledged (by any
+    /// replica) before it started; if a change it saw turns out never to be
+    /// stored, the read is done again.
     pub async fn read<T>(
         &self,
         user_id: UserId<'_>,
-        read: impl FnOnce(&Ledger) -> T,
+        read: impl Fn(&Ledger) -> T,
     ) -> Result<T, StoreError> {
         // After a backend failure the in-memory state may hold changes that a
         // restart would not have: serve nothing rather than contradict it.
         self.backend.check_healthy()?;
-        let (result, seen_sequence) = match self.user(user_id).await? {
-            Some(user) => {
+        let shared = self.backend.is_shared();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(Cached { user, loaded }) = self.user(user_id).await? else {
+                return Ok(read(&Ledger::new()));
+            };
+            if shared && !loaded {
+                let freshness = self.backend.refresh(user_id.as_str(), &user).await?;
+                if freshness == Freshness::Stale {
+                    continue;
+                }
+            }
+            let (result, seen_sequence) = {
                 let user = read_lock(&user)?;
                 (read(&user.ledger), user.last_sequence)
+            };
+            self.wait_durable(seen_sequence).await?;
+            if shared && read_lock(&user)?.stored.is_stale() {
+                back_off(attempt).await;
+                continue;
             }
-            None => (read(&Ledger::new()), 0),
-        };
-        self.wait_durable(seen_sequence).await?;
-        Ok(result)
+            return Ok(result);
+        }
+        Err(StoreError::Conflict { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Whether the store can serve now, as it changes, for a backend whose
+    /// readiness comes and goes (a database); `None` for one that serves
+    /// until [`Store::failed`].
+    pub fn serving(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.backend.serving()
     }
 
     /// Completes when the store stops accepting changes because its backend
@@ -215,23 +257,28 @@ impl Store {
     }
 
     /// `user_id`'s ledger: cached, or loaded from the backend (and cached)
-    /// on first use; `None` for a user with nothing kept.
-    async fn user(
-        &self,
-        user_id: UserId<'_>,
-    ) -> Result<Option<Arc<RwLock<UserLedger>>>, StoreError> {
+    /// on first use; `None` for a user with nothing kept. A cached ledger
+    /// gone stale is dropped and loaded anew.
+    async fn user(&self, user_id: UserId<'_>) -> Result<Option<Cached>, StoreError> {
         let user_id = user_id.as_str();
-        if let Some(user) = self.users.get(user_id) {
-            return Ok(Some(Arc::clone(user.value())));
+        let cached = self.users.get(user_id).map(|user| Arc::clone(user.value()));
+        if let Some(user) = cached {
+            if !self.backend.is_shared() || !read_lock(&user)?.stored.is_stale() {
+                return Ok(Some(Cached { user, loaded: false }));
+            }
+            if self.users.remove_if(user_id, |_, cached| Arc::ptr_eq(cached, &user)).is_some() {
+                metrics::gauge!("points_users").decrement(1.0);
+            }
         }
         let Some(loaded) = self.backend.load_user(user_id).await? else { return Ok(None) };
         // A concurrent call may have loaded or created the user meanwhile:
         // the first one cached wins.
+        let mut loaded = Some(loaded);
         let user = self.users.entry(user_id.into()).or_insert_with(|| {
             metrics::gauge!("points_users").increment(1.0);
-            Arc::new(RwLock::new(loaded))
+            Arc::new(RwLock::new(loaded.take().unwrap_or_default()))
         });
-        Ok(Some(Arc::clone(user.value())))
+        Ok(Some(Cached { user: Arc::clone(user.value()), loaded: loaded.is_none() }))
     }
 
     /// Completes once every record up to `sequence` is durable.
@@ -248,42 +295,66 @@ impl Store {
     /// then waits outside the lock until everything the reply reflects is
     /// durable: its own record, or for a refusal or a retry, every record
     /// of the user it was decided on.
+    ///
+    /// With a shared backend, a write whose record is refused as conflicting
+    /// with another replica's is decided again on the stored state, and an
+    /// outcome that records nothing (a refusal, a retry's reply) is checked
+    /// against what is stored, a bounded number of times.
     async fn write<T>(
         &self,
         user_id: UserId<'_>,
         request_id: Option<RequestId<'_>>,
         heavy: bool,
-        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        execute: impl Fn(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
         command: impl Fn(&Result<T, LedgerError>) -> Command,
     ) -> Result<T, StoreError> {
-        // Before anything changes: the backend must be able to take the
-        // record, so that no applied change is ever left unkept.
-        self.backend.admit()?;
-        let existing = self.user(user_id).await?;
-        let now_ms = Utc::now().timestamp_millis();
-        let request = request_id.map(|id| Request {
-            id: id.as_str(),
-            now_ms,
-            retention_ms: self.limits.request_id_retention_ms,
-            max_remembered: self.limits.max_request_ids_per_user,
-        });
-        let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
-        let run = || match existing {
-            Some(user) => {
-                let (result, durable, _) =
-                    self.execute_locked(&mut *write_lock(&user)?, step, execute, &command);
-                Ok::<_, StoreError>((result, durable))
+        for attempt in 1..=MAX_ATTEMPTS {
+            // Before anything changes: the backend must be able to take the
+            // record, so that no applied change is ever left unkept.
+            self.backend.admit()?;
+            let existing = self.user(user_id).await?.map(|cached| cached.user);
+            let now_ms = Utc::now().timestamp_millis();
+            let request = request_id.map(|id| Request {
+                id: id.as_str(),
+                now_ms,
+                retention_ms: self.limits.request_id_retention_ms,
+                max_remembered: self.limits.max_request_ids_per_user,
+            });
+            let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
+            let run = || match &existing {
+                Some(user) => {
+                    let (result, durable, _) =
+                        self.execute_locked(&mut *write_lock(user)?, step, &execute, &command);
+                    Ok::<_, StoreError>((result, durable, Some(Arc::clone(user))))
+                }
+                None => self.first_write(step, &execute, &command),
+            };
+            // A large batch is milliseconds of ledger work under the user's
+            // lock: not on a worker of the async runtime.
+            let (result, durable, decided_on) = if heavy { off_runtime(run)? } else { run()? };
+            match durable {
+                Durability::Receipt(receipt) => match receipt.wait().await {
+                    Err(StoreError::Conflict { .. }) => {
+                        back_off(attempt).await;
+                        continue;
+                    }
+                    stored => stored?,
+                },
+                Durability::Sequence(sequence) => {
+                    self.wait_durable(sequence).await?;
+                    // Decided on the cache without storing anything: it
+                    // stands only if nothing newer was stored meanwhile.
+                    if let Some(user) = decided_on.filter(|_| self.backend.is_shared()) {
+                        let freshness = self.backend.refresh(user_id.as_str(), &user).await?;
+                        if freshness != Freshness::Current {
+                            continue;
+                        }
+                    }
+                }
             }
-            None => self.first_write(step, execute, &command),
-        };
-        // A large batch is milliseconds of ledger work under the user's
-        // lock: not on a worker of the async runtime.
-        let (result, durable) = if heavy { off_runtime(run)? } else { run()? };
-        match durable {
-            Durability::Receipt(receipt) => receipt.wait().await?,
-            Durability::Sequence(sequence) => self.wait_durable(sequence).await?,
+            return result;
         }
-        result
+        Err(StoreError::Conflict { attempts: MAX_ATTEMPTS })
     }
 
     /// Executes a command on a user's ledger whose write lock the caller
@@ -294,7 +365,7 @@ impl Store {
         &self,
         user: &mut UserLedger,
         step: WriteStep<'_>,
-        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        execute: &impl Fn(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
         command: &impl Fn(&Result<T, LedgerError>) -> Command,
     ) -> (Result<T, StoreError>, Durability, bool) {
         let before = (user.ledger.payer_count(), user.ledger.lot_count());
@@ -334,7 +405,7 @@ impl Store {
                 false,
             );
         }
-        let (sequence, receipt) = self.backend.append(&|| JournalRecord {
+        let (sequence, receipt) = self.backend.append(user, &|| JournalRecord {
             command: Some(command(&result)),
             user_id: step.user_id.as_str().to_owned(),
             request_id: step.request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
@@ -350,12 +421,14 @@ impl Store {
     /// holding the user's vacant map entry (so concurrent first writes wait
     /// for it), and the user is kept only if the write changed something: a
     /// refused write creates no user, so refusals cannot fill the user limit.
+    #[allow(clippy::type_complexity)]
     fn first_write<T>(
         &self,
         step: WriteStep<'_>,
-        execute: impl FnOnce(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
+        execute: &impl Fn(&mut Ledger, Option<Request<'_>>) -> Result<Outcome<T>, StoreError>,
         command: &impl Fn(&Result<T, LedgerError>) -> Command,
-    ) -> Result<(Result<T, StoreError>, Durability), StoreError> {
+    ) -> Result<(Result<T, StoreError>, Durability, Option<Arc<RwLock<UserLedger>>>), StoreError>
+    {
         // Checked before taking the entry: counting users reads every shard,
         // including the one the entry locks. Concurrent first writes may pass
         // together, so the bound is exact up to the calls in flight.
@@ -375,7 +448,7 @@ impl Store {
                 drop(entry);
                 let (result, durable, _) =
                     self.execute_locked(&mut *write_lock(&user)?, step, execute, command);
-                Ok((result, durable))
+                Ok((result, durable, Some(user)))
             }
             dashmap::Entry::Vacant(entry) => {
                 let mut user = UserLedger::default();
@@ -386,7 +459,9 @@ impl Store {
                     entry.insert(Arc::new(RwLock::new(user)));
                     metrics::gauge!("points_users").increment(1.0);
                 }
-                Ok((result, durable))
+                // Decided on an empty ledger: the backend had no user when
+                // asked, after the call started.
+                Ok((result, durable, None))
             }
         }
     }
@@ -413,6 +488,25 @@ impl Drop for Store {
 /// Batches at least this long run off the async runtime's workers: about a
 /// millisecond of ledger work or more under the user's lock.
 const HEAVY_BATCH_ENTRIES: usize = 1_000;
+
+/// How many times a write or read is decided before giving up with
+/// [`StoreError::Conflict`], when other replicas keep writing the user.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// Waits before deciding again after a conflict: a random time up to a bound
+/// that doubles with each attempt (1 ms, 2 ms, … 64 ms), so that replicas
+/// contending for one user stop colliding.
+async fn back_off(attempt: u32) {
+    let bound_us = 1_000u64 << attempt.min(6);
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..bound_us))).await;
+}
+
+/// A user's cached ledger, and whether it was just loaded from the backend
+/// (so it is as fresh as can be).
+struct Cached {
+    user: Arc<RwLock<UserLedger>>,
+    loaded: bool,
+}
 
 /// The request-scoped facts of one write.
 #[derive(Clone, Copy)]

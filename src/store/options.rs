@@ -13,6 +13,9 @@ pub enum Storage {
     InMemory,
     /// A journal and snapshots in a data directory.
     Durable(DurableOptions),
+    /// A PostgreSQL database, shared with other replicas; opened with
+    /// [`Store::connect`](super::Store::connect).
+    Database(DatabaseOptions),
 }
 
 /// Where and how the embedded journal keeps its data.
@@ -33,6 +36,54 @@ pub struct DurableOptions {
     /// The file system the directory is on: the operating system's,
     /// or a simulated disk in tests.
     pub file_system: Arc<dyn FileSystem>,
+}
+
+/// Where and how the PostgreSQL backend keeps its data, for replicas that
+/// share one database.
+#[derive(Clone)]
+pub struct DatabaseOptions {
+    /// The connection URL (`postgres://user:password@host:port/database`).
+    pub url: String,
+    /// The most connections the pool opens for loading and refreshing users
+    /// (the committer has one more of its own).
+    pub pool_size: usize,
+    /// How long connecting may take before the call fails, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long one statement may run before the database cancels it, in
+    /// milliseconds.
+    pub statement_timeout_ms: u64,
+}
+
+impl DatabaseOptions {
+    /// The default pool size.
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+    /// The default connect timeout.
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+    /// The default statement timeout.
+    pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+
+    /// At `url`, with the default pool and timeouts.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            pool_size: Self::DEFAULT_POOL_SIZE,
+            connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
+            statement_timeout_ms: Self::DEFAULT_STATEMENT_TIMEOUT_MS,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    /// Everything but the URL, which may hold a password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DatabaseOptions")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .finish()
+    }
 }
 
 /// How the store keeps its data, remembers request ids, and bounds memory.

@@ -1,6 +1,7 @@
 //! The users a store holds in memory: one ledger per user behind its own
 //! lock, and how calls on the async runtime take those locks.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use dashmap::DashMap;
@@ -14,6 +15,49 @@ use crate::ledger::Ledger;
 pub(crate) struct UserLedger {
     pub(crate) ledger: Ledger,
     pub(crate) last_sequence: u64,
+    /// How far a shared backend (a database other replicas write too) holds
+    /// this user's records; unused by the embedded backend.
+    pub(crate) stored: Arc<StoredPosition>,
+}
+
+/// Where a cached user stands against a shared backend: the place of the
+/// last stored record chunk the ledger reflects, and whether the ledger has
+/// gone stale (a record of it was refused as conflicting with another
+/// replica's, or its fate is unknown), so that it must be dropped and
+/// loaded anew. Atomics, so that the backend's committer updates them
+/// without the user's lock.
+#[derive(Debug, Default)]
+pub(crate) struct StoredPosition {
+    seq: AtomicU64,
+    stale: AtomicBool,
+}
+
+impl StoredPosition {
+    /// At `seq`, not stale.
+    pub(crate) fn at(seq: u64) -> Self {
+        Self { seq: AtomicU64::new(seq), stale: AtomicBool::new(false) }
+    }
+
+    /// The place of the last stored chunk the ledger reflects (0: none).
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// The ledger now reflects the stored chunk at `seq`.
+    pub(crate) fn set_seq(&self, seq: u64) {
+        debug_assert!(seq > self.seq(), "stored chunks are reflected in order");
+        self.seq.store(seq, Ordering::Release);
+    }
+
+    /// Whether the ledger must be dropped and loaded anew.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// The ledger may differ from what is stored: nobody may use it again.
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
 }
 
 /// Every user's ledger, by user id.

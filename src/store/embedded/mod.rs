@@ -40,7 +40,7 @@ use self::snapshotter::Snapshotter;
 use self::wal::{Journal, JournalFailed, JournalOptions, Refusal, SnapshotTrigger};
 use super::backend::{Backend, BoxFuture, Receipt};
 use super::sweeper::wait_finished;
-use super::users::Users;
+use super::users::{UserLedger, Users};
 use super::{DurableOptions, OpenError, Recovery, SnapshotFailed, StoreError};
 
 /// The journal, its writer thread and the snapshotter of one open data
@@ -149,7 +149,7 @@ impl Backend for Embedded {
         Ok(self.journal.check_healthy()?)
     }
 
-    fn append(&self, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
+    fn append(&self, _user: &UserLedger, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
         let (sequence, receipt) = self.journal.append(&record());
         (sequence, Receipt::Journal(receipt))
     }

@@ -96,7 +96,11 @@ pub(super) fn scan(fs: &dyn FileSystem, listing: &Listing) -> Result<Scan, OpenE
         for user in snapshot::read(fs, path, *sequence)? {
             users.insert(
                 user.user_id,
-                UserLedger { ledger: user.ledger, last_sequence: user.last_sequence },
+                UserLedger {
+                    ledger: user.ledger,
+                    last_sequence: user.last_sequence,
+                    ..UserLedger::default()
+                },
             );
         }
         files_read.push(path.clone());

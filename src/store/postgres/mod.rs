@@ -1,0 +1,501 @@
+//! The PostgreSQL backend: any number of replicas keep their users in one
+//! database and give the same answers as one server.
+//!
+//! Each user's accepted commands are an append-only stream of chunks in
+//! `points_user_records`, primary key `(user_id, seq)`: a chunk holds the
+//! records (the embedded journal's [`JournalRecord`] encoding) one group
+//! commit stored for that user, and `seq` numbers a user's chunks 1, 2, 3…
+//! A replica caches users in the ledger core, loading one on first use
+//! (its chunks replayed), so start-up is O(1). A write is decided on the
+//! cached ledger and its record stored by the [`committer`] in the chunk
+//! after the last one the cache reflects; if another replica stored that
+//! place first, the insert conflicts, the cached ledger is dropped, and the
+//! store decides the write again on the stored state. Nothing else is
+//! needed for correctness: the primary key is the only arbiter, so two
+//! replicas can never both extend a user from the same state, and a
+//! request id applies once because a retry is decided on every stored
+//! chunk. A read first asks for the user's last chunk (one primary-key
+//! lookup) and applies any it has not seen.
+//!
+//! Modules: [`migrations`] (the schema), [`committer`] (group commit).
+
+mod committer;
+mod migrations;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio_postgres::{Client, NoTls};
+
+use self::committer::Pending;
+use super::backend::{Backend, BoxFuture, Freshness, Receipt};
+use super::embedded::records::JournalRecord;
+use super::embedded::replay::replay;
+use super::sweeper::wait_finished;
+use super::users::{StoredPosition, UserLedger, read_lock, write_lock};
+use super::{DatabaseOptions, OpenError, SnapshotFailed, StoreError};
+use crate::ledger::Ledger;
+
+/// What one chunk of a user's stream holds: the records one round of group
+/// commit stored for them, in the order their ledger applied them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RecordChunk {
+    /// The records.
+    #[prost(message, repeated, tag = "1")]
+    pub records: Vec<JournalRecord>,
+}
+
+/// A database shared with other replicas, a pool of connections for loading
+/// and refreshing users, and the committer storing what this replica takes.
+pub(crate) struct Postgres {
+    pool: Pool,
+    shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    /// Where the database is, for messages (no password).
+    location: String,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Postgres").field("database", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// What writers and the committer share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the committer when records are queued or the store closes.
+    wake: Notify,
+    /// The sequence up to which every record taken is resolved (stored,
+    /// refused as conflicting, or failed).
+    resolved: watch::Sender<u64>,
+    /// Whether the database answers.
+    serving: watch::Sender<bool>,
+    /// Bound of every database operation, client side: a statement that
+    /// does not finish (or a network that stopped answering) fails the
+    /// call after it.
+    operation_timeout: Duration,
+    /// Bytes of records queued past which writes are refused.
+    max_queued_bytes: usize,
+}
+
+/// Records taken and not yet handed to a round.
+#[derive(Default)]
+struct Queue {
+    last_sequence: u64,
+    records: Vec<Pending>,
+    bytes: usize,
+    closing: bool,
+}
+
+impl Shared {
+    /// Every queued record, and whether the store is closing.
+    fn take_queued(&self) -> (Vec<Pending>, bool) {
+        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.bytes = 0;
+        (std::mem::take(&mut queue.records), queue.closing)
+    }
+
+    /// Reports whether the database answers, logging changes.
+    fn set_serving(&self, serving: bool, reason: &str) {
+        let changed = self.serving.send_if_modified(|current| {
+            let changed = *current != serving;
+            *current = serving;
+            changed
+        });
+        if changed {
+            if serving {
+                tracing::info!("the database answers again: serving");
+            } else {
+                tracing::error!(%reason, "the database is unreachable: not serving");
+            }
+        }
+    }
+}
+
+/// Bytes of records queued for the database past which writes are refused
+/// (`DATABASE_BACKLOG`): far above what a healthy database has queued (one
+/// round), small enough that a stalled one cannot exhaust memory.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+impl Postgres {
+    /// Connects, migrates the schema and starts the committer. Fails when
+    /// the database cannot be reached or migrated.
+    pub(crate) async fn open(options: &DatabaseOptions) -> Result<Self, OpenError> {
+        let mut config: tokio_postgres::Config =
+            options.url.as_str().parse().map_err(|error| OpenError::Database {
+                location: "the --database-url".to_owned(),
+                reason: format!("it is not a PostgreSQL connection URL: {error}"),
+            })?;
+        let location = location_of(&config);
+        let fail = |reason: String| OpenError::Database { location: location.clone(), reason };
+        let connect_timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
+        let statement_timeout_ms = options.statement_timeout_ms.max(1);
+        let mut session_options = config.get_options().unwrap_or_default().to_owned();
+        session_options.push_str(&format!(
+            " -c statement_timeout={statement_timeout_ms} -c client_min_messages=warning"
+        ));
+        config
+            .connect_timeout(connect_timeout)
+            .application_name("points-server")
+            .options(session_options.trim())
+            .keepalives_idle(Duration::from_secs(10));
+        // Client side, a little past the server's statement timeout.
+        let operation_timeout =
+            Duration::from_millis(statement_timeout_ms) + connect_timeout + Duration::from_secs(1);
+
+        let mut client = connect(&config, operation_timeout).await.map_err(fail)?;
+        let migrate = migrations::migrate(&mut client);
+        let applied = tokio::time::timeout(operation_timeout * 4, migrate)
+            .await
+            .map_err(|_| fail("migrating the schema timed out".to_owned()))?
+            .map_err(fail)?;
+        drop(client);
+        if applied.is_empty() {
+            tracing::info!(database = %location, "the database schema is up to date");
+        } else {
+            tracing::info!(database = %location, ?applied, "migrated the database schema");
+        }
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .build()
+            .map_err(|error| fail(format!("cannot build the connection pool: {error}")))?;
+
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            resolved: watch::Sender::new(0),
+            serving: watch::Sender::new(true),
+            operation_timeout,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+        });
+        let committer_shared = Arc::clone(&shared);
+        let committer = std::thread::Builder::new()
+            .name("points-db-commit".to_owned())
+            .spawn(move || committer::run(committer_shared, config))
+            .map_err(|error| fail(format!("cannot start the committer thread: {error}")))?;
+        Ok(Self { pool, shared, committer: Mutex::new(Some(committer)), location })
+    }
+
+    /// A pooled connection, or UNAVAILABLE at once when the database is
+    /// known not to answer.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if !*self.shared.serving.borrow() {
+            return Err(self.unreachable("it did not answer the last check"));
+        }
+        self.pool.get().await.map_err(|error| self.unreachable(&error.to_string()))
+    }
+
+    fn unreachable(&self, reason: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "the database at {} is unreachable ({reason}); retry shortly",
+            self.location
+        ))
+    }
+
+    /// Runs one query, bounded by the operation timeout.
+    async fn query(
+        &self,
+        client: &deadpool_postgres::Object,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let run = async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        };
+        match tokio::time::timeout(self.shared.operation_timeout, run).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(error)) => Err(self.unreachable(&database_error(&error))),
+            Err(_) => Err(self.unreachable("the query timed out")),
+        }
+    }
+
+    /// The place of `user_id`'s last stored chunk (0: none).
+    async fn head(
+        &self,
+        client: &deadpool_postgres::Object,
+        user_id: &str,
+    ) -> Result<u64, StoreError> {
+        let rows = self
+            .query(
+                client,
+                "SELECT coalesce(max(seq), 0) FROM points_user_records WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await?;
+        let head: i64 = rows.first().and_then(|row| row.try_get(0).ok()).unwrap_or(0);
+        Ok(u64::try_from(head).unwrap_or(0))
+    }
+
+    /// `user_id`'s chunks after `after`, decoded and checked to follow on
+    /// from it, in order.
+    async fn chunks_after(
+        &self,
+        client: &deadpool_postgres::Object,
+        user_id: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, RecordChunk)>, StoreError> {
+        let after_i64 = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                client,
+                "SELECT seq, records FROM points_user_records WHERE user_id = $1 AND seq > $2 \
+                 ORDER BY seq",
+                &[&user_id, &after_i64],
+            )
+            .await?;
+        let mut chunks = Vec::with_capacity(rows.len());
+        let mut last = after;
+        for row in rows {
+            let seq: i64 = row.try_get(0).map_err(|error| damaged(user_id, last + 1, &error))?;
+            if u64::try_from(seq).ok() != Some(last + 1) {
+                return Err(damaged(user_id, last + 1, &format!("found chunk {seq} instead")));
+            }
+            last += 1;
+            let bytes: &[u8] = row.try_get(1).map_err(|error| damaged(user_id, last, &error))?;
+            let chunk = <RecordChunk as prost::Message>::decode(bytes)
+                .map_err(|error| damaged(user_id, last, &error))?;
+            if let Some(record) = chunk.records.iter().find(|record| record.user_id != user_id) {
+                let found = &record.user_id;
+                return Err(damaged(user_id, last, &format!("it holds a record of {found:?}")));
+            }
+            chunks.push((last, chunk));
+        }
+        Ok(chunks)
+    }
+}
+
+/// Executes `chunks`' records again on `ledger`; returns the place of the
+/// last chunk applied (`after` for none). On an error the ledger may be
+/// half updated.
+fn apply_chunks(
+    user_id: &str,
+    after: u64,
+    chunks: Vec<(u64, RecordChunk)>,
+    ledger: &mut Ledger,
+) -> Result<u64, StoreError> {
+    let mut last = after;
+    for (seq, chunk) in chunks {
+        debug_assert_eq!(seq, last + 1, "chunks_after checked their order");
+        for record in chunk.records {
+            replay(ledger, record).map_err(|error| damaged(user_id, seq, &error))?;
+        }
+        last = seq;
+    }
+    Ok(last)
+}
+
+/// A stored chunk that cannot be applied: nothing of that user is served.
+fn damaged(user_id: &str, seq: u64, error: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "user {user_id:?}'s stored records are damaged at chunk {seq}: {error}"
+    ))
+}
+
+/// Opens one connection, its driver on the current runtime.
+async fn connect(config: &tokio_postgres::Config, timeout: Duration) -> Result<Client, String> {
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|error| database_error(&error))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "a database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A database error with the server's own message when there is one.
+fn database_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db_error) => format!("{}: {}", db_error.code().code(), db_error.message()),
+        None => error.to_string(),
+    }
+}
+
+/// `host:port/database` of a configuration, for messages: never the password.
+fn location_of(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
+impl Backend for Postgres {
+    fn load_user<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserLedger>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let chunks = self.chunks_after(&client, user_id, 0).await?;
+            drop(client);
+            if chunks.is_empty() {
+                return Ok(None);
+            }
+            let mut ledger = Ledger::new();
+            let last = apply_chunks(user_id, 0, chunks, &mut ledger)?;
+            Ok(Some(UserLedger {
+                ledger,
+                last_sequence: 0,
+                stored: Arc::new(StoredPosition::at(last)),
+            }))
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        user_id: &'a str,
+        user: &'a Arc<RwLock<UserLedger>>,
+    ) -> BoxFuture<'a, Result<Freshness, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Bounded: each round either finds the cache current, applies
+            // what is newer, or waits for this replica's own records (which
+            // then conflict, making the cache stale).
+            for _ in 0..8 {
+                let head = self.head(&client, user_id).await?;
+                let (stored, last_sequence) = {
+                    let user = read_lock(user)?;
+                    if user.stored.is_stale() {
+                        return Ok(Freshness::Stale);
+                    }
+                    (user.stored.seq(), user.last_sequence)
+                };
+                if head <= stored {
+                    return Ok(Freshness::Current);
+                }
+                // Records of ours still on their way were decided on a
+                // ledger without the newer chunks: they will conflict.
+                if !self.is_durable(last_sequence)? {
+                    self.wait_durable(last_sequence).await?;
+                    continue;
+                }
+                let chunks = self.chunks_after(&client, user_id, stored).await?;
+                let mut user = write_lock(user)?;
+                if user.stored.is_stale() {
+                    return Ok(Freshness::Stale);
+                }
+                // Changed meanwhile (another call caught it up, or this
+                // replica decided a record on it): look again.
+                if user.stored.seq() != stored || user.last_sequence != last_sequence {
+                    continue;
+                }
+                match apply_chunks(user_id, stored, chunks, &mut user.ledger) {
+                    Ok(last) => {
+                        user.stored.set_seq(last);
+                        return Ok(Freshness::CaughtUp);
+                    }
+                    Err(error) => {
+                        // Possibly half applied: nobody may use it again.
+                        user.stored.mark_stale();
+                        return Err(error);
+                    }
+                }
+            }
+            Ok(Freshness::Stale)
+        })
+    }
+
+    fn serving(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.shared.serving.subscribe())
+    }
+
+    fn admit(&self) -> Result<(), StoreError> {
+        if !*self.shared.serving.borrow() {
+            return Err(self.unreachable("it did not answer the last check"));
+        }
+        let queue = self.shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queue.closing {
+            return Err(StoreError::Unavailable("the server is shutting down".to_owned()));
+        }
+        if queue.bytes > self.shared.max_queued_bytes {
+            return Err(StoreError::Busy {
+                reason: "DATABASE_BACKLOG",
+                message: format!(
+                    "more than {} MiB of changes are waiting for the database; retry shortly",
+                    self.shared.max_queued_bytes >> 20
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_healthy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn append(&self, user: &UserLedger, record: &dyn Fn() -> JournalRecord) -> (u64, Receipt) {
+        let record = record();
+        let bytes = prost::Message::encoded_len(&record);
+        let (reply, receipt) = oneshot::channel();
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.last_sequence += 1;
+        let sequence = queue.last_sequence;
+        queue.bytes += bytes;
+        queue.records.push(Pending { sequence, stored: Arc::clone(&user.stored), record, reply });
+        drop(queue);
+        self.shared.wake.notify_one();
+        (sequence, Receipt::Database(receipt))
+    }
+
+    fn is_durable(&self, sequence: u64) -> Result<bool, StoreError> {
+        Ok(*self.shared.resolved.borrow() >= sequence)
+    }
+
+    fn wait_durable(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut resolved = self.shared.resolved.subscribe();
+        Box::pin(async move {
+            resolved
+                .wait_for(|resolved| *resolved >= sequence)
+                .await
+                .map(|_| ())
+                .map_err(|_| StoreError::Unavailable("the database committer stopped".to_owned()))
+        })
+    }
+
+    fn failed(&self) -> BoxFuture<'_, String> {
+        Box::pin(std::future::pending())
+    }
+
+    fn snapshot_now(&self) -> Result<(), SnapshotFailed> {
+        Ok(())
+    }
+
+    fn close(&self, deadline: Option<Instant>) -> bool {
+        self.shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closing = true;
+        self.shared.wake.notify_one();
+        let mut committer = self.committer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(thread) = committer.take() else { return true };
+        if wait_finished(&thread, deadline) {
+            let _ = thread.join();
+            true
+        } else {
+            *committer = Some(thread);
+            false
+        }
+    }
+}
