@@ -5,8 +5,8 @@
 use crate::common;
 use crate::common::refusal::assert_refusal;
 
-use common::client::balances;
-use common::{ServerProcess, TestServer, timestamp};
+use common::client::{Client, balances};
+use common::{ServerProcess, timestamp};
 use points::proto::v1::{AddTransactionsRequest, NewTransaction};
 use points::testing::read_journal;
 use tonic::Code;
@@ -23,9 +23,7 @@ fn batch(transactions: Vec<NewTransaction>) -> AddTransactionsRequest {
 }
 
 /// 10,000 transactions in one call get ids in order and land together.
-#[tokio::test]
-async fn ten_thousand_transactions_in_one_call() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn ten_thousand_transactions_in_one_call(mut client: Client) {
     let payers = ["DANNON", "UNILEVER", "MILLER COORS", "KRAFT"];
     let transactions: Vec<_> =
         (0..10_000).map(|index| entry(payers[index % 4], 1 + (index % 7) as i64, index)).collect();
@@ -37,9 +35,7 @@ async fn ten_thousand_transactions_in_one_call() {
 }
 
 /// A bad entry refuses the whole batch with its index; nothing changes.
-#[tokio::test]
-async fn one_bad_entry_refuses_the_whole_batch_with_its_index() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn one_bad_entry_refuses_the_whole_batch_with_its_index(mut client: Client) {
     client.add_transactions(batch(vec![entry("DANNON", 10, 0)])).await.expect("accepted");
     let cases = [
         (
@@ -94,3 +90,8 @@ async fn a_batch_is_one_journal_record_and_survives_kill_9() {
     let server = ServerProcess::start_durable(data_dir.path(), &[]);
     assert_eq!(balances(&mut server.client().await).await["DANNON"], 4_000);
 }
+
+crate::on_every_backend!(
+    ten_thousand_transactions_in_one_call,
+    one_bad_entry_refuses_the_whole_batch_with_its_index,
+);

@@ -3,7 +3,7 @@
 //! message; refusals change nothing, and bytes that are not protobuf are
 //! refused without taking the server down.
 
-use crate::common::client::{add, balances, transaction};
+use crate::common::client::{Client, add, balances, transaction};
 use crate::common::refusal::assert_refusal;
 use crate::common::{TestServer, call_raw};
 
@@ -31,9 +31,7 @@ fn bad_fields(status: &Status) -> Vec<String> {
 }
 
 /// Every INVALID_ARGUMENT case of AddTransaction names its field and changes nothing.
-#[tokio::test]
-async fn add_transaction_fails_with_invalid_argument_for_each_bad_field() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn add_transaction_fails_with_invalid_argument_for_each_bad_field(mut client: Client) {
     add(&mut client, "DANNON", 10, "2024-01-01T00:00:00Z").await;
     let valid = transaction("DANNON", 5, "2024-01-01T00:00:00Z");
     let with = |change: fn(&mut AddTransactionRequest)| {
@@ -78,9 +76,7 @@ async fn add_transaction_fails_with_invalid_argument_for_each_bad_field() {
 }
 
 /// A request with several bad fields names every one of them.
-#[tokio::test]
-async fn add_transaction_reports_every_bad_field_at_once() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn add_transaction_reports_every_bad_field_at_once(mut client: Client) {
     let status = client
         .add_transaction(AddTransactionRequest {
             payer: String::new(),
@@ -95,9 +91,9 @@ async fn add_transaction_reports_every_bad_field_at_once() {
 }
 
 /// A negative transaction over the payer's balance is FAILED_PRECONDITION and changes nothing.
-#[tokio::test]
-async fn negative_transaction_fails_with_failed_precondition_when_payer_balance_is_short() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn negative_transaction_fails_with_failed_precondition_when_payer_balance_is_short(
+    mut client: Client,
+) {
     add(&mut client, "DANNON", 100, "2024-01-01T00:00:00Z").await;
     add(&mut client, "UNILEVER", 500, "2024-01-01T00:00:00Z").await;
     let status = client
@@ -120,9 +116,7 @@ async fn negative_transaction_fails_with_failed_precondition_when_payer_balance_
 }
 
 /// Spending more than the total is FAILED_PRECONDITION with the numbers, and changes nothing.
-#[tokio::test]
-async fn spend_fails_with_failed_precondition_when_total_is_short() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn spend_fails_with_failed_precondition_when_total_is_short(mut client: Client) {
     add(&mut client, "DANNON", 4300, "2024-01-01T00:00:00Z").await;
     let status = client
         .spend(SpendRequest { points: 5000, ..Default::default() })
@@ -134,9 +128,7 @@ async fn spend_fails_with_failed_precondition_when_total_is_short() {
 }
 
 /// Spending zero or negative points is INVALID_ARGUMENT on the points field.
-#[tokio::test]
-async fn spend_fails_with_invalid_argument_when_points_are_not_positive() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn spend_fails_with_invalid_argument_when_points_are_not_positive(mut client: Client) {
     add(&mut client, "DANNON", 10, "2024-01-01T00:00:00Z").await;
     for points in [0, -1, i64::MIN] {
         let status = client
@@ -160,9 +152,7 @@ async fn spend_fails_with_invalid_argument_when_points_are_not_positive() {
 }
 
 /// Balances past i64::MAX, per payer or in total, are OUT_OF_RANGE and change nothing.
-#[tokio::test]
-async fn add_transaction_fails_with_out_of_range_when_a_balance_would_overflow() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn add_transaction_fails_with_out_of_range_when_a_balance_would_overflow(mut client: Client) {
     add(&mut client, "DANNON", i64::MAX - 10, "2024-01-01T00:00:00Z").await;
     let status = client
         .add_transaction(transaction("DANNON", 11, "2024-01-02T00:00:00Z"))
@@ -197,3 +187,12 @@ async fn malformed_protobuf_is_refused_and_the_server_keeps_serving() {
     let mut client = server.client().await;
     add(&mut client, "DANNON", 1, "2024-01-01T00:00:00Z").await;
 }
+
+crate::on_every_backend!(
+    add_transaction_fails_with_invalid_argument_for_each_bad_field,
+    add_transaction_reports_every_bad_field_at_once,
+    negative_transaction_fails_with_failed_precondition_when_payer_balance_is_short,
+    spend_fails_with_failed_precondition_when_total_is_short,
+    spend_fails_with_invalid_argument_when_points_are_not_positive,
+    add_transaction_fails_with_out_of_range_when_a_balance_would_overflow,
+);

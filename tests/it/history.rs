@@ -2,9 +2,9 @@
 //! on, bad page tokens and sizes, and pages bounded by bytes as well as by
 //! entries.
 
-use crate::common::client::{add_request, spend_request, try_add, try_spend};
+use crate::common::ServerProcess;
+use crate::common::client::{Client, add_request, spend_request, try_add, try_spend};
 use crate::common::history::{pages, walk};
-use crate::common::{ServerProcess, TestServer};
 
 use std::time::Duration;
 
@@ -13,9 +13,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 /// Paging with small pages while writes go on: no gaps, no repeats, arrival order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_while_writes_go_on_has_no_gaps_or_repeats() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn paging_while_writes_go_on_has_no_gaps_or_repeats(mut client: Client) {
     for day in 1..=20 {
         let when = format!("2024-01-{day:02}T00:00:00Z");
         try_add(&mut client, add_request("alice", "", "DANNON", 10, &when)).await.unwrap();
@@ -55,9 +53,7 @@ async fn paging_while_writes_go_on_has_no_gaps_or_repeats() {
 }
 
 /// Bad paging input is INVALID_ARGUMENT; large page sizes are capped at 1000.
-#[tokio::test]
-async fn bad_page_tokens_and_sizes_are_invalid_arguments() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn bad_page_tokens_and_sizes_are_invalid_arguments(mut client: Client) {
     for step in 0..1005i64 {
         let when = format!("2024-01-01T00:{:02}:{:02}Z", step / 60 % 60, step % 60);
         try_add(&mut client, add_request("alice", "", "DANNON", 1, &when)).await.unwrap();
@@ -131,3 +127,8 @@ async fn history_pages_are_bounded_by_bytes_as_well_as_entries() {
     assert_eq!(entries, SPENDS * PAYERS + SPENDS, "every entry once");
     assert!(pages.len() >= 3, "the spends alone need two pages: {}", pages.len());
 }
+
+crate::on_every_backend!(
+    paging_while_writes_go_on_has_no_gaps_or_repeats,
+    bad_page_tokens_and_sizes_are_invalid_arguments,
+);

@@ -3,7 +3,7 @@
 //! that conserve the total.
 
 use crate::common::client::{Client, add, balances, spend};
-use crate::common::{TestServer, timestamp};
+use crate::common::timestamp;
 
 use std::collections::HashMap;
 
@@ -32,9 +32,7 @@ async fn spend_5000_as_the_issue_shows(client: &mut Client) {
 }
 
 /// Example A over gRPC: spend 5000 and the balances match the issue.
-#[tokio::test]
-async fn example_a_spend_takes_oldest_points_first() {
-    let (server, mut client) = TestServer::start_with_client().await;
+async fn example_a_spend_takes_oldest_points_first(mut client: Client) {
     let first = add(&mut client, "DANNON", 300, "2022-10-31T10:00:00Z").await;
     assert_eq!(first.id, 1);
     assert_eq!(first.payer, "DANNON");
@@ -46,13 +44,10 @@ async fn example_a_spend_takes_oldest_points_first() {
     let last = add(&mut client, "DANNON", 1000, "2022-11-02T14:00:00Z").await;
     assert_eq!(last.id, 5);
     spend_5000_as_the_issue_shows(&mut client).await;
-    server.stop().await.expect("clean stop");
 }
 
 /// Example B over gRPC: out-of-order arrival gives example A's reply and balances.
-#[tokio::test]
-async fn example_b_out_of_order_arrival_matches_example_a() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn example_b_out_of_order_arrival_matches_example_a(mut client: Client) {
     add(&mut client, "DANNON", 1000, "2020-11-02T14:00:00Z").await;
     add(&mut client, "UNILEVER", 200, "2020-10-31T11:00:00Z").await;
     add(&mut client, "DANNON", -200, "2020-10-31T15:00:00Z").await;
@@ -62,9 +57,7 @@ async fn example_b_out_of_order_arrival_matches_example_a() {
 }
 
 /// Example C over gRPC: a late older lot re-settles only inside its payer.
-#[tokio::test]
-async fn example_c_late_lot_resettles_within_its_payer() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn example_c_late_lot_resettles_within_its_payer(mut client: Client) {
     add(&mut client, "P", 100, "2024-01-03T00:00:00Z").await;
     add(&mut client, "Q", 100, "2024-01-02T00:00:00Z").await;
     assert_eq!(spend(&mut client, 150).await, pairs(&[("Q", -100), ("P", -50)]));
@@ -75,9 +68,7 @@ async fn example_c_late_lot_resettles_within_its_payer() {
 }
 
 /// Many tasks spending at once never take more than was there, and the total is conserved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_spends_conserve_the_total() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn concurrent_spends_conserve_the_total(mut client: Client) {
     let payers = ["DANNON", "UNILEVER", "MILLER COORS", "KRAFT"];
     for (index, payer) in payers.iter().enumerate() {
         for day in 1..=25 {
@@ -116,3 +107,10 @@ async fn concurrent_spends_conserve_the_total() {
     assert!(left >= 0 && spent <= 4000);
     assert_eq!(left + spent, 4000, "every point is either spent or still held");
 }
+
+crate::on_every_backend!(
+    example_a_spend_takes_oldest_points_first,
+    example_b_out_of_order_arrival_matches_example_a,
+    example_c_late_lot_resettles_within_its_payer,
+    concurrent_spends_conserve_the_total,
+);

@@ -1,6 +1,6 @@
 //! Many users over real gRPC: each has its own ledger, ids and history.
 
-use crate::common::TestServer;
+use crate::common::client::Client;
 use crate::common::client::{add_request, balances_of, spend_request, try_add, try_spend};
 use crate::common::history::walk;
 
@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use tonic::Code;
 
 /// Users are independent: their own ids from 1, their own balances and history.
-#[tokio::test]
-async fn users_have_independent_ledgers_ids_and_histories() {
-    let (_server, mut client) = TestServer::start_with_client().await;
+async fn users_have_independent_ledgers_ids_and_histories(mut client: Client) {
     let alice =
         try_add(&mut client, add_request("alice", "", "DANNON", 100, "2024-01-02T00:00:00Z"))
             .await
@@ -32,3 +30,5 @@ async fn users_have_independent_ledgers_ids_and_histories() {
     assert_eq!(walk(&mut client, "alice", 10).await, [('t', 1), ('s', 1)]);
     assert_eq!(walk(&mut client, "bob", 10).await, [('t', 1)]);
 }
+
+crate::on_every_backend!(users_have_independent_ledgers_ids_and_histories,);

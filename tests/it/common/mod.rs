@@ -9,9 +9,11 @@ pub mod files;
 pub mod history;
 pub mod metrics;
 pub mod operations;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod refusal;
+pub mod replicas;
 pub mod server;
 pub mod sim_disk;
 pub mod tokens;
@@ -48,4 +50,28 @@ pub fn open_store(
             opened => Some(opened),
         }
     })
+}
+
+/// Runs each named test body (an `async fn(Client)`) twice: on the real
+/// tonic server in this process over an in-memory store, and on two real
+/// replicas over one fresh PostgreSQL database, with calls spread over both
+/// (balanced per call). Each body gets a module of its own with the tests
+/// `in_memory` and `on_two_replicas`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_memory() {
+                let (_server, client) = $crate::common::TestServer::start_with_client().await;
+                super::$test(client).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_two_replicas() {
+                let replicas = $crate::common::replicas::Replicas::start(2, &[]);
+                super::$test(replicas.client().await).await;
+            }
+        }
+    )*};
 }

@@ -69,6 +69,20 @@ impl ServerProcess {
         data_dir
     }
 
+    /// Starts the binary on the database at `url` with `args` and waits
+    /// until it listens.
+    pub fn start_on_database(url: &str, args: &[&str]) -> Self {
+        Self::spawn(Self::on_database(url, args))
+    }
+
+    /// The binary on the database at `url`, on an ephemeral loopback port,
+    /// with `args`.
+    pub fn on_database(url: &str, args: &[&str]) -> Command {
+        let mut command = Self::command();
+        command.args(["--listen", "127.0.0.1:0", "--database-url", url]).args(args);
+        command
+    }
+
     /// A command for the binary, for tests that set its flags or environment themselves.
     pub fn command() -> Command {
         Command::new(env!("CARGO_BIN_EXE_points-server"))
