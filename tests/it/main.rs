@@ -33,6 +33,7 @@ mod python_interop;
 mod readme_flags;
 mod recovery;
 mod reflection;
+mod replicas;
 mod retries;
 mod security;
 mod shutdown;
