@@ -74,6 +74,17 @@ pub struct Config {
     )]
     pub database_statement_timeout_ms: u64,
 
+    /// Users each replica keeps in memory; beyond it, users with no call in progress are
+    /// dropped from memory and loaded from the database again when next used.
+    #[arg(
+        long,
+        env = "POINTS_DATABASE_CACHE_USERS",
+        value_name = "USERS",
+        default_value_t = DatabaseOptions::DEFAULT_CACHE_MAX_USERS as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub database_cache_users: u64,
+
     /// When a change is acknowledged: after fsync (always), or after the write reaches
     /// the operating system (never: survives kill -9, not power loss).
     #[arg(long, env = "POINTS_FSYNC", value_name = "POLICY", value_enum, default_value_t = FsyncPolicy::Always)]
@@ -324,6 +335,7 @@ impl Config {
                 pool_size: self.database_pool_size as usize,
                 connect_timeout_ms: self.database_connect_timeout_ms,
                 statement_timeout_ms: self.database_statement_timeout_ms,
+                cache_max_users: usize::try_from(self.database_cache_users).unwrap_or(usize::MAX),
             })
         } else if self.in_memory {
             Storage::InMemory

@@ -63,6 +63,13 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(Freshness::Current)))
     }
 
+    /// The most users the store may keep in memory, for a backend that
+    /// loads users lazily; `None`: every user stays (they cannot be loaded
+    /// again).
+    fn cache_max_users(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the backend can serve now, as it changes (a database that
     /// becomes unreachable and comes back); `None` for a backend that is
     /// serving until it [`failed`](Backend::failed).

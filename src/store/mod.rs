@@ -37,7 +37,7 @@ use self::embedded::Embedded;
 use self::embedded::records::{Command, JournalRecord};
 use self::postgres::Postgres;
 use self::sweeper::Sweeper;
-use self::users::{UserLedger, Users, off_runtime, read_lock, write_lock};
+use self::users::{UserLedger, Users, collect_users, off_runtime, read_lock, write_lock};
 use crate::ledger::{Ledger, LedgerError, Outcome, Request};
 pub use embedded::wal::FsyncPolicy;
 #[cfg(any(test, feature = "testing"))]
@@ -278,7 +278,39 @@ impl Store {
             metrics::gauge!("points_users").increment(1.0);
             Arc::new(RwLock::new(loaded.take().unwrap_or_default()))
         });
-        Ok(Some(Cached { user: Arc::clone(user.value()), loaded: loaded.is_none() }))
+        let cached = Cached { user: Arc::clone(user.value()), loaded: loaded.is_none() };
+        drop(user);
+        self.bound_cache();
+        Ok(Some(cached))
+    }
+
+    /// Past the backend's bound of cached users, drops users with no call
+    /// in progress and nothing waiting to be stored, down to nine tenths of
+    /// the bound (so that passes are rare); they are loaded again on use.
+    fn bound_cache(&self) {
+        let Some(max_users) = self.backend.cache_max_users() else { return };
+        if self.users.len() <= max_users {
+            return;
+        }
+        let target = max_users - max_users / 10;
+        let mut evicted = 0;
+        for (user_id, _held_here) in collect_users(&self.users) {
+            if self.users.len() <= target {
+                break;
+            }
+            // Held by the map and this loop only: no call uses it.
+            let idle = |cached: &Arc<RwLock<UserLedger>>| {
+                Arc::strong_count(cached) == 2
+                    && cached.try_read().is_ok_and(|ledger| {
+                        self.backend.is_durable(ledger.last_sequence).unwrap_or(false)
+                    })
+            };
+            if self.users.remove_if(&user_id, |_, cached| idle(cached)).is_some() {
+                evicted += 1;
+            }
+        }
+        metrics::gauge!("points_users").decrement(f64::from(evicted));
+        tracing::info!(evicted, cached = self.users.len(), "dropped idle users from memory");
     }
 
     /// Completes once every record up to `sequence` is durable.
@@ -432,8 +464,13 @@ impl Store {
         // Checked before taking the entry: counting users reads every shard,
         // including the one the entry locks. Concurrent first writes may pass
         // together, so the bound is exact up to the calls in flight.
+        // A backend that caches users lazily holds them elsewhere; its
+        // cache is bounded by dropping idle users instead.
         let max_users = self.limits.max_users;
-        if self.users.len() >= max_users && !self.users.contains_key(step.user_id.as_str()) {
+        if self.backend.cache_max_users().is_none()
+            && self.users.len() >= max_users
+            && !self.users.contains_key(step.user_id.as_str())
+        {
             return Err(StoreError::LimitReached {
                 reason: "USER_LIMIT_REACHED",
                 message: format!(
@@ -458,6 +495,7 @@ impl Store {
                 if changed {
                     entry.insert(Arc::new(RwLock::new(user)));
                     metrics::gauge!("points_users").increment(1.0);
+                    self.bound_cache();
                 }
                 // Decided on an empty ledger: the backend had no user when
                 // asked, after the call started.

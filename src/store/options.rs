@@ -52,6 +52,9 @@ pub struct DatabaseOptions {
     /// How long one statement may run before the database cancels it, in
     /// milliseconds.
     pub statement_timeout_ms: u64,
+    /// The most users a replica keeps in memory; past it, users with no
+    /// call in progress are dropped from memory (and loaded again on use).
+    pub cache_max_users: usize,
 }
 
 impl DatabaseOptions {
@@ -61,6 +64,8 @@ impl DatabaseOptions {
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
     /// The default statement timeout.
     pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+    /// The default bound of cached users.
+    pub const DEFAULT_CACHE_MAX_USERS: usize = 100_000;
 
     /// At `url`, with the default pool and timeouts.
     pub fn new(url: &str) -> Self {
@@ -69,6 +74,7 @@ impl DatabaseOptions {
             pool_size: Self::DEFAULT_POOL_SIZE,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
             statement_timeout_ms: Self::DEFAULT_STATEMENT_TIMEOUT_MS,
+            cache_max_users: Self::DEFAULT_CACHE_MAX_USERS,
         }
     }
 }
@@ -82,6 +88,7 @@ impl std::fmt::Debug for DatabaseOptions {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("cache_max_users", &self.cache_max_users)
             .finish()
     }
 }

@@ -262,3 +262,28 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
     assert_eq!(balances(&mut client).await["DANNON"], 101);
     health.check(HealthCheckRequest::default()).await.expect("health answers");
 }
+
+/// A replica keeps at most --database-cache-users users in memory: users
+/// dropped from memory are loaded again on use, with everything they had,
+/// also while the other replica writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_beyond_the_cache_bound_are_dropped_and_loaded_again_intact() {
+    let replicas = Replicas::start(2, &["--database-cache-users", "10"]);
+    let mut clients = [replicas.client_of(0).await, replicas.client_of(1).await];
+    for round in 0..3 {
+        for user in 0..60 {
+            let user_id = format!("user-{user}");
+            let request = add_request(&user_id, "", "DANNON", user + 1, "2024-01-01T00:00:00Z");
+            try_add(&mut clients[(round + user as usize) % 2], request).await.expect("accepted");
+        }
+    }
+    for user in 0..60 {
+        for client in &mut clients {
+            let seen = balances_of(client, &format!("user-{user}")).await["DANNON"];
+            assert_eq!(seen, 3 * (user + 1), "user-{user}");
+        }
+    }
+    for server in &replicas.servers {
+        assert!(server.log().contains("dropped idle users from memory"), "{}", server.log());
+    }
+}

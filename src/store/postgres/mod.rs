@@ -56,6 +56,7 @@ pub(crate) struct Postgres {
     committer: Mutex<Option<JoinHandle<()>>>,
     /// Where the database is, for messages (no password).
     location: String,
+    cache_max_users: usize,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -187,7 +188,13 @@ impl Postgres {
             .name("points-db-commit".to_owned())
             .spawn(move || committer::run(committer_shared, config))
             .map_err(|error| fail(format!("cannot start the committer thread: {error}")))?;
-        Ok(Self { pool, shared, committer: Mutex::new(Some(committer)), location })
+        Ok(Self {
+            pool,
+            shared,
+            committer: Mutex::new(Some(committer)),
+            location,
+            cache_max_users: options.cache_max_users.max(1),
+        })
     }
 
     /// A pooled connection, or UNAVAILABLE at once when the database is
@@ -364,6 +371,10 @@ impl Backend for Postgres {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn cache_max_users(&self) -> Option<usize> {
+        Some(self.cache_max_users)
     }
 
     fn refresh<'a>(
