@@ -30,14 +30,20 @@ use tonic_health::pb::health_client::HealthClient;
 #[derive(Debug, Parser)]
 #[command(name = "points-bench", version)]
 struct Options {
-    /// The server to load, e.g. http://127.0.0.1:50051.
+    /// The server to load, e.g. http://127.0.0.1:50051; repeat it for
+    /// replicas, and connections are spread over them in turn.
     #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
-    addr: Option<String>,
+    addr: Vec<String>,
 
     /// Start points-server (from the same directory as this binary) on a free
     /// loopback port, in memory unless --server-arg says otherwise.
     #[arg(long)]
     spawn: bool,
+
+    /// With --spawn: how many servers to start, each with the same
+    /// --server-arg (replicas, given a --database-url).
+    #[arg(long, default_value_t = 1, requires = "spawn", value_parser = clap::value_parser!(u32).range(1..=64))]
+    replicas: u32,
 
     /// An argument for the spawned server (repeatable), e.g. --server-arg=--fsync=never.
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -118,7 +124,7 @@ fn spawn_server(args: &[String]) -> Result<(SpawnedServer, String), String> {
         .with_file_name("points-server");
     let mut command = Command::new(&binary);
     command.args(["--listen", "127.0.0.1:0"]);
-    if !args.iter().any(|arg| arg.starts_with("--data-dir")) {
+    if !args.iter().any(|arg| arg.starts_with("--data-dir") || arg.starts_with("--database-url")) {
         command.arg("--in-memory");
     }
     let mut child = command
@@ -303,19 +309,28 @@ async fn measure(options: &Options, workload: Workload, channels: &[Channel]) ->
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    let (_server, address) = if options.spawn {
-        match spawn_server(&options.server_args) {
-            Ok((server, address)) => (Some(server), address),
-            Err(message) => {
-                eprintln!("points-bench: {message}");
-                return ExitCode::FAILURE;
+    let mut servers = Vec::new();
+    let addresses = if options.spawn {
+        let mut addresses = Vec::new();
+        for _ in 0..options.replicas {
+            match spawn_server(&options.server_args) {
+                Ok((server, address)) => {
+                    servers.push(server);
+                    addresses.push(address);
+                }
+                Err(message) => {
+                    eprintln!("points-bench: {message}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
+        addresses
     } else {
-        (None, options.addr.clone().unwrap_or_default())
+        options.addr.clone()
     };
     let mut channels = Vec::new();
-    for _ in 0..options.connections {
+    for connection in 0..options.connections as usize {
+        let address = &addresses[connection % addresses.len()];
         let endpoint = match Endpoint::from_shared(address.clone()) {
             Ok(endpoint) => endpoint.tcp_nodelay(true),
             Err(error) => {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::{RecordChunk, Shared, connect, database_error};
 use crate::store::StoreError;
@@ -57,7 +57,7 @@ pub(super) fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
         }
     };
     runtime.block_on(async move {
-        let mut client: Option<Client> = None;
+        let mut client: Option<Connection> = None;
         loop {
             let (batch, closing) = shared.take_queued();
             if batch.is_empty() {
@@ -78,10 +78,10 @@ pub(super) fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
 
 /// Checks that the database answers, reconnecting if needed, and reports
 /// the result as the backend's readiness.
-async fn probe(shared: &Shared, config: &tokio_postgres::Config, client: &mut Option<Client>) {
+async fn probe(shared: &Shared, config: &tokio_postgres::Config, client: &mut Option<Connection>) {
     let answered = match ready_client(shared, config, client).await {
         Ok(ready) => {
-            let query = ready.simple_query("SELECT 1");
+            let query = ready.client.simple_query("SELECT 1");
             matches!(tokio::time::timeout(shared.operation_timeout, query).await, Ok(Ok(_)))
         }
         Err(_) => false,
@@ -92,19 +92,31 @@ async fn probe(shared: &Shared, config: &tokio_postgres::Config, client: &mut Op
     shared.set_serving(answered, "the database does not answer");
 }
 
+/// The committer's connection, with its insert prepared once.
+struct Connection {
+    client: Client,
+    insert: Statement,
+}
+
 /// The committer's connection, connecting if it has none.
 async fn ready_client<'a>(
     shared: &Shared,
     config: &tokio_postgres::Config,
-    client: &'a mut Option<Client>,
-) -> Result<&'a Client, String> {
-    if client.as_ref().is_some_and(Client::is_closed) {
-        *client = None;
+    connection: &'a mut Option<Connection>,
+) -> Result<&'a Connection, String> {
+    if connection.as_ref().is_some_and(|connection| connection.client.is_closed()) {
+        *connection = None;
     }
-    if client.is_none() {
-        *client = Some(connect(config, shared.operation_timeout).await?);
+    if connection.is_none() {
+        let client = connect(config, shared.operation_timeout).await?;
+        let prepare = client.prepare(INSERT_CHUNKS);
+        let insert = tokio::time::timeout(shared.operation_timeout, prepare)
+            .await
+            .map_err(|_| "preparing the insert timed out".to_owned())?
+            .map_err(|error| database_error(&error))?;
+        *connection = Some(Connection { client, insert });
     }
-    client.as_ref().ok_or_else(|| "no connection".to_owned())
+    connection.as_ref().ok_or_else(|| "no connection".to_owned())
 }
 
 /// One user's records in a round.
@@ -120,7 +132,7 @@ struct Chunk {
 async fn commit_round(
     shared: &Shared,
     config: &tokio_postgres::Config,
-    client: &mut Option<Client>,
+    client: &mut Option<Connection>,
     batch: Vec<Pending>,
 ) {
     let last_sequence = batch.last().map_or(0, |pending| pending.sequence);
@@ -199,7 +211,7 @@ fn clone_error(error: &StoreError) -> StoreError {
 async fn insert(
     shared: &Shared,
     config: &tokio_postgres::Config,
-    client: &mut Option<Client>,
+    client: &mut Option<Connection>,
     chunks: &mut [Chunk],
 ) -> Result<HashSet<String>, String> {
     let encoded: Vec<Vec<u8>> = chunks
@@ -213,7 +225,7 @@ async fn insert(
         .collect::<Result<Vec<i64>, String>>()?;
     let ready = ready_client(shared, config, client).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user_ids, &seqs, &encoded];
-    let query = ready.query(INSERT_CHUNKS, &params);
+    let query = ready.client.query(&ready.insert, &params);
     let rows = tokio::time::timeout(shared.operation_timeout, query)
         .await
         .map_err(|_| "the insert timed out".to_owned())?
