@@ -157,10 +157,17 @@ impl Cluster {
     /// Initializes and starts a cluster (trust authentication, fsync on).
     pub fn start() -> Self {
         let bin = postgres_binaries();
-        let dir = tempfile::Builder::new()
-            .prefix("pg-cluster-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("a directory for the cluster");
+        // Under the target directory; but PostgreSQL refuses to run as
+        // root, and the postgres user it then runs as may not be able to
+        // reach the target directory (a checkout in a private directory):
+        // then in the system's temporary directory.
+        let builder = tempfile::Builder::new().prefix("points-pg-cluster-").clone();
+        let dir = if running_as_root() {
+            builder.tempdir()
+        } else {
+            builder.tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        }
+        .expect("a directory for the cluster");
         let data_dir = dir.path().join("data");
         // PostgreSQL refuses to run as root: then it runs as the postgres
         // user, who must own the directory.
@@ -180,13 +187,16 @@ impl Cluster {
     /// root.
     fn pg_command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        if running_as_root() {
+        let mut command = if running_as_root() {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(path);
             command
         } else {
             Command::new(path)
-        }
+        };
+        // A working directory the postgres user can enter.
+        command.current_dir(std::env::temp_dir());
+        command
     }
 
     fn start_server(&self) {
