@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
 use super::{RecordChunk, Shared, connect, database_error};
@@ -61,7 +62,7 @@ pub(super) fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
         loop {
             let (batch, closing) = shared.take_queued();
             if batch.is_empty() {
-                if closing {
+                if closing && shared.stop_if_empty() {
                     break;
                 }
                 // Idle: wait for records, checking the database meanwhile.
@@ -160,6 +161,9 @@ async fn commit_round(
         chunk.records.push(pending.record);
         chunk.replies.push(pending.reply);
     }
+    // Every replica inserts in user order, so that two rounds waiting on
+    // each other's rows cannot deadlock.
+    chunks.sort_unstable_by(|left, right| left.user_id.cmp(&right.user_id));
     if !chunks.is_empty() {
         match insert(shared, config, client, &mut chunks).await {
             Ok(inserted) => {
@@ -179,7 +183,18 @@ async fn commit_round(
                 }
                 shared.set_serving(true, "");
             }
-            Err(error) => {
+            Err(InsertError::RolledBack(error)) => {
+                // Certainly not stored (a deadlock, a serialization failure,
+                // a cancelled statement): decided again, like a conflict.
+                tracing::warn!(%error, "a round of records was rolled back; deciding them again");
+                for chunk in chunks {
+                    chunk.stored.mark_stale();
+                    for reply in chunk.replies {
+                        let _ = reply.send(Err(StoreError::Conflict { attempts: 1 }));
+                    }
+                }
+            }
+            Err(InsertError::Unknown(error)) => {
                 tracing::error!(%error, "storing a round of records failed; their outcome is unknown");
                 *client = None;
                 shared.set_serving(false, &error);
@@ -213,7 +228,7 @@ async fn insert(
     config: &tokio_postgres::Config,
     client: &mut Option<Connection>,
     chunks: &mut [Chunk],
-) -> Result<HashSet<String>, String> {
+) -> Result<HashSet<String>, InsertError> {
     let encoded: Vec<Vec<u8>> = chunks
         .iter_mut()
         .map(|chunk| RecordChunk { records: std::mem::take(&mut chunk.records) }.encode_to_vec())
@@ -221,21 +236,44 @@ async fn insert(
     let user_ids: Vec<&str> = chunks.iter().map(|chunk| chunk.user_id.as_str()).collect();
     let seqs = chunks
         .iter()
-        .map(|chunk| i64::try_from(chunk.seq).map_err(|_| "a chunk place past i64".to_owned()))
-        .collect::<Result<Vec<i64>, String>>()?;
-    let ready = ready_client(shared, config, client).await?;
+        .map(|chunk| {
+            i64::try_from(chunk.seq)
+                .map_err(|_| InsertError::RolledBack("a chunk place past i64".to_owned()))
+        })
+        .collect::<Result<Vec<i64>, InsertError>>()?;
+    let ready = ready_client(shared, config, client).await.map_err(InsertError::Unknown)?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user_ids, &seqs, &encoded];
     let query = ready.client.query(&ready.insert, &params);
     let rows = tokio::time::timeout(shared.operation_timeout, query)
         .await
-        .map_err(|_| "the insert timed out".to_owned())?
-        .map_err(|error| database_error(&error))?;
+        .map_err(|_| InsertError::Unknown("the insert timed out".to_owned()))?
+        .map_err(|error| {
+            let rolled_back = error.code().is_some_and(|code| {
+                [SqlState::T_R_DEADLOCK_DETECTED, SqlState::T_R_SERIALIZATION_FAILURE]
+                    .contains(code)
+            });
+            let message = database_error(&error);
+            if rolled_back {
+                InsertError::RolledBack(message)
+            } else {
+                InsertError::Unknown(message)
+            }
+        })?;
     let mut inserted = HashSet::with_capacity(rows.len());
     for row in rows {
-        let user_id: String = row.try_get(0).map_err(|error| database_error(&error))?;
+        let user_id: String =
+            row.try_get(0).map_err(|error| InsertError::Unknown(database_error(&error)))?;
         inserted.insert(user_id);
     }
     Ok(inserted)
+}
+
+/// Why a round's insert did not return.
+enum InsertError {
+    /// The database answered that it rolled the statement back.
+    RolledBack(String),
+    /// The outcome is unknown (the connection broke, the client timed out).
+    Unknown(String),
 }
 
 /// The committer cannot run at all: every writer, now and later, is told.

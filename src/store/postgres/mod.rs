@@ -90,6 +90,8 @@ struct Queue {
     records: Vec<Pending>,
     bytes: usize,
     closing: bool,
+    /// The committer stopped: nothing more will be stored.
+    stopped: bool,
 }
 
 impl Shared {
@@ -98,6 +100,14 @@ impl Shared {
         let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         queue.bytes = 0;
         (std::mem::take(&mut queue.records), queue.closing)
+    }
+
+    /// Marks the committer stopped if nothing is queued (under the queue's
+    /// lock, so that no record is taken after it); returns whether it did.
+    fn stop_if_empty(&self) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.stopped = queue.records.is_empty();
+        queue.stopped
     }
 
     /// Reports whether the database answers, logging changes.
@@ -383,7 +393,7 @@ impl Backend for Postgres {
         user: &'a Arc<RwLock<UserLedger>>,
     ) -> BoxFuture<'a, Result<Freshness, StoreError>> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let mut client = self.client().await?;
             // Bounded: each round either finds the cache current, applies
             // what is newer, or waits for this replica's own records (which
             // then conflict, making the cache stale).
@@ -402,7 +412,10 @@ impl Backend for Postgres {
                 // Records of ours still on their way were decided on a
                 // ledger without the newer chunks: they will conflict.
                 if !self.is_durable(last_sequence)? {
+                    // Not holding a pooled connection while waiting.
+                    drop(client);
                     self.wait_durable(last_sequence).await?;
+                    client = self.client().await?;
                     continue;
                 }
                 let chunks = self.chunks_after(&client, user_id, stored).await?;
@@ -464,6 +477,15 @@ impl Backend for Postgres {
         let bytes = prost::Message::encoded_len(&record);
         let (reply, receipt) = oneshot::channel();
         let mut queue = self.shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queue.stopped {
+            // Closed after this write was admitted: it is refused (the
+            // receipt's sender is dropped) and the ledger it changed is
+            // never used again.
+            user.stored.mark_stale();
+            queue.last_sequence += 1;
+            self.shared.resolved.send_replace(queue.last_sequence);
+            return (queue.last_sequence, Receipt::Database(receipt));
+        }
         queue.last_sequence += 1;
         let sequence = queue.last_sequence;
         queue.bytes += bytes;
