@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use points::proto::v1::GetBalancesRequest;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -215,6 +216,18 @@ async fn a_replica_killed_with_9_loses_nothing_acknowledged() {
     replicas.servers.push(fresh);
 }
 
+/// Waits until the server's health check answers `status`.
+async fn health_becomes(health: &HealthClient<Channel>, status: ServingStatus, timeout: Duration) {
+    eventually(&format!("health to be {}", status.as_str_name()), timeout, || {
+        let mut health = health.clone();
+        async move {
+            let reply = health.check(HealthCheckRequest::default()).await.ok()?.into_inner();
+            (reply.status == status as i32).then_some(())
+        }
+    })
+    .await;
+}
+
 /// With the database stopped, calls fail fast with UNAVAILABLE and health
 /// is NOT_SERVING; when it is back, the replica serves again by itself and
 /// everything acknowledged before is there.
@@ -228,14 +241,7 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
     add(&mut client, "DANNON", 100, "2024-01-01T00:00:00Z").await;
 
     cluster.stop();
-    eventually("health to be NOT_SERVING", Duration::from_secs(10), || {
-        let mut health = health.clone();
-        async move {
-            let reply = health.check(HealthCheckRequest::default()).await.ok()?.into_inner();
-            (reply.status == ServingStatus::NotServing as i32).then_some(())
-        }
-    })
-    .await;
+    health_becomes(&health, ServingStatus::NotServing, Duration::from_secs(10)).await;
     for call in 0..3 {
         let started = Instant::now();
         let request = add_request("", "", "DANNON", 1, "2024-01-02T00:00:00Z");
@@ -247,14 +253,7 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
     }
 
     cluster.restart();
-    eventually("health to be SERVING again", Duration::from_secs(20), || {
-        let mut health = health.clone();
-        async move {
-            let reply = health.check(HealthCheckRequest::default()).await.ok()?.into_inner();
-            (reply.status == ServingStatus::Serving as i32).then_some(())
-        }
-    })
-    .await;
+    health_becomes(&health, ServingStatus::Serving, Duration::from_secs(20)).await;
     eventually("writes to be accepted again", Duration::from_secs(20), || {
         let mut client = client.clone();
         async move {

@@ -35,8 +35,11 @@ pub(super) struct Pending {
     /// Where its user's cached ledger stands.
     pub(super) stored: Arc<StoredPosition>,
     pub(super) record: JournalRecord,
-    pub(super) reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    pub(super) reply: Reply,
 }
+
+/// Where a writer waits for its record's outcome.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
 
 /// How often an idle committer checks that the database still answers, and
 /// an unreachable one tries again, so that health follows the database.
@@ -126,7 +129,7 @@ struct Chunk {
     stored: Arc<StoredPosition>,
     seq: u64,
     records: Vec<JournalRecord>,
-    replies: Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+    replies: Vec<Reply>,
 }
 
 /// Stores one round's records and tells each writer the outcome.
@@ -168,30 +171,24 @@ async fn commit_round(
         match insert(shared, config, client, &mut chunks).await {
             Ok(inserted) => {
                 for chunk in chunks {
-                    let stored = inserted.contains(chunk.user_id.as_str());
-                    let outcome = if stored {
+                    if inserted.contains(chunk.user_id.as_str()) {
                         chunk.stored.set_seq(chunk.seq);
-                        Ok(())
+                        answer(chunk.replies, || Ok(()));
                     } else {
                         chunk.stored.mark_stale();
                         metrics::counter!("points_database_conflicts_total").increment(1);
-                        Err(StoreError::Conflict { attempts: 1 })
-                    };
-                    for reply in chunk.replies {
-                        let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(clone_error));
+                        answer(chunk.replies, || Err(StoreError::Conflict { attempts: 1 }));
                     }
                 }
                 shared.set_serving(true, "");
             }
             Err(InsertError::RolledBack(error)) => {
-                // Certainly not stored (a deadlock, a serialization failure,
-                // a cancelled statement): decided again, like a conflict.
+                // Certainly not stored (a deadlock, a serialization
+                // failure): decided again, like a conflict.
                 tracing::warn!(%error, "a round of records was rolled back; deciding them again");
                 for chunk in chunks {
                     chunk.stored.mark_stale();
-                    for reply in chunk.replies {
-                        let _ = reply.send(Err(StoreError::Conflict { attempts: 1 }));
-                    }
+                    answer(chunk.replies, || Err(StoreError::Conflict { attempts: 1 }));
                 }
             }
             Err(InsertError::Unknown(error)) => {
@@ -200,12 +197,12 @@ async fn commit_round(
                 shared.set_serving(false, &error);
                 for chunk in chunks {
                     chunk.stored.mark_stale();
-                    for reply in chunk.replies {
-                        let _ = reply.send(Err(StoreError::Unavailable(format!(
+                    answer(chunk.replies, || {
+                        Err(StoreError::Unavailable(format!(
                             "the database did not confirm storing the change ({error}); it may \
                              or may not be stored: retry with the same request_id to find out"
-                        ))));
-                    }
+                        )))
+                    });
                 }
             }
         }
@@ -213,11 +210,11 @@ async fn commit_round(
     shared.resolved.send_replace(last_sequence);
 }
 
-/// A conflict for each writer of a chunk.
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Conflict { attempts } => StoreError::Conflict { attempts: *attempts },
-        other => StoreError::Unavailable(other.to_string()),
+/// Tells each writer of a chunk its outcome (a reply nobody waits for any
+/// more is dropped).
+fn answer(replies: Vec<Reply>, outcome: impl Fn() -> Result<(), StoreError>) {
+    for reply in replies {
+        let _ = reply.send(outcome());
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::wait::eventually_blocking;
 
-/// A free loopback port (the exporter needs a fixed one).
+/// A free loopback port (for a server that needs a fixed one: the
+/// exporter, a private PostgreSQL cluster).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }

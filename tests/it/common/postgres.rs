@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
+use super::metrics::free_port;
+use super::tools::run;
+
 /// Runs `work` on a runtime of its own on another thread, so that the
 /// helpers work from synchronous tests and from inside async ones alike.
 fn block_on<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> T {
@@ -263,22 +266,4 @@ fn postgres_binaries() -> PathBuf {
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|error| panic!("cannot run {what}: {error}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -26,7 +26,7 @@ fn tools_dir() -> PathBuf {
 }
 
 /// Runs `command`, panicking with its output if it fails.
-fn run(command: &mut Command, what: &str) {
+pub fn run(command: &mut Command, what: &str) {
     let output =
         command.output().unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}"));
     assert!(
