@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::connections::ConnectionLimits;
+use crate::connections::ServerTls;
 use crate::server::{ServerSettings, TlsFiles};
 use crate::service::CallLimits;
 use crate::store::embedded::file_system::OsFileSystem;
@@ -131,6 +132,12 @@ pub struct Config {
     #[arg(long, env = "POINTS_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
+    /// Accept bearer tokens in plaintext on a non-loopback address: only on
+    /// a private network or a service mesh that encrypts, since a token
+    /// copied off the wire can be replayed.
+    #[arg(long, env = "POINTS_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// PEM certificate chain to serve TLS with (needs --tls-key).
     #[arg(long, env = "POINTS_TLS_CERT", value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -139,8 +146,9 @@ pub struct Config {
     #[arg(long, env = "POINTS_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM CA certificate(s) that client certificates must chain to (mutual TLS).
-    /// Clients may then authenticate by certificate instead of a token.
+    /// PEM CA certificate(s) that client certificates must chain to (mutual
+    /// TLS). With --tokens-file, clients may present a certificate instead of
+    /// a token; without one, every client must present a certificate.
     #[arg(long, env = "POINTS_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
@@ -278,6 +286,32 @@ pub enum Command {
         #[arg(long, value_name = "DEST")]
         to: PathBuf,
     },
+    /// Check a tokens file and list its clients, without secrets.
+    ///
+    /// Prints one line per client (its line in the file, name, roles, number
+    /// of token hashes, certificate identity, users, payers, not_after) and
+    /// exits 0; or says what is wrong, naming the line, and exits 1. Run it
+    /// before sending SIGHUP to a server.
+    CheckTokens {
+        /// The tokens file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Copy a data directory's ledger into an empty PostgreSQL database.
+    ///
+    /// Stop the server on the data directory first (its lock is taken). The
+    /// schema is created, every user is copied in one transaction (all or
+    /// nothing), then read back through the database and compared with the
+    /// data directory: balances, history and remembered request ids. Prints
+    /// a one-line summary; then start replicas with --database-url.
+    Migrate {
+        /// The data directory to copy (the server's --data-dir).
+        #[arg(long, env = "POINTS_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The empty database to copy into.
+        #[arg(long, env = "POINTS_DATABASE_URL", value_name = "URL")]
+        database_url: DatabaseUrl,
+    },
 }
 
 /// Why the configuration cannot be served as given; each says what to do.
@@ -302,6 +336,17 @@ pub enum ConfigError {
          --insecure-no-auth"
     )]
     Unprotected {
+        /// The address asked for.
+        listen: SocketAddr,
+    },
+    /// Bearer tokens on a non-loopback address without TLS.
+    #[error(
+        "refusing to accept bearer tokens in plaintext on {listen}: anyone on the network path \
+         could copy a token and replay it. Serve TLS with --tls-cert PATH --tls-key PATH \
+         (POINTS_TLS_CERT, POINTS_TLS_KEY), or, only where the network itself encrypts (a \
+         private network, a service mesh), pass --insecure-plaintext"
+    )]
+    PlaintextTokens {
         /// The address asked for.
         listen: SocketAddr,
     },
@@ -380,20 +425,31 @@ impl Config {
                 .as_ref()
                 .map(|ca| read(ca, "TLS client CA"))
                 .transpose()?,
+            client_certificate_required: self.tokens_file.is_none(),
         }))
     }
 
-    /// Protected mode (after Redis's): without a tokens file the server only
-    /// serves loopback addresses, unless told explicitly to run open.
+    /// Protected mode (after Redis's): without a tokens file or required
+    /// client certificates the server only serves loopback addresses, unless
+    /// told explicitly to run open; and off loopback it does not accept
+    /// bearer tokens in plaintext unless told explicitly.
     pub fn check_protected_mode(&self) -> Result<(), ConfigError> {
-        if self.tokens_file.is_some() || self.insecure_no_auth || self.listen.ip().is_loopback() {
+        if self.listen.ip().is_loopback() {
             return Ok(());
         }
-        Err(ConfigError::Unprotected { listen: self.listen })
+        // Required client certificates authenticate every connection.
+        let authenticated = self.tokens_file.is_some() || self.tls_client_ca.is_some();
+        if !authenticated && !self.insecure_no_auth {
+            return Err(ConfigError::Unprotected { listen: self.listen });
+        }
+        if self.tokens_file.is_some() && self.tls_cert.is_none() && !self.insecure_plaintext {
+            return Err(ConfigError::PlaintextTokens { listen: self.listen });
+        }
+        Ok(())
     }
 
     /// The settings of the gRPC server.
-    pub fn server_settings(&self, tls: Option<TlsFiles>) -> ServerSettings {
+    pub fn server_settings(&self, tls: Option<ServerTls>) -> ServerSettings {
         ServerSettings {
             tls,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

@@ -41,14 +41,18 @@ mod store;
 mod telemetry;
 
 pub use config::{Command, Config, ConfigError};
+pub use connections::{PreparedTls, ServerTls};
 pub use server::{ServeError, ServerSettings, TlsFiles, serve};
-pub use service::auth::{Authenticator, token_sha256};
+pub use service::auth::{
+    Authenticator, ClientSummary, Credentials, certificate_identities, token_sha256,
+};
 pub use service::{Access, CallLimits, ERROR_DOMAIN, PointsService};
 pub use store::embedded::backup::{BackupError, BackupSummary, backup};
 pub use store::embedded::file_system::{FileSystem, LockGuard, OsFileSystem, WritableFile};
 pub use store::{
-    DEFAULT_USER, DatabaseOptions, DurableOptions, FsyncPolicy, OpenError, PayerName, Recovery,
-    RequestId, SnapshotFailed, Storage, Store, StoreError, StoreOptions, UserId,
+    DEFAULT_USER, DatabaseOptions, DurableOptions, FsyncPolicy, MigrateError, MigrateSummary,
+    OpenError, PayerName, Recovery, RequestId, SnapshotFailed, Storage, Store, StoreError,
+    StoreOptions, UserId, migrate,
 };
 pub use telemetry::{LogFormat, MetricsError, init as init_logging, install_metrics};
 
@@ -56,6 +60,7 @@ pub use telemetry::{LogFormat, MetricsError, init as init_logging, install_metri
 /// the embedded store's files directly. Not a stable API.
 #[cfg(feature = "testing")]
 pub mod testing {
+    pub use crate::store::RecordChunk;
     pub use crate::store::embedded::backup::{MAX_ATTEMPTS, backup_with};
     pub use crate::store::embedded::files::{self, DataDir};
     pub use crate::store::embedded::records;

@@ -1,5 +1,6 @@
 //! `points-server`: parses the configuration, binds the listener and serves
-//! until SIGINT or SIGTERM; or runs a command instead (`points-server backup`).
+//! until SIGINT or SIGTERM; or runs a command instead (`points-server backup`,
+//! `points-server migrate`, `points-server check-tokens`).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -7,7 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::sync::Arc;
 
-use points::{Access, Authenticator, Command, Config, PointsService, Store};
+use points::{
+    Access, Authenticator, Command, Config, Credentials, DatabaseOptions, PointsService, ServerTls,
+    Store,
+};
 
 /// mimalloc instead of the system allocator: a call allocates and frees
 /// dozens of small buffers across threads (decoding, the journal writer,
@@ -22,8 +26,17 @@ async fn main() -> ExitCode {
     // Held to the end of main: dropping it writes out queued log lines.
     let _log_writer = points::init_logging(config.log_format);
     if let Some(command) = &config.command {
-        return run(command);
+        return run(command).await;
     }
+    // First of all: SIGHUP's default action would end the process, and a
+    // reload hook may fire while the server starts.
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            eprintln!("points-server: cannot install the SIGHUP handler: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(?config, "starting points-server");
     raise_open_files_limit(config.max_connections);
     if let Err(message) = config.check_protected_mode() {
@@ -36,22 +49,40 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         tracing::info!(%address, "serving Prometheus metrics");
+        // Both series exist from the start, so that the first failure shows.
+        for result in ["success", "failure"] {
+            metrics::counter!("points_credential_reloads_total", "result" => result).absolute(0);
+        }
     }
+    // TLS files are read and checked before anything is served, so that bad
+    // files stop start-up with a reason.
     let tls = match config.tls() {
-        Ok(tls) => tls,
+        Ok(None) => None,
+        Ok(Some(files)) => match ServerTls::prepare(&files) {
+            Ok(prepared) => Some(ServerTls::new(prepared)),
+            Err(message) => {
+                eprintln!("points-server: cannot serve TLS: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
         Err(message) => {
             eprintln!("points-server: {message}");
             return ExitCode::FAILURE;
         }
     };
-    let access = match &config.tokens_file {
+    let credentials = match &config.tokens_file {
         Some(path) => match Authenticator::from_file(path) {
-            Ok(authenticator) => Access::Tokens(Arc::new(authenticator)),
+            Ok(authenticator) => Some(Credentials::new(authenticator)),
             Err(error) => {
                 eprintln!("points-server: {error}");
                 return ExitCode::FAILURE;
             }
         },
+        None => None,
+    };
+    tokio::spawn(reload_on_hangup(hangups, config.clone(), credentials.clone(), tls.clone()));
+    let access = match credentials {
+        Some(credentials) => Access::Tokens(credentials),
         None => {
             if config.insecure_no_auth {
                 tracing::warn!("serving without authentication (--insecure-no-auth)");
@@ -132,6 +163,105 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Re-reads the tokens file and the TLS files on each SIGHUP, and puts them
+/// in force together if every one is valid; otherwise keeps the last good
+/// configuration and logs what is wrong. Counted in
+/// `points_credential_reloads_total` by `result`.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    config: Config,
+    credentials: Option<Credentials>,
+    tls: Option<ServerTls>,
+) {
+    let tls_in_force = tls.is_some();
+    while hangups.recv().await.is_some() {
+        if credentials.is_none() && tls.is_none() {
+            tracing::info!("SIGHUP: no tokens file and no TLS files to reload");
+            continue;
+        }
+        // Reading files may block (a hung mount): not on a runtime worker.
+        let (config, credentials, tls) = (config.clone(), credentials.clone(), tls.clone());
+        let reloaded = tokio::task::spawn_blocking(move || {
+            reload(&config, credentials.as_ref(), tls.as_ref())
+        })
+        .await
+        .unwrap_or_else(|error| Err(format!("the reload did not finish: {error}")));
+        match reloaded {
+            Ok(clients) => {
+                metrics::counter!("points_credential_reloads_total", "result" => "success")
+                    .increment(1);
+                tracing::info!(
+                    clients,
+                    tls = tls_in_force,
+                    "SIGHUP: reloaded the tokens file and TLS files; new calls and connections use them"
+                );
+            }
+            Err(reason) => {
+                metrics::counter!("points_credential_reloads_total", "result" => "failure")
+                    .increment(1);
+                tracing::error!(%reason, "SIGHUP: reload failed; keeping the last good tokens and TLS files");
+            }
+        }
+    }
+}
+
+/// How long the credential files must stay unchanged while a reload reads
+/// them: a file caught half-written (a valid TOML prefix may lack a
+/// client's limits) is refused rather than put in force.
+const RELOAD_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads and checks every credential file, then puts them all in force;
+/// returns how many clients the tokens file lists.
+fn reload(
+    config: &Config,
+    credentials: Option<&Credentials>,
+    tls: Option<&ServerTls>,
+) -> Result<usize, String> {
+    let read = || -> Result<(Option<String>, Option<points::TlsFiles>), String> {
+        let tokens = match (&config.tokens_file, credentials) {
+            (Some(path), Some(_)) => {
+                Some(Authenticator::read_file(path).map_err(|error| error.to_string())?)
+            }
+            _ => None,
+        };
+        let files = match tls {
+            Some(_) => Some(
+                config
+                    .tls()
+                    .map_err(|error| error.to_string())?
+                    .ok_or("the TLS files are no longer configured")?,
+            ),
+            None => None,
+        };
+        Ok((tokens, files))
+    };
+    let (tokens, files) = read()?;
+    std::thread::sleep(RELOAD_SETTLE);
+    if read()? != (tokens.clone(), files.clone()) {
+        return Err("a credential file changed while it was read (still being written?): write \
+                    the new file elsewhere and mv it into place, then send SIGHUP"
+            .to_owned());
+    }
+    let authenticator = match (tokens, &config.tokens_file) {
+        (Some(text), Some(path)) => {
+            Some(Authenticator::from_file_text(path, &text).map_err(|error| error.to_string())?)
+        }
+        _ => None,
+    };
+    let prepared = match files {
+        Some(files) => Some(ServerTls::prepare(&files).map_err(|error| format!("TLS: {error}"))?),
+        None => None,
+    };
+    let clients = authenticator.as_ref().map_or(0, |authenticator| authenticator.clients().len());
+    if let (Some(credentials), Some(authenticator)) = (credentials, authenticator) {
+        credentials.replace(authenticator);
+    }
+    if let (Some(tls), Some(prepared)) = (tls, prepared) {
+        tls.install(prepared);
+    }
+    Ok(clients)
+}
+
 /// Raises the soft limit of open file descriptors to the hard limit, so that
 /// `--max-connections` connections fit (a soft limit of 1,024 is common, and
 /// past it every accept fails). Logs what it did; never fails start-up: the
@@ -180,7 +310,7 @@ fn raise_open_files_limit(max_connections: u32) {
 
 /// Runs a command other than serving: prints its one-line result to stdout,
 /// or why it failed to stderr.
-fn run(command: &Command) -> ExitCode {
+async fn run(command: &Command) -> ExitCode {
     match command {
         Command::Backup { data_dir, to } => match points::backup(data_dir, to) {
             Ok(summary) => {
@@ -192,6 +322,32 @@ fn run(command: &Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::CheckTokens { file } => match Authenticator::from_file(file) {
+            Ok(authenticator) => {
+                for client in authenticator.clients() {
+                    println!("{client}");
+                }
+                println!("{}: valid, {} client(s)", file.display(), authenticator.clients().len());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("points-server: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Migrate { data_dir, database_url } => {
+            let options = DatabaseOptions::new(&database_url.0);
+            match points::migrate(data_dir, &options).await {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("points-server: migrate failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -11,13 +11,13 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tower_layer::Layer;
 
-use crate::connections::{self, CallActivityLayer, ConnectionLimits, Incoming};
+use crate::connections::{CallActivityLayer, ConnectionLimits, Incoming, ServerTls};
 use crate::proto::v1::points_service_server::PointsServiceServer;
 use crate::service::PointsService;
 
 /// The PEM files of the server's TLS identity, and of the CA its clients'
 /// certificates must chain to for mutual TLS.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub certificate_pem: Vec<u8>,
@@ -25,6 +25,9 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
     /// The client CA; `None` for server-only TLS.
     pub client_ca_pem: Option<Vec<u8>>,
+    /// With a client CA: whether every client must present a certificate
+    /// (no tokens file), or may present a token instead.
+    pub client_certificate_required: bool,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -57,8 +60,9 @@ pub struct ServerSettings {
     /// The connection limit, and the handshake and idle-connection timeouts.
     pub connections: ConnectionLimits,
     /// TLS (with rustls and the ring provider, handshakes bounded by
-    /// `connections.handshake_timeout`), or plaintext when `None`.
-    pub tls: Option<TlsFiles>,
+    /// `connections.handshake_timeout`), or plaintext when `None`; the
+    /// handle lets its files be reloaded while serving.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerSettings {
@@ -82,9 +86,6 @@ pub enum ServeError {
     /// The embedded descriptors could not be loaded for reflection (a build fault).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The TLS files could not be used.
-    #[error("cannot serve TLS: {0}")]
-    Tls(String),
     /// The transport failed.
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -155,14 +156,9 @@ pub async fn serve(
         let _ = shutdown_started_sender.send(());
     };
 
-    // TLS is set up before anything is served, so that bad files stop
-    // start-up with a reason; the handshakes themselves run in `connections`.
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(connections::tls_server_config)
-        .transpose()
-        .map_err(ServeError::Tls)?;
+    // TLS files were read and checked by whoever built the settings; the
+    // handshakes run in `connections`.
+    let tls = settings.tls.clone();
     // Callers are admitted from the headers, before the body is read; health
     // and reflection stay open.
     let points = service.admission_layer().layer(

@@ -92,10 +92,10 @@ impl Default for ConnectionLimits {
 }
 
 /// A rustls server configuration for `files`, with the ring provider (the only
-/// one linked) and ALPN `h2`. With a client CA, client certificates are
-/// optional (a client may use a token instead) but one that does not chain to
-/// the CA fails the handshake.
-pub fn tls_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+/// one linked) and ALPN `h2`. With a client CA, a certificate that does not
+/// chain to the CA fails the handshake; presenting none fails it too unless
+/// the files say a token may be presented instead.
+fn tls_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certificates = CertificateDer::pem_slice_iter(&files.certificate_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -120,10 +120,15 @@ pub fn tls_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
                     .map_err(|error| format!("the TLS client CA is not usable: {error}"))?;
             }
             let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|error| format!("the TLS client CA is not usable: {error}"))?;
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            let verifier = if files.client_certificate_required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|error| format!("the TLS client CA is not usable: {error}"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -132,6 +137,45 @@ pub fn tls_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
         .map_err(|error| format!("the TLS certificate and key do not fit together: {error}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The server's TLS configuration in force, replaced whole when its files
+/// are reloaded: each new connection's handshake uses the one in force when
+/// it is accepted; connections already open keep the session they have.
+#[derive(Clone)]
+pub struct ServerTls(Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>);
+
+/// A TLS configuration read and checked, not yet in force.
+pub struct PreparedTls(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads and checks `files` into a configuration to put in force.
+    pub fn prepare(files: &TlsFiles) -> Result<PreparedTls, String> {
+        tls_server_config(files).map(PreparedTls)
+    }
+
+    /// TLS with `prepared` in force.
+    pub fn new(prepared: PreparedTls) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(prepared.0)))
+    }
+
+    /// Puts `prepared` in force for connections accepted from now on.
+    pub fn install(&self, prepared: PreparedTls) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = prepared.0;
+    }
+
+    /// An acceptor with the configuration in force.
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        ))
+    }
 }
 
 /// The connections accepted on a listener, ready for HTTP/2, as tonic's
@@ -146,14 +190,9 @@ pub struct Incoming {
 impl Incoming {
     /// Starts accepting on `listener` under `limits`, with TLS when `tls` is
     /// given. Must be called inside the tokio runtime.
-    pub fn new(
-        listener: TcpListener,
-        limits: ConnectionLimits,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Self {
+    pub fn new(listener: TcpListener, limits: ConnectionLimits, tls: Option<ServerTls>) -> Self {
         let (sender, ready) = mpsc::channel(READY_QUEUE_LENGTH);
-        let accepting =
-            tokio::spawn(accept_loop(listener, limits, tls.map(TlsAcceptor::from), sender));
+        let accepting = tokio::spawn(accept_loop(listener, limits, tls, sender));
         Self { ready, accepting }
     }
 }
@@ -178,7 +217,7 @@ impl tokio_stream::Stream for Incoming {
 async fn accept_loop(
     listener: TcpListener,
     limits: ConnectionLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ServerTls>,
     ready: mpsc::Sender<Connection>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
@@ -227,8 +266,8 @@ async fn accept_loop(
                     return;
                 }
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(tls) => {
+                let acceptor = tls.acceptor();
                 let ready = ready.clone();
                 handshakes.spawn(async move {
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {

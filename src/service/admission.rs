@@ -151,14 +151,18 @@ impl Admission {
     ) -> Result<Option<Arc<Principal>>, Status> {
         match &self.access {
             Access::Open => Ok(None),
-            Access::Tokens(authenticator) => {
+            Access::Tokens(credentials) => {
                 // Under mutual TLS the certificate was verified in the handshake.
-                let common_name = connection
+                let identities = connection
                     .and_then(ConnectionInfo::peer_certificates)
                     .and_then(<[_]>::first)
-                    .and_then(|der| super::auth::certificate_common_name(der));
+                    .map(|der| super::auth::certificate_identities(der))
+                    .unwrap_or_default();
+                // The tokens file in force now; a reload during the call
+                // does not change who its caller is.
+                let authenticator = credentials.current();
                 let principal = authenticator
-                    .authenticate_headers(headers, common_name.as_deref())
+                    .authenticate_headers(headers, &identities, chrono::Utc::now())
                     .map_err(|error| status::access_refusal(&error))?;
                 tracing::Span::current().record("client", principal.name.as_str());
                 Ok(Some(Arc::clone(principal)))
@@ -327,7 +331,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::auth::{Authenticator, token_sha256};
+    use super::super::auth::{Authenticator, Credentials, token_sha256};
     use super::*;
 
     /// Two clients, "a" and "b", with the tokens "a-token" and "b-token".
@@ -342,7 +346,7 @@ mod tests {
             .join("\n");
         let authenticator = Authenticator::from_toml(&text).expect("valid tokens file");
         Admission::new(
-            Access::Tokens(Arc::new(authenticator)),
+            Access::Tokens(Credentials::new(authenticator)),
             CallLimits { max_concurrent_calls, max_concurrent_calls_per_client },
         )
     }

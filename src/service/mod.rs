@@ -38,7 +38,7 @@ use tracing::Instrument;
 pub use admission::{Admission, AdmissionLayer, Admitted, CallLimits, Caller};
 pub use status::ERROR_DOMAIN;
 
-use self::auth::{Authenticator, Principal, Role};
+use self::auth::{Credentials, Principal, Role};
 use crate::connections::ConnectionInfo;
 use crate::ledger::{self, HistoryEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
@@ -61,8 +61,9 @@ pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 pub enum Access {
     /// No authentication.
     Open,
-    /// Bearer tokens with roles.
-    Tokens(Arc<Authenticator>),
+    /// Bearer tokens (or client certificates) with roles, from a tokens
+    /// file that may be reloaded.
+    Tokens(Credentials),
 }
 
 /// `points.v1.PointsService` over one store. Cloning shares the store and the
@@ -112,6 +113,7 @@ impl PointsService {
         role: Role,
         validate: impl FnOnce(&'request Message) -> Result<Valid, Vec<status::FieldViolation>>,
         user_of: impl FnOnce(&Valid) -> UserId<'request>,
+        payers_of: impl FnOnce(&Valid) -> Vec<&str>,
     ) -> Result<(Option<Admitted>, Valid), Status> {
         let (admitted, principal) = match request.extensions().get::<Caller>() {
             Some(caller) => (None, caller.principal.clone()),
@@ -131,6 +133,12 @@ impl PointsService {
         let user_id = user_of(&valid).as_str();
         authorize(principal.as_deref(), role, user_id)?;
         tracing::Span::current().record("user", user_id);
+        if let Some(principal) = &principal {
+            // A batch with one payer the client may not touch is refused whole.
+            principal
+                .authorize_payers(payers_of(&valid).into_iter())
+                .map_err(|error| status::access_refusal(&error))?;
+        }
         Ok((admitted, valid))
     }
 }
@@ -152,10 +160,13 @@ impl PointsServiceApi for PointsService {
         request: Request<AddTransactionRequest>,
     ) -> Result<Response<AddTransactionResponse>, Status> {
         observed("AddTransaction", async {
-            let (_call, transaction) =
-                self.admit_request(&request, Role::Earn, validation::transaction, |transaction| {
-                    transaction.user_id
-                })?;
+            let (_call, transaction) = self.admit_request(
+                &request,
+                Role::Earn,
+                validation::transaction,
+                |transaction| transaction.user_id,
+                |transaction| vec![transaction.payer.as_str()],
+            )?;
             let recorded = self
                 .store
                 .add_transaction(
@@ -179,8 +190,13 @@ impl PointsServiceApi for PointsService {
         request: Request<AddTransactionsRequest>,
     ) -> Result<Response<AddTransactionsResponse>, Status> {
         observed("AddTransactions", async {
-            let (_call, batch) =
-                self.admit_request(&request, Role::Earn, validation::batch, |batch| batch.user_id)?;
+            let (_call, batch) = self.admit_request(
+                &request,
+                Role::Earn,
+                validation::batch,
+                |batch| batch.user_id,
+                |batch| batch.transactions.iter().map(|entry| entry.payer).collect(),
+            )?;
             let recorded = self
                 .store
                 .add_transactions(batch.user_id, &batch.transactions)
@@ -198,10 +214,13 @@ impl PointsServiceApi for PointsService {
         request: Request<SpendRequest>,
     ) -> Result<Response<SpendResponse>, Status> {
         observed("Spend", async {
-            let (_call, spend) =
-                self.admit_request(&request, Role::Spend, validation::spend, |spend| {
-                    spend.user_id
-                })?;
+            let (_call, spend) = self.admit_request(
+                &request,
+                Role::Spend,
+                validation::spend,
+                |spend| spend.user_id,
+                |_| Vec::new(),
+            )?;
             let spent = self
                 .store
                 .spend(spend.user_id, spend.request_id, spend.points)
@@ -220,8 +239,13 @@ impl PointsServiceApi for PointsService {
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
-            let (_call, user_id) =
-                self.admit_request(&request, Role::Read, validation::balances, |user_id| *user_id)?;
+            let (_call, user_id) = self.admit_request(
+                &request,
+                Role::Read,
+                validation::balances,
+                |user_id| *user_id,
+                |_| Vec::new(),
+            )?;
             let balances: HashMap<String, i64> = self
                 .store
                 .balances(user_id)
@@ -239,8 +263,13 @@ impl PointsServiceApi for PointsService {
         request: Request<ListTransactionsRequest>,
     ) -> Result<Response<ListTransactionsResponse>, Status> {
         observed("ListTransactions", async {
-            let (_call, page) =
-                self.admit_request(&request, Role::Read, validation::page, |page| page.user_id)?;
+            let (_call, page) = self.admit_request(
+                &request,
+                Role::Read,
+                validation::page,
+                |page| page.user_id,
+                |_| Vec::new(),
+            )?;
             let history = self
                 .store
                 .history_page(

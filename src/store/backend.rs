@@ -63,6 +63,11 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(Freshness::Current)))
     }
 
+    /// Told that a write of `user_id`'s is stored, so that a backend that
+    /// keeps per-user snapshots can take one when enough was written since
+    /// the last; only called when [`Backend::is_shared`].
+    fn stored(&self, _user_id: &str, _user: &Arc<RwLock<UserLedger>>) {}
+
     /// The most users the store may keep in memory, for a backend that
     /// loads users lazily; `None`: every user stays (they cannot be loaded
     /// again).

@@ -45,6 +45,9 @@ pub use embedded::{journal_records_bytes, read_journal};
 pub use error::{OpenError, SnapshotFailed, StoreError};
 pub use ids::{PayerName, RequestId, UserId};
 pub use options::{DatabaseOptions, DurableOptions, Storage, StoreOptions};
+#[cfg(any(test, feature = "testing"))]
+pub use postgres::RecordChunk;
+pub use postgres::{MigrateError, MigrateSummary, migrate};
 
 /// The user of calls that name none.
 pub const DEFAULT_USER: &str = "default";
@@ -56,6 +59,8 @@ pub const DEFAULT_USER: &str = "default";
 /// data directory is unlocked.
 pub struct Store {
     users: Arc<Users>,
+    /// Loads of users from the backend, one at a time per stripe of users.
+    loading: Box<[tokio::sync::Mutex<()>]>,
     backend: Box<dyn Backend>,
     limits: Limits,
     /// The sweeper, and how far closing got; held while closing, so that
@@ -83,6 +88,19 @@ enum CloseState {
 /// How long dropping a store that nobody closed waits for it to close: a
 /// stalled disk must not hang whoever drops it.
 const DROP_CLOSE_GRACE: Duration = Duration::from_secs(60);
+
+/// Stripes of users whose loads wait for one another: enough that loads of
+/// different users rarely wait, as many as the default connection pool
+/// could serve at once several times over.
+const LOAD_STRIPES: usize = 64;
+
+/// The stripe of [`Store::loading`] `user_id` loads under (FNV-1a).
+fn load_stripe(user_id: &str) -> usize {
+    let hash = user_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % LOAD_STRIPES as u64) as usize
+}
 
 /// The limits and retention every backend shares.
 #[derive(Debug, Clone, Copy)]
@@ -158,7 +176,8 @@ impl Store {
         };
         let sweeper = Sweeper::start(Arc::clone(&users), limits.request_id_retention_ms);
         let closing = Mutex::new(Closing { sweeper, state: CloseState::Open });
-        Self { users, backend, limits, closing }
+        let loading = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { users, loading, backend, limits, closing }
     }
 
     /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)
@@ -261,18 +280,46 @@ impl Store {
     /// gone stale is dropped and loaded anew.
     async fn user(&self, user_id: UserId<'_>) -> Result<Option<Cached>, StoreError> {
         let user_id = user_id.as_str();
-        let cached = self.users.get(user_id).map(|user| Arc::clone(user.value()));
-        if let Some(user) = cached {
-            if !self.backend.is_shared() || !read_lock(&user)?.stored.is_stale() {
-                return Ok(Some(Cached { user, loaded: false }));
-            }
-            if self.users.remove_if(user_id, |_, cached| Arc::ptr_eq(cached, &user)).is_some() {
-                metrics::gauge!("points_users").decrement(1.0);
-            }
+        if let Some(user) = self.fresh_cached(user_id)? {
+            return Ok(Some(Cached { user, loaded: false }));
+        }
+        // One load per user at a time: calls that find a user missing or
+        // stale together (all writers of a hot user after a conflict) wait
+        // for the first one's load rather than each load the whole user.
+        let _loading = self.loading[load_stripe(user_id)].lock().await;
+        if let Some(user) = self.fresh_cached(user_id)? {
+            return Ok(Some(Cached { user, loaded: false }));
+        }
+        let stale = self.users.get(user_id).map(|user| Arc::clone(user.value()));
+        if let Some(stale) = &stale
+            && self.users.remove_if(user_id, |_, cached| Arc::ptr_eq(cached, stale)).is_some()
+        {
+            metrics::gauge!("points_users").decrement(1.0);
         }
         let Some(loaded) = self.backend.load_user(user_id).await? else { return Ok(None) };
-        // A concurrent call may have loaded or created the user meanwhile:
-        // the first one cached wins.
+        if stale.is_some() {
+            // Gone stale: another replica writes this user too.
+            loaded.stored.note_contention();
+        }
+        self.cache_loaded(user_id, loaded)
+    }
+
+    /// `user_id`'s cached ledger unless it is missing or gone stale.
+    fn fresh_cached(&self, user_id: &str) -> Result<Option<Arc<RwLock<UserLedger>>>, StoreError> {
+        let Some(user) = self.users.get(user_id).map(|user| Arc::clone(user.value())) else {
+            return Ok(None);
+        };
+        let fresh = !self.backend.is_shared() || !read_lock(&user)?.stored.is_stale();
+        Ok(fresh.then_some(user))
+    }
+
+    /// Caches a user just loaded, unless a concurrent call cached them
+    /// first (the first one cached wins).
+    fn cache_loaded(
+        &self,
+        user_id: &str,
+        loaded: UserLedger,
+    ) -> Result<Option<Cached>, StoreError> {
         let mut loaded = Some(loaded);
         let user = self.users.entry(user_id.into()).or_insert_with(|| {
             metrics::gauge!("points_users").increment(1.0);
@@ -344,7 +391,17 @@ impl Store {
             // Before anything changes: the backend must be able to take the
             // record, so that no applied change is ever left unkept.
             self.backend.admit()?;
-            let existing = self.user(user_id).await?.map(|cached| cached.user);
+            let cached = self.user(user_id).await?;
+            // A user other replicas write is likely behind: catch up first
+            // rather than decide on it, conflict and reload.
+            if let Some(Cached { user, loaded: false }) = &cached
+                && self.backend.is_shared()
+                && read_lock(user)?.stored.take_contended_write()
+                && self.backend.refresh(user_id.as_str(), user).await? == Freshness::Stale
+            {
+                continue;
+            }
+            let existing = cached.map(|cached| cached.user);
             let now_ms = Utc::now().timestamp_millis();
             let request = request_id.map(|id| Request {
                 id: id.as_str(),
@@ -370,7 +427,12 @@ impl Store {
                         back_off(attempt).await;
                         continue;
                     }
-                    stored => stored?,
+                    stored => {
+                        stored?;
+                        if let Some(user) = decided_on.filter(|_| self.backend.is_shared()) {
+                            self.backend.stored(user_id.as_str(), &user);
+                        }
+                    }
                 },
                 Durability::Sequence(sequence) => {
                     self.wait_durable(sequence).await?;

@@ -1,7 +1,7 @@
 //! The users a store holds in memory: one ledger per user behind its own
 //! lock, and how calls on the async runtime take those locks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use dashmap::DashMap;
@@ -30,12 +30,26 @@ pub(crate) struct UserLedger {
 pub(crate) struct StoredPosition {
     seq: AtomicU64,
     stale: AtomicBool,
+    /// The chunk from which the next snapshot is counted: the last one the
+    /// stored snapshot reflects (0: none), or where a failed one was tried.
+    snapshot_seq: AtomicU64,
+    /// Chunks stored after the snapshot past which a new one is due.
+    snapshot_interval: AtomicU64,
+    /// A snapshot of this user is being taken.
+    snapshot_taking: AtomicBool,
+    /// Writes left that first catch up with what other replicas stored
+    /// (see [`StoredPosition::note_contention`]).
+    contended_writes: AtomicU32,
 }
+
+/// Writes of a user that first catch up after another replica was seen
+/// writing them.
+const CONTENDED_WRITES: u32 = 64;
 
 impl StoredPosition {
     /// At `seq`, not stale.
     pub(crate) fn at(seq: u64) -> Self {
-        Self { seq: AtomicU64::new(seq), stale: AtomicBool::new(false) }
+        Self { seq: AtomicU64::new(seq), ..Self::default() }
     }
 
     /// The place of the last stored chunk the ledger reflects (0: none).
@@ -57,6 +71,56 @@ impl StoredPosition {
     /// The ledger may differ from what is stored: nobody may use it again.
     pub(crate) fn mark_stale(&self) {
         self.stale.store(true, Ordering::Release);
+    }
+
+    /// A snapshot reflecting the chunks up to `seq` is stored; the next is
+    /// due `interval` chunks after it.
+    pub(crate) fn set_snapshot(&self, seq: u64, interval: u64) {
+        self.snapshot_interval.store(interval, Ordering::Relaxed);
+        self.snapshot_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Claims the taking of a snapshot if one is due (at least
+    /// `min_interval` chunks after the last) and nobody is taking one; the
+    /// claim ends with [`StoredPosition::snapshot_done`].
+    pub(crate) fn claim_snapshot(&self, min_interval: u64) -> bool {
+        let interval = self.snapshot_interval.load(Ordering::Relaxed).max(min_interval);
+        let due = self.snapshot_seq.load(Ordering::Acquire).saturating_add(interval);
+        self.seq() >= due
+            && self
+                .snapshot_taking
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Another replica was seen writing this user (a conflict, or newer
+    /// chunks caught up with): its next writes first catch up, as reads
+    /// do, rather than be decided on a ledger that is likely behind, which
+    /// would conflict and cost a reload. A user written through one replica
+    /// only stops paying for that after [`CONTENDED_WRITES`] writes.
+    pub(crate) fn note_contention(&self) {
+        self.contended_writes.store(CONTENDED_WRITES, Ordering::Relaxed);
+    }
+
+    /// Whether a write should catch up first; counts it.
+    pub(crate) fn take_contended_write(&self) -> bool {
+        self.contended_writes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+            .is_ok()
+    }
+
+    /// A snapshot could not be taken: the next is due after twice the
+    /// interval (at least `min_interval`), counted from now, rather than at
+    /// the next write.
+    pub(crate) fn postpone_snapshot(&self, min_interval: u64) {
+        let interval = self.snapshot_interval.load(Ordering::Relaxed).max(min_interval);
+        self.snapshot_interval.store(interval.saturating_mul(2), Ordering::Relaxed);
+        self.snapshot_seq.fetch_max(self.seq(), Ordering::AcqRel);
+    }
+
+    /// Ends a claim of [`StoredPosition::claim_snapshot`].
+    pub(crate) fn snapshot_done(&self) {
+        self.snapshot_taking.store(false, Ordering::Release);
     }
 }
 

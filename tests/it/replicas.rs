@@ -10,7 +10,8 @@ use crate::common::ServerProcess;
 use crate::common::client::{
     Client, add, add_request, balances, balances_of, spend_request, try_add, try_spend,
 };
-use crate::common::postgres::{Cluster, TestDatabase, query};
+use crate::common::history::entries;
+use crate::common::postgres::{Cluster, TestDatabase, execute, query};
 use crate::common::refusal::assert_refusal;
 use crate::common::replicas::Replicas;
 use crate::common::wait::eventually;
@@ -294,4 +295,102 @@ async fn users_beyond_the_cache_bound_are_dropped_and_loaded_again_intact() {
         })
         .await;
     }
+}
+
+/// A user with a long history gets a snapshot in the database, and a new
+/// replica loads them from it (the chunks it covers are not even read: they
+/// are deleted here) with the same balances, history and remembered
+/// request ids; a damaged snapshot is never served: the user's chunks
+/// replace it, and without them the user is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_a_long_history_is_loaded_from_their_snapshot() {
+    let replicas = Replicas::start(1, &[]);
+    let mut client = replicas.client_of(0).await;
+    let mut first_spend = None;
+    for round in 0..700 {
+        let day = 1 + round % 28;
+        let request = add_request("long", "", "DANNON", 10, &format!("2024-03-{day:02}T00:00:00Z"));
+        try_add(&mut client, request).await.expect("accepted");
+        if round % 50 == 49 {
+            let request_id = format!("spend-{round}");
+            let spent = try_spend(&mut client, spend_request("long", &request_id, 25)).await;
+            first_spend.get_or_insert((request_id, spent.expect("spent")));
+        }
+    }
+    let url = replicas.database.url.clone();
+    let snapshot_seq = eventually("a snapshot to be stored", Duration::from_secs(20), || {
+        let rows = query(&url, "SELECT seq FROM points_user_snapshots WHERE user_id = 'long'");
+        let seq = rows.first().and_then(|row| row[0].as_deref()?.parse::<i64>().ok());
+        std::future::ready(seq.filter(|&seq| seq >= 256))
+    })
+    .await;
+    let balances_before = balances_of(&mut client, "long").await;
+    let history_before = entries(&mut client, "long").await;
+    assert_eq!(history_before.len(), 714);
+
+    let covered =
+        format!("DELETE FROM points_user_records WHERE user_id = 'long' AND seq <= {snapshot_seq}");
+    execute(&url, &covered).expect("delete the chunks the snapshot covers");
+    let fresh = ServerProcess::start_on_database(&url, &[]);
+    let mut fresh_client = fresh.client().await;
+    assert_eq!(balances_of(&mut fresh_client, "long").await, balances_before);
+    assert_eq!(entries(&mut fresh_client, "long").await, history_before);
+    let (request_id, reply) = first_spend.expect("spent");
+    let retried = try_spend(&mut fresh_client, spend_request("long", &request_id, 25)).await;
+    assert_eq!(retried.expect("the retry is answered"), reply, "the request id is remembered");
+    let request = add_request("long", "", "UNILEVER", 5, "2024-04-01T00:00:00Z");
+    try_add(&mut fresh_client, request).await.expect("the loaded user takes writes");
+
+    // A damaged snapshot is never served: the user is loaded from their
+    // chunks instead, and refused only when those are gone too.
+    for round in 0..300 {
+        let request = add_request("spare", "", "DANNON", 1 + round, "2024-03-01T00:00:00Z");
+        try_add(&mut client, request).await.expect("accepted");
+    }
+    eventually("a snapshot of the second user", Duration::from_secs(20), || {
+        let rows = query(&url, "SELECT seq FROM points_user_snapshots WHERE user_id = 'spare'");
+        std::future::ready((!rows.is_empty()).then_some(()))
+    })
+    .await;
+    let spare_balances = balances_of(&mut client, "spare").await;
+    execute(&url, "UPDATE points_user_snapshots SET state = '\\x0102'").expect("damage them");
+    let another = ServerProcess::start_on_database(&url, &[]);
+    let mut another_client = another.client().await;
+    assert_eq!(balances_of(&mut another_client, "spare").await, spare_balances);
+    assert!(another.log().contains("loading the user from all their chunks"));
+    let request = GetBalancesRequest { user_id: "long".to_owned() };
+    let status = another_client.get_balances(request).await.expect_err("damaged");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("snapshot is damaged"), "{status:?}");
+    assert!(status.message().contains("the chunks cannot replace it"), "{status:?}");
+}
+
+/// A snapshot the database refuses is not tried again at every write (each
+/// try encodes the user's whole ledger): the next is due after twice as
+/// many chunks, and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_database_refuses_is_retried_rarely() {
+    let replicas = Replicas::start(1, &[]);
+    let url = replicas.database.url.clone();
+    execute(
+        &url,
+        "CREATE FUNCTION refuse_snapshots() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'snapshots refused by the test'; END $$; \
+         CREATE TRIGGER refuse_snapshots BEFORE INSERT OR UPDATE ON points_user_snapshots \
+         FOR EACH ROW EXECUTE FUNCTION refuse_snapshots();",
+    )
+    .expect("install the trigger");
+    let mut client = replicas.client_of(0).await;
+    for round in 0..1000 {
+        let request = add_request("refused", "", "DANNON", 1 + round, "2024-03-01T00:00:00Z");
+        try_add(&mut client, request).await.expect("writes go on");
+    }
+    let server = &replicas.servers[0];
+    let failures = eventually("a refused snapshot to be logged", Duration::from_secs(10), || {
+        let failures = server.log().matches("cannot store a snapshot").count();
+        std::future::ready((failures > 0).then_some(failures))
+    })
+    .await;
+    // Due at 256 chunks, then 512 after that, then 1024 after that.
+    assert!(failures <= 2, "{failures} snapshot attempts for 1,000 writes");
 }

@@ -156,7 +156,8 @@ async fn health_and_reflection_stay_open_without_a_token() {
 }
 
 /// Protected mode: no tokens file and a non-loopback address refuses to start
-/// and says what to do; --insecure-no-auth or a tokens file allow it.
+/// and says what to do; --insecure-no-auth, or a tokens file with
+/// --insecure-plaintext, allow it.
 #[test]
 fn protected_mode_refuses_an_open_non_loopback_listener() {
     let mut command = ServerProcess::command();
@@ -166,7 +167,9 @@ fn protected_mode_refuses_an_open_non_loopback_listener() {
     let stderr = exited.log;
     assert!(stderr.contains("--tokens-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
 
-    for extra in [vec!["--insecure-no-auth"], vec!["--tokens-file", "TOKENS"]] {
+    for extra in
+        [vec!["--insecure-no-auth"], vec!["--tokens-file", "TOKENS", "--insecure-plaintext"]]
+    {
         let dir = tempfile::tempdir().expect("temporary directory");
         let tokens = role_tokens_file(dir.path());
         let extra: Vec<&str> = extra
@@ -179,6 +182,25 @@ fn protected_mode_refuses_an_open_non_loopback_listener() {
         server.signal("TERM");
         assert_eq!(server.wait(Duration::from_secs(20)).code(), Some(0), "{extra:?}");
     }
+}
+
+/// Bearer tokens on a non-loopback address without TLS are refused at start,
+/// saying how to turn TLS on or that --insecure-plaintext overrides it.
+#[test]
+fn bearer_tokens_in_plaintext_off_loopback_are_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = role_tokens_file(dir.path());
+    let mut command = ServerProcess::command();
+    command.args(["--listen", "0.0.0.0:0", "--in-memory", "--tokens-file"]).arg(&tokens);
+    let exited = ServerProcess::run_to_exit(command);
+    assert_eq!(exited.status.code(), Some(1));
+    let stderr = exited.log;
+    assert!(
+        stderr.contains("plaintext")
+            && stderr.contains("--tls-cert")
+            && stderr.contains("--insecure-plaintext"),
+        "{stderr}"
+    );
 }
 
 /// A tokens file that is missing or invalid stops the server at start with the reason.

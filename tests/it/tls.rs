@@ -30,6 +30,8 @@ struct Pki {
     ca_der: CertificateDer<'static>,
     server: (String, String),
     client: (String, String),
+    /// Named by a DNS SAN, with another common name.
+    san_client: (String, String),
     untrusted_client: (String, String),
 }
 
@@ -70,6 +72,12 @@ fn pki() -> Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
         ),
         client: leaf(&ca, &[], "reporting.internal", ExtendedKeyUsagePurpose::ClientAuth),
+        san_client: leaf(
+            &ca,
+            &["billing.internal"],
+            "reporting.internal",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
         untrusted_client: leaf(
             &stranger,
             &[],
@@ -90,11 +98,17 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 fn start_tls_server(dir: &Path, pki: &Pki) -> ServerProcess {
     let reporting = "[[client]]\nname = \"reporting\"\n\
                      certificate_common_name = \"reporting.internal\"\nroles = [\"read\"]\n";
+    start_mutual_tls_server(dir, pki, &[reporting.to_owned(), token_client("ops", &["admin"], &[])])
+}
+
+/// Starts the binary with TLS, mutual TLS optional, and a tokens file of
+/// `clients`.
+fn start_mutual_tls_server(dir: &Path, pki: &Pki, clients: &[String]) -> ServerProcess {
     let paths = [
         write(dir, "server.pem", &pki.server.0),
         write(dir, "server.key", &pki.server.1),
         write(dir, "ca.pem", &pki.ca),
-        tokens_file(dir, &[reporting.to_owned(), token_client("ops", &["admin"], &[])]),
+        tokens_file(dir, clients),
     ];
     let [cert, key, ca, tokens] = paths.each_ref().map(|path| path.to_str().expect("utf-8 path"));
     ServerProcess::start(&[
@@ -248,4 +262,96 @@ async fn tls_handshakes_and_prefaces_are_bounded_by_the_handshake_timeout() {
     assert!(elapsed >= Duration::from_millis(250), "closed after only {elapsed:?}");
     let elapsed = closed_after(&mut tls, tls_connected, Duration::from_secs(5)).await;
     assert!(elapsed >= Duration::from_millis(200), "closed after only {elapsed:?}");
+}
+
+/// A client CA without a tokens file makes certificates required: a client
+/// without one fails the handshake, one with a certificate from the CA is
+/// served (and the server may then listen off loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_without_a_tokens_file_requires_a_certificate() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = pki();
+    let paths = [
+        write(dir.path(), "server.pem", &pki.server.0),
+        write(dir.path(), "server.key", &pki.server.1),
+        write(dir.path(), "ca.pem", &pki.ca),
+    ];
+    let [cert, key, ca] = paths.each_ref().map(|path| path.to_str().expect("utf-8 path"));
+    let mut command = ServerProcess::command();
+    command.args(["--listen", "0.0.0.0:0", "--in-memory"]);
+    command.args(["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]);
+    let server = ServerProcess::spawn(command);
+    let uri = format!("https://localhost:{}", server.address.port());
+
+    let anonymous = match connect(uri.clone()).tls(&pki.ca, "localhost", None).try_channel().await {
+        Err(_) => None,
+        Ok(channel) => Some(Client::new(channel).get_balances(GetBalancesRequest::default()).await),
+    };
+    assert!(!matches!(anonymous, Some(Ok(_))), "served without a certificate: {anonymous:?}");
+
+    let channel = connect(uri).tls(&pki.ca, "localhost", Some(&pki.client)).channel().await;
+    let mut client = Client::new(channel);
+    let earn = add_request("", "", "DANNON", 10, "2024-01-01T00:00:00Z");
+    client.add_transaction(earn).await.expect("a certificate from the CA is served");
+}
+
+/// A certificate names its client by a DNS subject alternative name before
+/// its common name: the SAN wins when both name a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificates_subject_alternative_name_names_its_client_before_its_common_name() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = pki();
+    let billing = "[[client]]\nname = \"billing\"\n\
+                   certificate_identity = \"billing.internal\"\nroles = [\"admin\"]\n";
+    let reporting = "[[client]]\nname = \"reporting\"\n\
+                     certificate_identity = \"reporting.internal\"\nroles = [\"read\"]\n";
+    let server =
+        start_mutual_tls_server(dir.path(), &pki, &[billing.to_owned(), reporting.to_owned()]);
+    // Its SAN says billing (admin), its CN says reporting (read only).
+    let mut billing =
+        Client::new(tls_channel(&server, &pki, Some(&pki.san_client)).await.expect("mTLS"));
+    let earn = add_request("", "", "DANNON", 10, "2024-01-01T00:00:00Z");
+    billing.add_transaction(earn).await.expect("named billing by its SAN: admin");
+    let mut reporting =
+        Client::new(tls_channel(&server, &pki, Some(&pki.client)).await.expect("mTLS"));
+    let earn = add_request("", "", "DANNON", 10, "2024-01-01T00:00:00Z");
+    let status = reporting.add_transaction(earn).await.expect_err("reporting reads only");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+/// SIGHUP puts a renewed certificate in force: a new connection sees it (and
+/// one trusting only the old CA fails), while a connection opened before
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_certificate_for_new_connections_and_old_ones_keep_working() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old, new) = (pki(), pki());
+    let paths = [
+        write(dir.path(), "server.pem", &old.server.0),
+        write(dir.path(), "server.key", &old.server.1),
+        tokens_file(dir.path(), &[token_client("ops", &["admin"], &[])]),
+    ];
+    let [cert, key, tokens] = paths.each_ref().map(|path| path.to_str().expect("utf-8 path"));
+    let server =
+        ServerProcess::start(&["--tls-cert", cert, "--tls-key", key, "--tokens-file", tokens]);
+    let mut before = Client::new(tls_channel(&server, &old, None).await.expect("old certificate"));
+    let read = || with_token(GetBalancesRequest::default(), "ops-token");
+    before.get_balances(read()).await.expect("served with the old certificate");
+
+    write(dir.path(), "server.pem", &new.server.0);
+    write(dir.path(), "server.key", &new.server.1);
+    server.signal("HUP");
+    let mut after = crate::common::wait::eventually(
+        "a new connection to see the new certificate",
+        Duration::from_secs(5),
+        || async { tls_channel(&server, &new, None).await.ok().map(Client::new) },
+    )
+    .await;
+    after.get_balances(read()).await.expect("served with the new certificate");
+    let stale = match tls_channel(&server, &old, None).await {
+        Err(_) => None,
+        Ok(channel) => Some(Client::new(channel).get_balances(read()).await),
+    };
+    assert!(!matches!(stale, Some(Ok(_))), "the old certificate is still served: {stale:?}");
+    before.get_balances(read()).await.expect("the connection opened before keeps working");
 }

@@ -60,6 +60,26 @@ impl std::fmt::Debug for Embedded {
     }
 }
 
+/// Reads the ledger of the data directory at `path` into memory with the
+/// checks of start-up, changing nothing in it: no torn tail is cut, no file
+/// is created or removed. While reading it holds the directory's lock, if a
+/// server ever made one, so that no server runs on it meanwhile. `None` when
+/// it holds no journal or snapshot (not a data directory).
+pub(crate) fn read_ledgers(
+    path: &std::path::Path,
+) -> Result<Option<std::collections::HashMap<String, UserLedger>>, OpenError> {
+    let fs: Arc<dyn file_system::FileSystem> = Arc::new(file_system::OsFileSystem);
+    let listing = files::list(fs.as_ref(), path)?;
+    if listing.journals.is_empty() && listing.snapshots.is_empty() {
+        return Ok(None);
+    }
+    // A server creates its lock file; without one, none ever ran here.
+    let _lock =
+        if path.join("LOCK").exists() { Some(DataDir::lock(Arc::clone(&fs), path)?) } else { None };
+    let listing = files::list(fs.as_ref(), path)?;
+    Ok(Some(recovery::scan(fs.as_ref(), &listing)?.users))
+}
+
 impl Embedded {
     /// Locks and recovers the data directory into `users` (dropping request
     /// ids remembered longer than `retention_ms`), then starts the journal

@@ -117,63 +117,8 @@ impl<'dir> SnapshotFile<'dir> {
         last_sequence: u64,
         ledger: &Ledger,
     ) -> Result<(), InvariantViolation> {
-        // Checked before it is written, as it is after it is read: a ledger
-        // broken in memory must not become the only copy on disk.
-        ledger.check_invariants()?;
-        let state = ledger.view();
         self.user_count += 1;
-        self.put(SnapshotPart::User(UserRecord {
-            user_id: user_id.to_owned(),
-            last_sequence,
-            payer_count: state.payers.len() as u64,
-            transaction_count: state.transactions.len() as u64,
-            spend_count: state.spends.len() as u64,
-            request_count: state.requests.len() as u64,
-        }));
-        for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
-            self.put(SnapshotPart::Payers(PayersChunk {
-                names: chunk.iter().map(|&(name, _)| name.to_owned()).collect(),
-                balances: chunk.iter().map(|&(_, balance)| balance).collect(),
-            }));
-        }
-        for chunk in state.transactions.chunks(ITEMS_PER_CHUNK) {
-            self.put(SnapshotPart::Transactions(TransactionsChunk {
-                payer_indices: chunk.iter().map(|record| record.payer_index).collect(),
-                points: chunk.iter().map(|record| record.points).collect(),
-                timestamp_seconds: chunk
-                    .iter()
-                    .map(|record| record.timestamp.timestamp())
-                    .collect(),
-                timestamp_nanos: chunk
-                    .iter()
-                    .map(|record| record.timestamp.timestamp_subsec_nanos())
-                    .collect(),
-            }));
-        }
-        for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
-            let taken = chunk.iter().flat_map(|spend| spend.taken.iter());
-            self.put(SnapshotPart::Spends(SpendsChunk {
-                points: chunk.iter().map(|spend| spend.points).collect(),
-                transactions_before: chunk.iter().map(|spend| spend.transactions_before).collect(),
-                taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
-                taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
-                taken_points: taken.map(|&(_, points)| points).collect(),
-            }));
-        }
-        for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
-            let requests = chunk
-                .iter()
-                .map(|request| RequestEntry {
-                    request_id: request.request_id.clone(),
-                    accepted_at_ms: request.accepted_at_ms,
-                    command: Some(records::command_of(&request.params)),
-                    outcome_id: *request.outcome.as_ref().unwrap_or(&0),
-                    refusal: request.outcome.as_ref().err().map(records::refusal_of),
-                })
-                .collect();
-            self.put(SnapshotPart::Requests(RequestsChunk { requests }));
-        }
-        Ok(())
+        encode_user_parts(user_id, last_sequence, ledger, &mut |part| self.put(part))
     }
 
     /// Writes the footer and everything still encoded, and makes the
@@ -215,6 +160,105 @@ impl Drop for SnapshotFile<'_> {
             );
         }
     }
+}
+
+/// Puts one user's whole ledger as snapshot parts: its [`UserRecord`], then
+/// its items in chunks. Checks the ledger first: a ledger broken in memory
+/// must not become the only copy kept.
+fn encode_user_parts(
+    user_id: &str,
+    last_sequence: u64,
+    ledger: &Ledger,
+    put: &mut dyn FnMut(SnapshotPart),
+) -> Result<(), InvariantViolation> {
+    ledger.check_invariants()?;
+    let state = ledger.view();
+    put(SnapshotPart::User(UserRecord {
+        user_id: user_id.to_owned(),
+        last_sequence,
+        payer_count: state.payers.len() as u64,
+        transaction_count: state.transactions.len() as u64,
+        spend_count: state.spends.len() as u64,
+        request_count: state.requests.len() as u64,
+    }));
+    for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
+        put(SnapshotPart::Payers(PayersChunk {
+            names: chunk.iter().map(|&(name, _)| name.to_owned()).collect(),
+            balances: chunk.iter().map(|&(_, balance)| balance).collect(),
+        }));
+    }
+    for chunk in state.transactions.chunks(ITEMS_PER_CHUNK) {
+        put(SnapshotPart::Transactions(TransactionsChunk {
+            payer_indices: chunk.iter().map(|record| record.payer_index).collect(),
+            points: chunk.iter().map(|record| record.points).collect(),
+            timestamp_seconds: chunk.iter().map(|record| record.timestamp.timestamp()).collect(),
+            timestamp_nanos: chunk
+                .iter()
+                .map(|record| record.timestamp.timestamp_subsec_nanos())
+                .collect(),
+        }));
+    }
+    for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
+        let taken = chunk.iter().flat_map(|spend| spend.taken.iter());
+        put(SnapshotPart::Spends(SpendsChunk {
+            points: chunk.iter().map(|spend| spend.points).collect(),
+            transactions_before: chunk.iter().map(|spend| spend.transactions_before).collect(),
+            taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
+            taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
+            taken_points: taken.map(|&(_, points)| points).collect(),
+        }));
+    }
+    for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
+        let requests = chunk
+            .iter()
+            .map(|request| RequestEntry {
+                request_id: request.request_id.clone(),
+                accepted_at_ms: request.accepted_at_ms,
+                command: Some(records::command_of(&request.params)),
+                outcome_id: *request.outcome.as_ref().unwrap_or(&0),
+                refusal: request.outcome.as_ref().err().map(records::refusal_of),
+            })
+            .collect();
+        put(SnapshotPart::Requests(RequestsChunk { requests }));
+    }
+    Ok(())
+}
+
+/// One user's snapshot on its own, as framed, checksummed snapshot parts:
+/// what a database keeps per user so that loading a user with a long
+/// history does not replay all of it.
+pub fn encode_one_user(
+    user_id: &str,
+    last_sequence: u64,
+    ledger: &Ledger,
+) -> Result<Vec<u8>, InvariantViolation> {
+    let mut encoded = Vec::new();
+    encode_user_parts(user_id, last_sequence, ledger, &mut |part| {
+        frame::encode_message(&SnapshotRecord { part: Some(part) }, frame::UNSALTED, &mut encoded);
+    })?;
+    Ok(encoded)
+}
+
+/// Reads and fully checks what [`encode_one_user`] wrote.
+pub fn decode_one_user(encoded: &[u8]) -> Result<UserSnapshot, String> {
+    let mut user: Option<UserReader> = None;
+    let ending = frame::scan(encoded, 0, frame::UNSALTED, |_, payload| {
+        let record = SnapshotRecord::decode(payload).map_err(|error| error.to_string())?;
+        match (record.part.ok_or("a snapshot record with no part")?, &mut user) {
+            (SnapshotPart::User(record), None) => {
+                user = Some(UserReader::new(record));
+                Ok(())
+            }
+            (SnapshotPart::User(_), Some(_)) => Err("a second user".to_owned()),
+            (_, None) => Err("user data before the user".to_owned()),
+            (part, Some(reader)) => reader.accept(part),
+        }
+    })
+    .map_err(|damage| format!("at byte {}: {}", damage.offset, damage.reason))?;
+    if ending != frame::Ending::Clean {
+        return Err(format!("the snapshot is incomplete: {ending:?}"));
+    }
+    user.ok_or("the snapshot holds no user")?.finish()
 }
 
 /// Reads and fully checks the snapshot at `path`, named for `rotation_sequence`.
@@ -260,8 +304,8 @@ struct SnapshotReader {
     header: Option<SnapshotHeader>,
     /// Finished users.
     users: Vec<UserSnapshot>,
-    /// The user being read, with the counts its record announced.
-    current: Option<(UserRecord, LedgerState)>,
+    /// The user being read.
+    current: Option<UserReader>,
     footer: Option<SnapshotFooter>,
 }
 
@@ -281,17 +325,66 @@ impl SnapshotReader {
             }
             SnapshotPart::User(user) => {
                 self.finish_user()?;
-                self.current = Some((user, LedgerState::default()));
+                self.current = Some(UserReader::new(user));
             }
+            SnapshotPart::Footer(footer) => {
+                self.finish_user()?;
+                self.footer = Some(footer);
+            }
+            part => {
+                self.current.as_mut().ok_or("user data before any user")?.accept(part)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_user(&mut self) -> Result<(), String> {
+        if let Some(user) = self.current.take() {
+            self.users.push(user.finish()?);
+        }
+        Ok(())
+    }
+
+    fn finish(self, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, String> {
+        let header = self.header.ok_or("the snapshot has no header")?;
+        let footer = self.footer.ok_or("the snapshot has no footer: it is incomplete")?;
+        if header.rotation_sequence != rotation_sequence {
+            return Err(format!("the header says sequence {}", header.rotation_sequence));
+        }
+        if footer.user_count != self.users.len() as u64 {
+            return Err(format!(
+                "the footer counts {} users, the snapshot holds {}",
+                footer.user_count,
+                self.users.len()
+            ));
+        }
+        Ok(self.users)
+    }
+}
+
+/// Rebuilds one user from the parts after its [`UserRecord`], checking
+/// their counts against it.
+struct UserReader {
+    user: UserRecord,
+    state: LedgerState,
+}
+
+impl UserReader {
+    fn new(user: UserRecord) -> Self {
+        Self { user, state: LedgerState::default() }
+    }
+
+    /// Takes one chunk of the user's items.
+    fn accept(&mut self, part: SnapshotPart) -> Result<(), String> {
+        let state = &mut self.state;
+        match part {
             SnapshotPart::Payers(chunk) => {
-                let state = self.state()?;
                 if chunk.names.len() != chunk.balances.len() {
                     return Err("payer columns of different lengths".to_owned());
                 }
                 state.payers.extend(chunk.names.into_iter().zip(chunk.balances));
             }
             SnapshotPart::Transactions(chunk) => {
-                let state = self.state()?;
                 let count = chunk.points.len();
                 if [
                     chunk.payer_indices.len(),
@@ -315,7 +408,6 @@ impl SnapshotReader {
                 }
             }
             SnapshotPart::Spends(chunk) => {
-                let state = self.state()?;
                 let count = chunk.points.len();
                 let pairs: usize = chunk.taken_counts.iter().map(|&count| count as usize).sum();
                 if chunk.transactions_before.len() != count
@@ -335,7 +427,6 @@ impl SnapshotReader {
                 }
             }
             SnapshotPart::Requests(chunk) => {
-                let state = self.state()?;
                 for entry in chunk.requests {
                     let command = entry.command.as_ref().ok_or("a request without parameters")?;
                     let outcome = match &entry.refusal {
@@ -350,23 +441,16 @@ impl SnapshotReader {
                     });
                 }
             }
-            SnapshotPart::Footer(footer) => {
-                self.finish_user()?;
-                self.footer = Some(footer);
+            SnapshotPart::Header(_) | SnapshotPart::User(_) | SnapshotPart::Footer(_) => {
+                return Err("a snapshot header, user or footer inside a user".to_owned());
             }
         }
         Ok(())
     }
 
-    fn state(&mut self) -> Result<&mut LedgerState, String> {
-        self.current
-            .as_mut()
-            .map(|(_, state)| state)
-            .ok_or_else(|| "user data before any user".to_owned())
-    }
-
-    fn finish_user(&mut self) -> Result<(), String> {
-        let Some((user, state)) = self.current.take() else { return Ok(()) };
+    /// The user, once the counts its record announced are all there.
+    fn finish(self) -> Result<UserSnapshot, String> {
+        let Self { user, state } = self;
         let counts = (
             state.payers.len(),
             state.transactions.len(),
@@ -383,27 +467,52 @@ impl SnapshotReader {
         }
         let ledger = Ledger::restore(state)
             .map_err(|reason| format!("user {:?}: {reason}", user.user_id))?;
-        self.users.push(UserSnapshot {
-            user_id: user.user_id,
-            last_sequence: user.last_sequence,
-            ledger,
-        });
-        Ok(())
+        Ok(UserSnapshot { user_id: user.user_id, last_sequence: user.last_sequence, ledger })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::{decode_one_user, encode_one_user};
+    use crate::ledger::Ledger;
+
+    fn ledger() -> Ledger {
+        let mut ledger = Ledger::new();
+        for (day, payer, points) in [(1, "DANNON", 300), (2, "UNILEVER", 200), (3, "DANNON", -200)]
+        {
+            let when = Utc.with_ymd_and_hms(2024, 1, day, 0, 0, 0).single().expect("a time");
+            ledger.add_transaction(payer, points, when).expect("accepted");
+        }
+        ledger.spend(150).expect("spent");
+        ledger
     }
 
-    fn finish(self, rotation_sequence: u64) -> Result<Vec<UserSnapshot>, String> {
-        let header = self.header.ok_or("the snapshot has no header")?;
-        let footer = self.footer.ok_or("the snapshot has no footer: it is incomplete")?;
-        if header.rotation_sequence != rotation_sequence {
-            return Err(format!("the header says sequence {}", header.rotation_sequence));
+    /// Serialised state, for comparing ledgers.
+    fn encoded(ledger: &Ledger) -> Vec<u8> {
+        encode_one_user("u", 0, ledger).expect("a consistent ledger")
+    }
+
+    #[test]
+    fn one_users_snapshot_reads_back_as_the_same_ledger() {
+        let ledger = ledger();
+        let bytes = encode_one_user("user-1", 42, &ledger).expect("a consistent ledger");
+        let read = decode_one_user(&bytes).expect("reads back");
+        assert_eq!((read.user_id.as_str(), read.last_sequence), ("user-1", 42));
+        assert_eq!(encoded(&read.ledger), encoded(&ledger));
+    }
+
+    #[test]
+    fn a_cut_or_changed_snapshot_of_one_user_is_refused() {
+        let bytes = encode_one_user("user-1", 42, &ledger()).expect("a consistent ledger");
+        for length in 0..bytes.len() {
+            assert!(decode_one_user(&bytes[..length]).is_err(), "cut at {length} accepted");
         }
-        if footer.user_count != self.users.len() as u64 {
-            return Err(format!(
-                "the footer counts {} users, the snapshot holds {}",
-                footer.user_count,
-                self.users.len()
-            ));
+        for index in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[index] ^= 0x10;
+            assert!(decode_one_user(&changed).is_err(), "a flip at byte {index} accepted");
         }
-        Ok(self.users)
     }
 }

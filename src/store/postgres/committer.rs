@@ -228,7 +228,10 @@ async fn insert(
 ) -> Result<HashSet<String>, InsertError> {
     let encoded: Vec<Vec<u8>> = chunks
         .iter_mut()
-        .map(|chunk| RecordChunk { records: std::mem::take(&mut chunk.records) }.encode_to_vec())
+        .map(|chunk| {
+            RecordChunk { records: std::mem::take(&mut chunk.records), imported_ledger: Vec::new() }
+                .encode_to_vec()
+        })
         .collect();
     let user_ids: Vec<&str> = chunks.iter().map(|chunk| chunk.user_id.as_str()).collect();
     let seqs = chunks

@@ -17,10 +17,22 @@
 //! chunk. A read first asks for the user's last chunk (one primary-key
 //! lookup) and applies any it has not seen.
 //!
-//! Modules: [`migrations`] (the schema), [`committer`] (group commit).
+//! Loading a user reads their snapshot in `points_user_snapshots` (their
+//! whole ledger, in the embedded snapshot's encoding, as of one chunk) and
+//! replays only the chunks after it, a page at a time. The replica that
+//! stores a user's writes takes a new snapshot in the background once
+//! enough chunks followed the last, in proportion to its size, so that
+//! snapshots cost O(1) per chunk and loading stays bounded. Chunks are never
+//! deleted: they are the user's audit trail.
+//!
+//! Modules: [`migrations`] (the schema), [`committer`] (group commit),
+//! [`import`] (copying a data directory in: `points-server migrate`).
 
 mod committer;
+mod import;
 mod migrations;
+
+pub use import::{MigrateError, MigrateSummary, migrate};
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -34,6 +46,7 @@ use self::committer::Pending;
 use super::backend::{Backend, BoxFuture, Freshness, Receipt};
 use super::embedded::records::JournalRecord;
 use super::embedded::replay::replay;
+use super::embedded::snapshot::{decode_one_user, encode_one_user};
 use super::sweeper::wait_finished;
 use super::users::{StoredPosition, UserLedger, read_lock, write_lock};
 use super::{DatabaseOptions, OpenError, SnapshotFailed, StoreError};
@@ -46,6 +59,12 @@ pub struct RecordChunk {
     /// The records.
     #[prost(message, repeated, tag = "1")]
     pub records: Vec<JournalRecord>,
+    /// In a user's first chunk only, for a user copied in from a data
+    /// directory (`points-server migrate`): their whole ledger as it was
+    /// there, as a one-user snapshot at chunk 1. Kept forever, like every
+    /// chunk: the user's history before the move.
+    #[prost(bytes = "vec", tag = "2")]
+    pub imported_ledger: Vec<u8>,
 }
 
 /// A database shared with other replicas, a pool of connections for loading
@@ -57,7 +76,12 @@ pub(crate) struct Postgres {
     /// Where the database is, for messages (no password).
     location: String,
     cache_max_users: usize,
+    /// Snapshots being taken at once, at most [`SNAPSHOT_TASKS`].
+    snapshot_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most user snapshots taken at once by one replica.
+const SNAPSHOT_TASKS: usize = 2;
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +156,24 @@ impl Shared {
 /// round), small enough that a stalled one cannot exhaust memory.
 const MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// Chunks read per query: bounds the memory and the statement time of one
+/// read however long a user's history is.
+const CHUNKS_PER_PAGE: usize = 512;
+
+/// Fewest chunks stored after a user's snapshot before a new one is taken:
+/// loading a user replays at most about this many chunks past its snapshot
+/// (or [`SNAPSHOT_BYTES_PER_CHUNK`] of the snapshot's size, if more).
+const SNAPSHOT_MIN_INTERVAL_CHUNKS: u64 = 256;
+
+/// Snapshot bytes per chunk of interval: a large user is snapshotted less
+/// often, in proportion, so that snapshots cost O(1) per chunk stored.
+const SNAPSHOT_BYTES_PER_CHUNK: u64 = 64;
+
+/// Chunks after a snapshot of `snapshot_bytes` past which the next is due.
+fn snapshot_interval(snapshot_bytes: usize) -> u64 {
+    (snapshot_bytes as u64 / SNAPSHOT_BYTES_PER_CHUNK).max(SNAPSHOT_MIN_INTERVAL_CHUNKS)
+}
+
 impl Postgres {
     /// Connects, migrates the schema and starts the committer. Fails when
     /// the database cannot be reached or migrated.
@@ -204,6 +246,7 @@ impl Postgres {
             committer: Mutex::new(Some(committer)),
             location,
             cache_max_users: options.cache_max_users.max(1),
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_TASKS)),
         })
     }
 
@@ -241,25 +284,44 @@ impl Postgres {
         }
     }
 
-    /// The place of `user_id`'s last stored chunk (0: none).
-    async fn head(
+    /// `user_id`'s stored snapshot, checked: the ledger, the place of the
+    /// last chunk it reflects and its size; `None` if there is none yet. The
+    /// inner error says how a stored snapshot is damaged (the chunks can
+    /// replace it); the outer one, that the database could not be asked.
+    async fn snapshot(
         &self,
         client: &deadpool_postgres::Object,
         user_id: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Result<Option<(Ledger, u64, usize)>, String>, StoreError> {
         let rows = self
             .query(
                 client,
-                "SELECT coalesce(max(seq), 0) FROM points_user_records WHERE user_id = $1",
+                "SELECT seq, state FROM points_user_snapshots WHERE user_id = $1",
                 &[&user_id],
             )
             .await?;
-        let head: i64 = rows.first().and_then(|row| row.try_get(0).ok()).unwrap_or(0);
-        Ok(u64::try_from(head).unwrap_or(0))
+        let Some(row) = rows.first() else { return Ok(Ok(None)) };
+        let checked = || -> Result<(Ledger, u64, usize), String> {
+            let seq: i64 = row.try_get(0).map_err(|error| error.to_string())?;
+            let state: &[u8] = row.try_get(1).map_err(|error| error.to_string())?;
+            let snapshot = decode_one_user(state)?;
+            if snapshot.user_id != user_id
+                || i64::try_from(snapshot.last_sequence).ok() != Some(seq)
+            {
+                return Err(format!(
+                    "it holds user {:?} at chunk {}, its row says {user_id:?} at {seq}",
+                    snapshot.user_id, snapshot.last_sequence
+                ));
+            }
+            Ok((snapshot.ledger, snapshot.last_sequence, state.len()))
+        };
+        Ok(checked()
+            .map(Some)
+            .map_err(|reason| format!("user {user_id:?}'s stored snapshot is damaged: {reason}")))
     }
 
-    /// `user_id`'s chunks after `after`, decoded and checked to follow on
-    /// from it, in order.
+    /// Up to [`CHUNKS_PER_PAGE`] of `user_id`'s chunks after `after`,
+    /// decoded and checked to follow on from it, in order.
     async fn chunks_after(
         &self,
         client: &deadpool_postgres::Object,
@@ -271,10 +333,11 @@ impl Postgres {
             .query(
                 client,
                 "SELECT seq, records FROM points_user_records WHERE user_id = $1 AND seq > $2 \
-                 ORDER BY seq",
-                &[&user_id, &after_i64],
+                 ORDER BY seq LIMIT $3",
+                &[&user_id, &after_i64, &(CHUNKS_PER_PAGE as i64)],
             )
             .await?;
+        debug_assert!(rows.len() <= CHUNKS_PER_PAGE);
         let mut chunks = Vec::with_capacity(rows.len());
         let mut last = after;
         for row in rows {
@@ -296,6 +359,64 @@ impl Postgres {
     }
 }
 
+/// Takes and stores users' snapshots in the background.
+struct Snapshots {
+    pool: Pool,
+    shared: Arc<Shared>,
+}
+
+impl Snapshots {
+    /// Encodes `user`'s ledger if it holds exactly what is stored (nothing
+    /// of this replica's pending, not stale) and stores it as the user's
+    /// snapshot unless a newer one is there.
+    async fn take(
+        &self,
+        user_id: &str,
+        user: Arc<RwLock<UserLedger>>,
+        stored: &StoredPosition,
+    ) -> Result<(), String> {
+        let shared = Arc::clone(&self.shared);
+        let owned_user_id = user_id.to_owned();
+        // Encoding a large ledger is CPU work under the user's read lock.
+        let encode = move || -> Result<Option<(u64, Vec<u8>)>, String> {
+            let user = read_lock(&user).map_err(|error| error.to_string())?;
+            let resolved = *shared.resolved.borrow();
+            if user.stored.is_stale() || resolved < user.last_sequence {
+                return Ok(None);
+            }
+            let seq = user.stored.seq();
+            let encoded = encode_one_user(&owned_user_id, seq, &user.ledger)
+                .map_err(|error| error.to_string())?;
+            Ok(Some((seq, encoded)))
+        };
+        let encoded =
+            tokio::task::spawn_blocking(encode).await.map_err(|error| error.to_string())?;
+        let Some((seq, encoded)) = encoded? else { return Ok(()) };
+        let seq_i64 = i64::try_from(seq).map_err(|error| error.to_string())?;
+        let run = async {
+            let client = self.pool.get().await.map_err(|error| error.to_string())?;
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO points_user_snapshots (user_id, seq, state) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, state = excluded.state \
+                     WHERE points_user_snapshots.seq < excluded.seq",
+                )
+                .await
+                .map_err(|error| database_error(&error))?;
+            client
+                .execute(&statement, &[&user_id, &seq_i64, &encoded])
+                .await
+                .map_err(|error| database_error(&error))
+        };
+        tokio::time::timeout(self.shared.operation_timeout, run)
+            .await
+            .map_err(|_| "storing the snapshot timed out".to_owned())??;
+        stored.set_snapshot(seq, snapshot_interval(encoded.len()));
+        metrics::counter!("points_database_snapshots_total").increment(1);
+        Ok(())
+    }
+}
+
 /// Executes `chunks`' records again on `ledger`; returns the place of the
 /// last chunk applied (`after` for none). On an error the ledger may be
 /// half updated.
@@ -308,6 +429,18 @@ fn apply_chunks(
     let mut last = after;
     for (seq, chunk) in chunks {
         debug_assert_eq!(seq, last + 1, "chunks_after checked their order");
+        if !chunk.imported_ledger.is_empty() {
+            let imported = decode_one_user(&chunk.imported_ledger)
+                .map_err(|error| damaged(user_id, seq, &error))?;
+            if seq != 1 || imported.user_id != user_id || imported.last_sequence != 1 {
+                let found = format!(
+                    "an imported ledger of {:?} at chunk {} in chunk {seq}",
+                    imported.user_id, imported.last_sequence
+                );
+                return Err(damaged(user_id, seq, &found));
+            }
+            *ledger = imported.ledger;
+        }
         for record in chunk.records {
             replay(ledger, record).map_err(|error| damaged(user_id, seq, &error))?;
         }
@@ -364,18 +497,37 @@ impl Backend for Postgres {
     ) -> BoxFuture<'a, Result<Option<UserLedger>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let chunks = self.chunks_after(&client, user_id, 0).await?;
+            let (snapshot, snapshot_damage) = match self.snapshot(&client, user_id).await? {
+                Ok(snapshot) => (snapshot.unwrap_or_default(), None),
+                // The chunks are the record; a snapshot only saves time.
+                Err(damage) => {
+                    tracing::error!(user_id, %damage, "loading the user from all their chunks");
+                    (Default::default(), Some(damage))
+                }
+            };
+            let (mut ledger, snapshot_seq, snapshot_bytes) = snapshot;
+            let explain = |error: StoreError| match (&snapshot_damage, error) {
+                (Some(damage), StoreError::Unavailable(error)) => StoreError::Unavailable(format!(
+                    "{damage}, and the chunks cannot replace it: {error}"
+                )),
+                (_, error) => error,
+            };
+            let mut last = snapshot_seq;
+            loop {
+                let chunks = self.chunks_after(&client, user_id, last).await.map_err(explain)?;
+                let full_page = chunks.len() == CHUNKS_PER_PAGE;
+                last = apply_chunks(user_id, last, chunks, &mut ledger).map_err(explain)?;
+                if !full_page {
+                    break;
+                }
+            }
             drop(client);
-            if chunks.is_empty() {
+            if last == 0 {
                 return Ok(None);
             }
-            let mut ledger = Ledger::new();
-            let last = apply_chunks(user_id, 0, chunks, &mut ledger)?;
-            Ok(Some(UserLedger {
-                ledger,
-                last_sequence: 0,
-                stored: Arc::new(StoredPosition::at(last)),
-            }))
+            let stored = StoredPosition::at(last);
+            stored.set_snapshot(snapshot_seq, snapshot_interval(snapshot_bytes));
+            Ok(Some(UserLedger { ledger, last_sequence: 0, stored: Arc::new(stored) }))
         })
     }
 
@@ -398,7 +550,6 @@ impl Backend for Postgres {
             // what is newer, or waits for this replica's own records (which
             // then conflict, making the cache stale).
             for _ in 0..8 {
-                let head = self.head(&client, user_id).await?;
                 let (stored, last_sequence) = {
                     let user = read_lock(user)?;
                     if user.stored.is_stale() {
@@ -406,7 +557,9 @@ impl Backend for Postgres {
                     }
                     (user.stored.seq(), user.last_sequence)
                 };
-                if head <= stored {
+                // One query both checks and catches up: none when current.
+                let chunks = self.chunks_after(&client, user_id, stored).await?;
+                if chunks.is_empty() {
                     return Ok(Freshness::Current);
                 }
                 // Records of ours still on their way were decided on a
@@ -418,7 +571,6 @@ impl Backend for Postgres {
                     client = self.client().await?;
                     continue;
                 }
-                let chunks = self.chunks_after(&client, user_id, stored).await?;
                 let mut user = write_lock(user)?;
                 if user.stored.is_stale() {
                     return Ok(Freshness::Stale);
@@ -428,9 +580,16 @@ impl Backend for Postgres {
                 if user.stored.seq() != stored || user.last_sequence != last_sequence {
                     continue;
                 }
+                if chunks.len() == CHUNKS_PER_PAGE {
+                    // Far behind (nothing of ours is pending): loading the
+                    // user anew from its snapshot is cheaper.
+                    user.stored.mark_stale();
+                    return Ok(Freshness::Stale);
+                }
                 match apply_chunks(user_id, stored, chunks, &mut user.ledger) {
                     Ok(last) => {
                         user.stored.set_seq(last);
+                        user.stored.note_contention();
                         return Ok(Freshness::CaughtUp);
                     }
                     Err(error) => {
@@ -446,6 +605,35 @@ impl Backend for Postgres {
 
     fn serving(&self) -> Option<watch::Receiver<bool>> {
         Some(self.shared.serving.subscribe())
+    }
+
+    fn stored(&self, user_id: &str, user: &Arc<RwLock<UserLedger>>) {
+        let Ok(cached) = user.try_read() else { return };
+        let stored = Arc::clone(&cached.stored);
+        drop(cached);
+        if !stored.claim_snapshot(SNAPSHOT_MIN_INTERVAL_CHUNKS) {
+            return;
+        }
+        // Bounded: a few at once, so that snapshots due together (after a
+        // restart) cannot take the pool from loads and reads.
+        let (Ok(runtime), Ok(slot)) = (
+            tokio::runtime::Handle::try_current(),
+            Arc::clone(&self.snapshot_slots).try_acquire_owned(),
+        ) else {
+            stored.snapshot_done();
+            return;
+        };
+        let snapshots = Snapshots { pool: self.pool.clone(), shared: Arc::clone(&self.shared) };
+        let (user_id, user) = (user_id.to_owned(), Arc::clone(user));
+        runtime.spawn(async move {
+            if let Err(error) = snapshots.take(&user_id, user, &stored).await {
+                // Not again at the next write: after twice as many chunks.
+                stored.postpone_snapshot(SNAPSHOT_MIN_INTERVAL_CHUNKS);
+                tracing::warn!(%error, user_id, "cannot store a snapshot of a user; will try again");
+            }
+            stored.snapshot_done();
+            drop(slot);
+        });
     }
 
     fn admit(&self) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@ use crate::common::files::{journal_files, journal_records_bytes, paths_ending, s
 use crate::common::wait::eventually;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -67,20 +68,14 @@ impl Written {
 
 /// Runs `points-server backup --data-dir DATA_DIR --to DESTINATION` as a child process.
 async fn run_backup(data_dir: &Path, destination: &Path) -> std::process::Output {
-    let mut backup = tokio::process::Command::from(crate::common::ServerProcess::command());
-    let output = backup
-        .arg("backup")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--to")
-        .arg(destination)
-        .env_remove("POINTS_DATA_DIR")
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), output)
-        .await
-        .expect("the backup finishes within 2 minutes")
-        .expect("run points-server backup")
+    let args: [&OsStr; 5] = [
+        "backup".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_ref(),
+        "--to".as_ref(),
+        destination.as_ref(),
+    ];
+    crate::common::ServerProcess::run_command(&args).await
 }
 
 /// Checks that `entries` is a consistent history: transaction ids 1..n and

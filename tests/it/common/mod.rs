@@ -12,6 +12,7 @@ pub mod operations;
 pub mod postgres;
 pub mod process;
 pub mod raw;
+pub mod reference;
 pub mod refusal;
 pub mod replicas;
 pub mod server;

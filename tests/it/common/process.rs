@@ -83,6 +83,23 @@ impl ServerProcess {
         command
     }
 
+    /// Runs the binary with `args` (a command such as `backup` or `migrate`)
+    /// to its exit, within two minutes, with no POINTS_DATA_DIR or
+    /// POINTS_DATABASE_URL from the test's environment; returns its output.
+    pub async fn run_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
+        let mut command = tokio::process::Command::from(Self::command());
+        let output = command
+            .args(args)
+            .env_remove("POINTS_DATA_DIR")
+            .env_remove("POINTS_DATABASE_URL")
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(120), output)
+            .await
+            .unwrap_or_else(|_| panic!("points-server {args:?} did not finish within 2 minutes"))
+            .expect("run points-server")
+    }
+
     /// A command for the binary, for tests that set its flags or environment themselves.
     pub fn command() -> Command {
         Command::new(env!("CARGO_BIN_EXE_points-server"))

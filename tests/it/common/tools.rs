@@ -102,7 +102,10 @@ pub fn buf() -> PathBuf {
         fs::create_dir_all(prefix).expect("create the npm prefix");
         run(
             Command::new("npm")
-                .args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"])
+                .args(["install", "--no-save", "--no-audit", "--no-fund"])
+                // A stalled download is retried after 30 s rather than
+                // npm's default 5 minutes.
+                .args(["--fetch-timeout", "30000", "--fetch-retries", "5", "--prefix"])
                 .arg(prefix)
                 .arg(BUF_PACKAGE),
             "npm install of buf",
