@@ -122,6 +122,16 @@ pub struct Config {
     )]
     pub request_id_retention: Duration,
 
+    /// How long earned points stay valid after their transaction's timestamp
+    /// (e.g. 365d); without it, points never expire.
+    #[arg(
+        long,
+        env = "POINTS_POINTS_VALIDITY",
+        value_name = "DURATION",
+        value_parser = parse_points_validity
+    )]
+    pub points_validity: Option<Duration>,
+
     /// TOML file of clients allowed to call, with their token hashes and roles
     /// (see README). Without it, only loopback addresses may be served.
     #[arg(long, env = "POINTS_TOKENS_FILE", value_name = "PATH")]
@@ -404,6 +414,9 @@ impl Config {
             max_users: self.max_users,
             max_payers_per_user: self.max_payers_per_user,
             max_request_ids_per_user: self.max_request_ids_per_user as usize,
+            points_validity_ms: self
+                .points_validity
+                .map(|validity| i64::try_from(validity.as_millis()).unwrap_or(i64::MAX)),
         }
     }
 
@@ -481,6 +494,15 @@ fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
         .map_err(|error| format!("not a host:port address ({error})"))?
         .next()
         .ok_or_else(|| format!("{value} resolves to no address"))
+}
+
+fn parse_points_validity(value: &str) -> Result<Duration, String> {
+    let validity = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    let max = Duration::from_millis(crate::ledger::MAX_POINTS_VALIDITY_MS as u64);
+    if validity < Duration::from_secs(1) || validity > max {
+        return Err("must be between 1s and 100 years (36600d)".to_owned());
+    }
+    Ok(validity)
 }
 
 fn parse_retention(value: &str) -> Result<Duration, String> {

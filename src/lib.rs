@@ -50,9 +50,9 @@ pub use service::{Access, CallLimits, ERROR_DOMAIN, PointsService};
 pub use store::embedded::backup::{BackupError, BackupSummary, backup};
 pub use store::embedded::file_system::{FileSystem, LockGuard, OsFileSystem, WritableFile};
 pub use store::{
-    DEFAULT_USER, DatabaseOptions, DurableOptions, FsyncPolicy, MigrateError, MigrateSummary,
-    OpenError, PayerName, Recovery, RequestId, SnapshotFailed, Storage, Store, StoreError,
-    StoreOptions, UserId, migrate,
+    Balances, DEFAULT_USER, DatabaseOptions, DurableOptions, FsyncPolicy, MigrateError,
+    MigrateSummary, OpenError, PayerName, Recovery, RequestId, SnapshotFailed, Storage, Store,
+    StoreError, StoreOptions, UserId, migrate,
 };
 pub use telemetry::{LogFormat, MetricsError, init as init_logging, install_metrics};
 

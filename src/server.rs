@@ -91,6 +91,22 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Users brought to now per tick at most; the rest wait for the next tick
+/// (a second later), so that one tick never holds up shutdown for long.
+const DUE_USERS_PER_TICK: usize = 10_000;
+
+/// Every second, brings the users whose holds timed out or whose points
+/// expired up to now, so that this happens within about a second even for
+/// users nobody calls (and right after a restart).
+async fn advance_due_users(store: Arc<crate::store::Store>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        store.advance_due_users(DUE_USERS_PER_TICK).await;
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then stops
 /// accepting, reports NOT_SERVING on health, and gives in-flight calls
 /// `settings.shutdown_grace` to finish.
@@ -141,6 +157,7 @@ pub async fn serve(
         })
     });
     let call_summaries = tokio::spawn(crate::service::log_call_summaries());
+    let clock_ticks = tokio::spawn(advance_due_users(Arc::clone(service.store())));
 
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -199,6 +216,7 @@ pub async fn serve(
         readiness_watch.abort();
     }
     call_summaries.abort();
+    clock_ticks.abort();
     tracing::info!("server stopped");
     Ok(())
 }

@@ -16,6 +16,37 @@ pub enum ErrorKind {
     AlreadyExists,
     /// A configured limit of the server would be passed.
     ResourceExhausted,
+    /// The command names a hold or spend the user does not have.
+    NotFound,
+}
+
+/// How a hold that is no longer open was resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldResolution {
+    /// Captured as a spend.
+    Captured,
+    /// Released by a call.
+    Released,
+    /// Released by the server when it timed out.
+    TimedOut,
+}
+
+impl HoldResolution {
+    /// Its name in error details: `captured`, `released` or `timed_out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Captured => "captured",
+            Self::Released => "released",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// The resolution named by [`HoldResolution::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Captured, Self::Released, Self::TimedOut]
+            .into_iter()
+            .find(|resolution| resolution.as_str() == name)
+    }
 }
 
 /// A refused command, with the numbers a person needs to understand why.
@@ -106,6 +137,63 @@ pub enum LedgerError {
         /// The limit.
         limit: u64,
     },
+    /// Points to capture or refund must not be negative (0 means all).
+    #[error("points must not be negative (0 means all), got {points}")]
+    NegativePoints {
+        /// The refused amount.
+        points: i64,
+    },
+    /// A hold's timeout must be between 1 ms and 30 days.
+    #[error(
+        "a hold's timeout must be between 1 ms and 30 days ({max_ms} ms), got {timeout_ms} ms",
+        max_ms = super::MAX_HOLD_TIMEOUT_MS
+    )]
+    HoldTimeoutOutOfRange {
+        /// The refused timeout, in milliseconds.
+        timeout_ms: i64,
+    },
+    /// The hold does not exist for this user.
+    #[error("this user has no hold {hold_id}")]
+    HoldNotFound {
+        /// The hold id asked for.
+        hold_id: u64,
+    },
+    /// The hold was already captured, released or timed out.
+    #[error("hold {hold_id} is not open: it was {}", resolution.as_str().replace('_', " "))]
+    HoldNotOpen {
+        /// The hold.
+        hold_id: u64,
+        /// How it was resolved.
+        resolution: HoldResolution,
+    },
+    /// A capture asks for more points than the hold holds.
+    #[error("cannot capture {requested} points of a hold of {held}")]
+    CaptureExceedsHold {
+        /// The points asked for.
+        requested: i64,
+        /// The points the hold holds.
+        held: i64,
+    },
+    /// The spend does not exist for this user.
+    #[error("this user has no spend {spend_id}")]
+    SpendNotFound {
+        /// The spend id asked for.
+        spend_id: u64,
+    },
+    /// Everything the spend took was refunded already.
+    #[error("spend {spend_id} was refunded in full already")]
+    NothingToRefund {
+        /// The spend.
+        spend_id: u64,
+    },
+    /// A refund asks for more than is left to refund of the spend.
+    #[error("cannot refund {requested} points: {refundable} of the spend are left to refund")]
+    RefundExceedsSpend {
+        /// The points asked for.
+        requested: i64,
+        /// What is left to refund.
+        refundable: i64,
+    },
     /// Crediting would push the user's total past `i64::MAX`.
     #[error(
         "total points would pass the maximum of {max}: total {total}, adding {points}",
@@ -127,10 +215,16 @@ impl LedgerError {
             Self::BlankPayer
             | Self::PayerTooLong { .. }
             | Self::ZeroPoints
-            | Self::NonPositiveSpend { .. } => ErrorKind::InvalidArgument,
-            Self::InsufficientPayerPoints { .. } | Self::InsufficientPoints { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            | Self::NonPositiveSpend { .. }
+            | Self::NegativePoints { .. }
+            | Self::HoldTimeoutOutOfRange { .. } => ErrorKind::InvalidArgument,
+            Self::InsufficientPayerPoints { .. }
+            | Self::InsufficientPoints { .. }
+            | Self::HoldNotOpen { .. }
+            | Self::CaptureExceedsHold { .. }
+            | Self::NothingToRefund { .. }
+            | Self::RefundExceedsSpend { .. } => ErrorKind::FailedPrecondition,
+            Self::HoldNotFound { .. } | Self::SpendNotFound { .. } => ErrorKind::NotFound,
             Self::PayerBalanceOverflow { .. } | Self::TotalOverflow { .. } => ErrorKind::OutOfRange,
             Self::RequestIdReused { .. } => ErrorKind::AlreadyExists,
             Self::TransactionLimitReached { .. } | Self::RequestIdLimitReached { .. } => {
@@ -144,7 +238,10 @@ impl LedgerError {
     /// remembered, so that its retries get the same answer even after the
     /// state has changed.
     pub fn depends_on_state(&self) -> bool {
-        matches!(self.kind(), ErrorKind::FailedPrecondition | ErrorKind::OutOfRange)
+        matches!(
+            self.kind(),
+            ErrorKind::FailedPrecondition | ErrorKind::OutOfRange | ErrorKind::NotFound
+        )
     }
 
     /// A stable UPPER_SNAKE_CASE name for this refusal that clients can branch on.
@@ -162,6 +259,14 @@ impl LedgerError {
             Self::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Self::TransactionLimitReached { .. } => "TRANSACTION_LIMIT_REACHED",
             Self::RequestIdLimitReached { .. } => "REQUEST_ID_LIMIT_REACHED",
+            Self::NegativePoints { .. } => "POINTS_NEGATIVE",
+            Self::HoldTimeoutOutOfRange { .. } => "HOLD_TIMEOUT_OUT_OF_RANGE",
+            Self::HoldNotFound { .. } => "HOLD_NOT_FOUND",
+            Self::HoldNotOpen { .. } => "HOLD_NOT_OPEN",
+            Self::CaptureExceedsHold { .. } => "CAPTURE_EXCEEDS_HOLD",
+            Self::SpendNotFound { .. } => "SPEND_NOT_FOUND",
+            Self::NothingToRefund { .. } => "NOTHING_TO_REFUND",
+            Self::RefundExceedsSpend { .. } => "REFUND_EXCEEDS_SPEND",
         }
     }
 }

@@ -1,14 +1,18 @@
-//! A user's history: every accepted transaction and spend, in arrival order.
+//! A user's history: every accepted transaction, spend, hold, release,
+//! refund and expiration, in arrival order.
 //!
 //! Transactions and spends are kept in two append-only lists indexed by id
 //! (ids are contiguous from 1 in each), and each spend remembers how many
-//! transactions arrived before it. Arrival order is therefore a merge of the
-//! two lists, and a position in it is just two counts: a page cursor that
-//! stays valid while new entries are appended, with no gaps or repeats.
+//! transactions arrived before it; every other entry is an *event* in a
+//! third list, remembering how many transactions and spends arrived before
+//! it. Arrival order is therefore a merge of the three lists, and a position
+//! in it is just three counts: a page cursor that stays valid while new
+//! entries are appended, with no gaps or repeats.
 
 use chrono::{DateTime, Utc};
 
-use super::{HistoryEntry, HistoryPage, Ledger, LotKey, PayerIndex};
+use super::holds::HoldId;
+use super::{HistoryEntry, HistoryPage, Ledger, LotKey, PayerIndex, SpendId};
 
 /// A transaction as stored: its id is its position in the list plus one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,39 +35,147 @@ pub struct SpendRecord {
     /// (payer index, points taken) in the order the payers were first taken
     /// from; the points are positive and add up to `points`.
     pub taken: Vec<(u32, i64)>,
+    /// Points refunded so far: given back from the end of `taken`.
+    pub refunded: i64,
+    /// The hold this spend captured, or 0 for a spend of its own.
+    pub hold_id: HoldId,
 }
 
-/// A position in a user's history: how many transactions and spends come
-/// before it.
+/// A hold as stored: its id is its position in the list plus one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRecord {
+    /// The points held.
+    pub points: i64,
+    /// (payer index, points taken) in the order taken, as for a spend.
+    pub taken: Vec<(u32, i64)>,
+    /// When the hold times out, in milliseconds since 1970-01-01T00:00:00Z.
+    pub expire_at_ms: i64,
+    /// Open, or how it was resolved.
+    pub state: HoldState,
+}
+
+/// Whether a hold is open, or how it was resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    /// Its points are held.
+    Open,
+    /// Captured as the spend with this id (the rest was given back).
+    Captured {
+        /// The spend.
+        spend_id: SpendId,
+    },
+    /// Given back.
+    Released {
+        /// Released by the server because it timed out.
+        timed_out: bool,
+    },
+}
+
+/// A history entry that is neither a transaction nor a spend, placed after
+/// the transactions and spends that came before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Transactions before it.
+    pub transactions_before: u64,
+    /// Spends before it.
+    pub spends_before: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// What an [`EventRecord`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A hold opened.
+    Hold {
+        /// The hold.
+        hold_id: HoldId,
+    },
+    /// A hold given back whole.
+    Release {
+        /// The hold.
+        hold_id: HoldId,
+        /// Released by the server because it timed out.
+        timed_out: bool,
+    },
+    /// Points of a spend given back.
+    Refund {
+        /// The spend.
+        spend_id: SpendId,
+        /// (payer index, points given back), in the order given back.
+        refunded: Vec<(u32, i64)>,
+        /// What stayed refundable of the spend after this refund.
+        refundable_after: i64,
+    },
+    /// Points that expired.
+    Expiration {
+        /// (payer index, points that expired).
+        expired: Vec<(u32, i64)>,
+    },
+}
+
+/// A position in a user's history: how many transactions, spends and other
+/// events come before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryCursor {
     /// Transactions before the position.
     pub transactions: u64,
     /// Spends before the position.
     pub spends: u64,
+    /// Other events before the position.
+    pub events: u64,
 }
 
-/// Checks that `cursor` is a position the merge of the two lists passes
-/// through, and returns the next entry's kind walking forwards.
+/// The kind of entry at a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NextEntry {
+    Transaction,
+    Spend,
+    Event,
+}
+
+/// Checks that `cursor` is a position the merge of the three lists passes
+/// through.
 pub(super) fn is_valid(
     cursor: HistoryCursor,
     transactions: &[TransactionRecord],
     spends: &[SpendRecord],
+    events: &[EventRecord],
 ) -> bool {
-    let (t, s) = (cursor.transactions, cursor.spends);
-    if t > transactions.len() as u64 || s > spends.len() as u64 {
+    let (t, s, e) = (cursor.transactions, cursor.spends, cursor.events);
+    if t > transactions.len() as u64 || s > spends.len() as u64 || e > events.len() as u64 {
         return false;
     }
     let previous_spend_fits = s == 0 || spends[s as usize - 1].transactions_before <= t;
     let next_spend_fits = s == spends.len() as u64 || spends[s as usize].transactions_before >= t;
-    previous_spend_fits && next_spend_fits
+    let previous_event_fits = e == 0 || {
+        let event = &events[e as usize - 1];
+        event.transactions_before <= t && event.spends_before <= s
+    };
+    let next_event_fits = e == events.len() as u64 || {
+        let event = &events[e as usize];
+        event.transactions_before >= t && event.spends_before >= s
+    };
+    previous_spend_fits && next_spend_fits && previous_event_fits && next_event_fits
 }
 
-/// One step of the merge: whether the entry at `cursor` is a spend.
-pub(super) fn next_is_spend(cursor: HistoryCursor, spends: &[SpendRecord]) -> bool {
-    spends
+/// One step of the merge: the kind of the entry at `cursor` (which must not
+/// be the end).
+pub(super) fn next_entry(
+    cursor: HistoryCursor,
+    spends: &[SpendRecord],
+    events: &[EventRecord],
+) -> NextEntry {
+    let event_next = events.get(cursor.events as usize).is_some_and(|event| {
+        event.transactions_before == cursor.transactions && event.spends_before == cursor.spends
+    });
+    if event_next {
+        return NextEntry::Event;
+    }
+    let spend_next = spends
         .get(cursor.spends as usize)
-        .is_some_and(|spend| spend.transactions_before == cursor.transactions)
+        .is_some_and(|spend| spend.transactions_before == cursor.transactions);
+    if spend_next { NextEntry::Spend } else { NextEntry::Transaction }
 }
 
 /// Upper bounds of a history entry's protobuf encoding, without its payer
@@ -104,34 +216,59 @@ impl Ledger {
         limits: PageLimits,
     ) -> Option<HistoryPage> {
         let PageLimits { max_entries: limit, max_bytes } = limits;
-        if !is_valid(cursor, &self.transactions, &self.spends) {
+        if !is_valid(cursor, &self.transactions, &self.spends, &self.events) {
             return None;
         }
         let mut cursor = cursor;
         let mut entries = Vec::with_capacity(limit.min(1024));
         let mut bytes = 0usize;
-        let total = (self.transactions.len() + self.spends.len()) as u64;
-        while entries.len() < limit && cursor.transactions + cursor.spends < total {
-            let is_spend = next_is_spend(cursor, &self.spends);
+        let total = self.history_len() as u64;
+        let position = |cursor: HistoryCursor| cursor.transactions + cursor.spends + cursor.events;
+        while entries.len() < limit && position(cursor) < total {
+            let next = next_entry(cursor, &self.spends, &self.events);
             let name_bytes = |payer: PayerIndex| self.payers[payer as usize].name.len();
-            let size = if is_spend {
-                let taken = &self.spends[cursor.spends as usize].taken;
-                SPEND_ENTRY_BYTES
-                    + taken
-                        .iter()
-                        .map(|&(payer, _)| PAYER_POINTS_BYTES + name_bytes(payer))
-                        .sum::<usize>()
-            } else {
-                let record = &self.transactions[cursor.transactions as usize];
-                TRANSACTION_ENTRY_BYTES + name_bytes(record.payer_index)
+            let payers_bytes = |pairs: &[(PayerIndex, i64)]| {
+                pairs
+                    .iter()
+                    .map(|&(payer, _)| PAYER_POINTS_BYTES + name_bytes(payer))
+                    .sum::<usize>()
+            };
+            let size = match next {
+                NextEntry::Spend => {
+                    let spend = &self.spends[cursor.spends as usize];
+                    // A capture also lists what it gave back: at most the
+                    // hold's payers.
+                    let hold_payers = match spend.hold_id {
+                        0 => 0,
+                        hold_id => payers_bytes(&self.holds[hold_id as usize - 1].taken),
+                    };
+                    SPEND_ENTRY_BYTES + payers_bytes(&spend.taken) + hold_payers
+                }
+                NextEntry::Event => {
+                    SPEND_ENTRY_BYTES
+                        + match &self.events[cursor.events as usize].event {
+                            Event::Hold { hold_id } | Event::Release { hold_id, .. } => {
+                                payers_bytes(&self.holds[*hold_id as usize - 1].taken)
+                            }
+                            Event::Refund { refunded: pairs, .. }
+                            | Event::Expiration { expired: pairs } => payers_bytes(pairs),
+                        }
+                }
+                NextEntry::Transaction => {
+                    let record = &self.transactions[cursor.transactions as usize];
+                    TRANSACTION_ENTRY_BYTES + name_bytes(record.payer_index)
+                }
             };
             if !entries.is_empty() && bytes.saturating_add(size) > max_bytes {
                 break;
             }
             bytes = bytes.saturating_add(size);
-            if is_spend {
-                entries.push(HistoryEntry::Spend(self.spend_reply(cursor.spends as usize)));
+            if next == NextEntry::Spend {
+                entries.push(self.spend_entry(cursor.spends as usize));
                 cursor.spends += 1;
+            } else if next == NextEntry::Event {
+                entries.push(self.event_entry(cursor.events as usize));
+                cursor.events += 1;
             } else {
                 cursor.transactions += 1;
                 let id = cursor.transactions;
@@ -146,7 +283,7 @@ impl Ledger {
                 entries.push(HistoryEntry::Transaction { transaction, remaining_points });
             }
         }
-        let next = (cursor.transactions + cursor.spends < total).then_some(cursor);
+        let next = (position(cursor) < total).then_some(cursor);
         Some(HistoryPage { entries, next })
     }
 }

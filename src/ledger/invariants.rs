@@ -2,6 +2,7 @@
 //! restore, and by the tests after every command.
 
 use super::Ledger;
+use super::history::{Event, HoldState};
 
 /// An invariant a ledger breaks: a bug, or a damaged or forged snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +61,42 @@ impl Ledger {
             for &(payer, taken) in &spend.taken {
                 net_by_payer[payer as usize] -= i128::from(taken);
             }
+        }
+        for hold in self.holds.iter().filter(|hold| hold.state == HoldState::Open) {
+            for &(payer, taken) in &hold.taken {
+                net_by_payer[payer as usize] -= i128::from(taken);
+            }
+        }
+        for record in &self.events {
+            match &record.event {
+                Event::Refund { refunded, .. } => {
+                    for &(payer, points) in refunded {
+                        net_by_payer[payer as usize] += i128::from(points);
+                    }
+                }
+                Event::Expiration { expired } => {
+                    for &(payer, points) in expired {
+                        net_by_payer[payer as usize] -= i128::from(points);
+                    }
+                }
+                Event::Hold { .. } | Event::Release { .. } => {}
+            }
+        }
+        let open_holds: std::collections::BTreeSet<(i64, u64)> = (1..)
+            .zip(&self.holds)
+            .filter(|(_, hold)| hold.state == HoldState::Open)
+            .map(|(hold_id, hold)| (hold.expire_at_ms, hold_id))
+            .collect();
+        if open_holds != self.open_holds {
+            return Err("the timeout order differs from the open holds".to_owned());
+        }
+        let returnable: i128 =
+            self.payers.iter().map(|payer| i128::from(payer.held() + payer.refundable())).sum();
+        if returnable != i128::from(self.returnable_total) {
+            return Err(format!(
+                "held and refundable points add up to {returnable}, not {}",
+                self.returnable_total
+            ));
         }
         for (payer, net) in self.payers.iter().zip(net_by_payer) {
             if net != i128::from(payer.balance()) {

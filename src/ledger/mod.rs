@@ -24,8 +24,10 @@
 //! and the ledger keeps every payer's front in one ordered map, so a spend
 //! repeatedly takes from the oldest front.
 
+mod clock;
 mod error;
 mod history;
+mod holds;
 mod invariants;
 mod lots;
 mod payer;
@@ -35,17 +37,25 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-pub use error::{ErrorKind, LedgerError};
-pub use history::{HistoryCursor, PageLimits, SpendRecord, TransactionRecord};
+pub use clock::{Clock, ExpiringPoints, MAX_POINTS_VALIDITY_MS};
+pub use error::{ErrorKind, HoldResolution, LedgerError};
+pub use history::{
+    Event, EventRecord, HistoryCursor, HoldRecord, HoldState, PageLimits, SpendRecord,
+    TransactionRecord,
+};
+pub use holds::{
+    Capture, DEFAULT_HOLD_TIMEOUT_MS, Hold, HoldId, MAX_HOLD_TIMEOUT_MS, Refund, Release,
+    validate_hold_timeout,
+};
 pub use invariants::InvariantViolation;
 use lots::LotArena;
 use payer::Payer;
 use requests::RequestLog;
-pub use requests::{MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
+pub use requests::{Executed, MAX_REQUEST_ID_BYTES, RequestParams, RequestRecord};
 pub use state::{LedgerState, LedgerView, RestoreError};
 
 /// The longest payer name accepted, in bytes of UTF-8.
@@ -148,6 +158,16 @@ pub enum HistoryEntry {
     },
     /// A spend.
     Spend(Spend),
+    /// A hold opened.
+    Hold(Hold),
+    /// A hold captured: part of it spent, the rest given back.
+    Capture(Capture),
+    /// A hold released, by a call or because it timed out.
+    Release(Release),
+    /// Points of a spend given back.
+    Refund(Refund),
+    /// Points that expired, per payer, as negative numbers.
+    Expiration(Vec<PayerPoints>),
 }
 
 /// A page of history and where the next one starts (`None` at the end).
@@ -238,36 +258,57 @@ pub fn validate_spend_points(points: i64) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// The payer's balance and the ledger's total after a valid transaction of
-/// `points`, or why it is refused. Every refusal of a well-formed transaction
-/// depends on these two numbers alone, which is what lets a batch be checked
-/// against an overlay of balances before anything is applied.
-fn settle(payer: &str, points: i64, balance: i64, total: i64) -> Result<(i64, i64), LedgerError> {
-    debug_assert!(points != 0 && balance >= 0 && total >= balance);
+/// A balance (a payer's or the user's total) with the points that may come
+/// back to it (held, or spent and refundable). Credits keep the sum at or
+/// below `i64::MAX`, so that giving points back can never overflow.
+#[derive(Debug, Clone, Copy, Default)]
+struct Room {
+    balance: i64,
+    returnable: i64,
+}
+
+impl Room {
+    fn of(payer: &Payer) -> Self {
+        Self { balance: payer.balance(), returnable: payer.held() + payer.refundable() }
+    }
+}
+
+/// The payer's room and the ledger's total room after a valid transaction
+/// of `points`, or why it is refused. Every refusal of a well-formed
+/// transaction depends on these two alone, which is what lets a batch be
+/// checked against an overlay of them before anything is applied.
+/// (A lot that arrives expired and expires at once leaves less than this
+/// says: the overlay then only errs on the side of refusing an overflow.)
+fn settle(payer: &str, points: i64, room: Room, total: Room) -> Result<(Room, Room), LedgerError> {
+    debug_assert!(points != 0 && room.balance >= 0 && total.balance >= room.balance);
     if points > 0 {
-        let Some(new_balance) = balance.checked_add(points) else {
+        let potential = room.balance + room.returnable;
+        if potential.checked_add(points).is_none() {
             return Err(LedgerError::PayerBalanceOverflow {
                 payer: payer.to_owned(),
-                balance,
+                balance: potential,
                 points,
             });
-        };
-        let Some(new_total) = total.checked_add(points) else {
-            return Err(LedgerError::TotalOverflow { total, points });
-        };
-        return Ok((new_balance, new_total));
+        }
+        let total_potential = total.balance + total.returnable;
+        if total_potential.checked_add(points).is_none() {
+            return Err(LedgerError::TotalOverflow { total: total_potential, points });
+        }
+        let credit = |room: Room| Room { balance: room.balance + points, ..room };
+        return Ok((credit(room), credit(total)));
     }
     let requested = points.unsigned_abs();
     // `balance` is never negative, so the cast is exact.
-    if requested > balance as u64 {
+    if requested > room.balance as u64 {
         return Err(LedgerError::InsufficientPayerPoints {
             payer: payer.to_owned(),
             requested,
-            available: balance,
+            available: room.balance,
         });
     }
     // Here `requested` <= `balance` <= i64::MAX, so these casts are exact.
-    Ok((balance - requested as i64, total - requested as i64))
+    let debit = |room: Room| Room { balance: room.balance - requested as i64, ..room };
+    Ok((debit(room), debit(total)))
 }
 
 /// One user's points: payers, their lots, the order spends take them in,
@@ -283,12 +324,25 @@ pub struct Ledger {
     /// holds the oldest remaining points of the whole ledger.
     fronts: BTreeMap<LotKey, PayerIndex>,
     total: i64,
+    /// Points held or spent and refundable, over every payer: what may come
+    /// back to `total`.
+    returnable_total: i64,
     /// Lots ever credited, kept so that metrics can read it in O(1).
     lots: usize,
     /// Every accepted transaction; the id is the index plus one.
     transactions: Vec<TransactionRecord>,
-    /// Every accepted spend; the id is the index plus one.
+    /// Every accepted spend (captures included); the id is the index plus one.
     spends: Vec<SpendRecord>,
+    /// Every hold; the id is the index plus one.
+    holds: Vec<HoldRecord>,
+    /// The open holds by when they time out: (expire at ms, hold id).
+    open_holds: BTreeSet<(i64, HoldId)>,
+    /// The history's other entries (holds, releases, refunds,
+    /// expirations), each placed among the transactions and spends.
+    events: Vec<EventRecord>,
+    /// The clock of the last [`Ledger::advance`]: the latest time this
+    /// ledger has seen, and how long points stay valid.
+    clock: Clock,
     requests: RequestLog,
 }
 
@@ -307,9 +361,14 @@ impl Ledger {
             payer_by_name: HashMap::new(),
             fronts: BTreeMap::new(),
             total: 0,
+            returnable_total: 0,
             lots: 0,
             transactions: Vec::new(),
             spends: Vec::new(),
+            holds: Vec::new(),
+            open_holds: BTreeSet::new(),
+            events: Vec::new(),
+            clock: Clock::default(),
             requests: RequestLog::default(),
         }
     }
@@ -329,8 +388,8 @@ impl Ledger {
         validate_payer(payer)?;
         validate_transaction_points(points)?;
         let existing = self.payer_by_name.get(payer).copied();
-        let balance = existing.map_or(0, |index| self.payers[index as usize].balance());
-        settle(payer, points, balance, self.total)?;
+        let room = existing.map_or(Room::default(), |index| Room::of(&self.payers[index as usize]));
+        settle(payer, points, room, self.room_total())?;
 
         if self.next_transaction_id() > MAX_TRANSACTION_ID {
             return Err(LedgerError::TransactionLimitReached { limit: MAX_TRANSACTION_ID });
@@ -344,6 +403,15 @@ impl Ledger {
             self.update_payer(index, |payer, arena| payer.credit(arena, key, points));
             self.total += points;
             self.lots += 1;
+            // A lot that arrives already expired expires at once: it never
+            // takes over earlier deductions to free newer points.
+            if self.clock.cutoff().is_some_and(|cutoff| key <= cutoff) {
+                self.update_payer(index, |payer, arena| payer.debit(arena, points));
+                self.total -= points;
+                self.push_transaction(index, points, timestamp);
+                self.push_event(Event::Expiration { expired: vec![(index, points)] });
+                return Ok(Transaction { id, payer: payer.to_owned(), points, timestamp });
+            }
             index
         } else {
             let index = existing.expect("settle refuses debits from unknown payers");
@@ -353,8 +421,27 @@ impl Ledger {
             index
         };
         debug_assert!(self.total >= 0);
-        self.transactions.push(TransactionRecord { payer_index: index, points, timestamp });
+        self.push_transaction(index, points, timestamp);
         Ok(Transaction { id, payer: payer.to_owned(), points, timestamp })
+    }
+
+    fn push_transaction(&mut self, payer_index: PayerIndex, points: i64, timestamp: DateTime<Utc>) {
+        self.transactions.push(TransactionRecord { payer_index, points, timestamp });
+    }
+
+    /// Appends an event to the history, after every transaction and spend
+    /// so far.
+    fn push_event(&mut self, event: Event) {
+        self.events.push(EventRecord {
+            transactions_before: self.transactions.len() as u64,
+            spends_before: self.spends.len() as u64,
+            event,
+        });
+    }
+
+    /// The user's total with every point that may come back; see [`Room`].
+    fn room_total(&self) -> Room {
+        Room { balance: self.total, returnable: self.returnable_total }
     }
 
     /// Records a batch of transactions in order, all or nothing: if any would
@@ -372,8 +459,8 @@ impl Ledger {
             index,
             error: Box::new(error),
         };
-        let mut balances: HashMap<&str, i64> = HashMap::new();
-        let mut total = self.total;
+        let mut rooms: HashMap<&str, Room> = HashMap::new();
+        let mut total = self.room_total();
         for (index, entry) in batch.iter().enumerate() {
             if self.next_transaction_id() + index as TransactionId > MAX_TRANSACTION_ID {
                 return Err(refuse(
@@ -383,17 +470,21 @@ impl Ledger {
             }
             validate_payer(entry.payer).map_err(|error| refuse(index, error))?;
             validate_transaction_points(entry.points).map_err(|error| refuse(index, error))?;
-            let balance = match balances.get(entry.payer) {
-                Some(&balance) => balance,
+            let room = match rooms.get(entry.payer) {
+                Some(&room) => room,
                 None => self
                     .payer_by_name
                     .get(entry.payer)
-                    .map_or(0, |&payer| self.payers[payer as usize].balance()),
+                    .map_or(Room::default(), |&payer| Room::of(&self.payers[payer as usize])),
             };
-            let (new_balance, new_total) = settle(entry.payer, entry.points, balance, total)
+            let (new_room, new_total) = settle(entry.payer, entry.points, room, total)
                 .map_err(|error| refuse(index, error))?;
-            total = new_total;
-            balances.insert(entry.payer, new_balance);
+            // A lot that arrives expired expires at once: it leaves the room
+            // as it was.
+            if !(entry.points > 0 && self.clock.arrives_expired(entry.timestamp)) {
+                total = new_total;
+                rooms.insert(entry.payer, new_room);
+            }
         }
         let transactions: Vec<Transaction> = batch
             .iter()
@@ -402,7 +493,7 @@ impl Ledger {
                     .expect("the dry run accepted every entry")
             })
             .collect();
-        debug_assert_eq!(self.total, total);
+        debug_assert!(self.total <= total.balance);
         Ok(transactions)
     }
 
@@ -466,8 +557,17 @@ impl Ledger {
         self.transactions.len() as TransactionId + 1
     }
 
-    /// The number of transactions and spends in the history.
+    /// The number of entries in the history.
     pub fn history_len(&self) -> usize {
-        self.transactions.len() + self.spends.len()
+        self.transactions.len() + self.spends.len() + self.events.len()
+    }
+
+    /// Every payer with points in open holds, and how many, in the order
+    /// payers were first credited.
+    pub fn held(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.payers
+            .iter()
+            .filter(|payer| payer.held() > 0)
+            .map(|payer| (&*payer.name, payer.held()))
     }
 }

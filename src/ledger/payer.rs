@@ -27,6 +27,12 @@ pub(super) struct Payer {
     /// The newest lot's key: at or after it, every point is available.
     newest: Option<LotKey>,
     balance: i64,
+    /// Points taken by holds still open: out of the balance, and given back
+    /// if the hold is released.
+    held: i64,
+    /// Points spent (captures included) and not refunded: they may come
+    /// back, so credits keep room for them below `i64::MAX`.
+    refundable: i64,
 }
 
 impl Payer {
@@ -38,6 +44,8 @@ impl Payer {
             front: None,
             newest: None,
             balance: 0,
+            held: 0,
+            refundable: 0,
         }
     }
 
@@ -64,11 +72,68 @@ impl Payer {
         }
         let debited = credited - i128::from(balance);
         let front = lots.read(arena).first_past(debited);
-        Ok(Self { name: name.into(), lots, debited, front, newest, balance })
+        Ok(Self {
+            name: name.into(),
+            lots,
+            debited,
+            front,
+            newest,
+            balance,
+            held: 0,
+            refundable: 0,
+        })
     }
 
     pub(super) fn balance(&self) -> i64 {
         self.balance
+    }
+
+    /// Points in this payer's open holds.
+    pub(super) fn held(&self) -> i64 {
+        self.held
+    }
+
+    /// Points spent from this payer and not refunded.
+    pub(super) fn refundable(&self) -> i64 {
+        self.refundable
+    }
+
+    /// Moves `points` between what is held and what is spent and
+    /// refundable, as holds open and resolve and spends are refunded; the
+    /// caller keeps both at or above 0.
+    pub(super) fn adjust_returnable(&mut self, held_change: i64, refundable_change: i64) {
+        self.held += held_change;
+        self.refundable += refundable_change;
+        assert!(self.held >= 0 && self.refundable >= 0, "points given back were taken first");
+    }
+
+    /// Gives `points` back: the payer's deductions shrink, so its newest
+    /// used-up points come back (what is left stays its newest points).
+    /// The caller gives back only points taken from this payer. O(log n).
+    pub(super) fn give_back(&mut self, arena: &LotArena, points: i64) {
+        assert!(points > 0 && i128::from(points) <= self.debited, "only taken points come back");
+        self.debited -= i128::from(points);
+        self.balance += points;
+        self.front = self.lots.read(arena).first_past(self.debited);
+        debug_assert!(self.front.is_some());
+    }
+
+    /// Expires the points left in lots at or before `cutoff`: the payer's
+    /// deductions grow to cover them, which are its oldest points. Returns
+    /// how many expired. O(log n).
+    pub(super) fn expire_through(&mut self, arena: &LotArena, cutoff: LotKey) -> i64 {
+        let expired = self.available_through(arena, cutoff);
+        if expired > 0 {
+            self.debit(arena, expired);
+        }
+        expired
+    }
+
+    /// Points left in lots at or before `limit`, and the key of the oldest
+    /// of them, for "expiring soon" lists.
+    pub(super) fn left_through(&self, arena: &LotArena, limit: LotKey) -> Option<(LotKey, i64)> {
+        let left = self.available_through(arena, limit);
+        self.front.filter(|_| left > 0).map(|(key, _)| (key, left))
     }
 
     /// The key of the oldest lot with points left.

@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{Ledger, LedgerError, Outcome, Request, Spend, Transaction, TransactionId};
+use super::holds::HoldId;
+use super::{
+    Capture, Hold, Ledger, LedgerError, Outcome, Refund, Release, Request, Spend, SpendId,
+    Transaction, TransactionId,
+};
 
 /// The longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -33,6 +37,104 @@ pub enum RequestParams {
         /// The points.
         points: i64,
     },
+    /// HoldPoints.
+    Hold {
+        /// The points.
+        points: i64,
+        /// The timeout, in milliseconds.
+        timeout_ms: i64,
+    },
+    /// CaptureHold.
+    Capture {
+        /// The hold.
+        hold_id: HoldId,
+        /// The points (0: all).
+        points: i64,
+    },
+    /// ReleaseHold.
+    Release {
+        /// The hold.
+        hold_id: HoldId,
+    },
+    /// RefundSpend.
+    Refund {
+        /// The spend.
+        spend_id: SpendId,
+        /// The points (0: all that is left).
+        points: i64,
+    },
+}
+
+impl RequestParams {
+    /// The command these parameters ask for, run on `ledger` (whose clock
+    /// the caller has advanced), with the id a retry is answered from: the
+    /// transaction's, spend's or hold's id, or for a refund its event's
+    /// place in the history's events plus one.
+    fn run(&self, ledger: &mut Ledger) -> Result<(u64, Executed), LedgerError> {
+        Ok(match self {
+            Self::AddTransaction { payer, points, timestamp } => {
+                let transaction = ledger.add_transaction(payer, *points, *timestamp)?;
+                (transaction.id, Executed::Transaction(transaction))
+            }
+            Self::Spend { points } => {
+                let spend = ledger.spend(*points)?;
+                (spend.id, Executed::Spend(spend))
+            }
+            Self::Hold { points, timeout_ms } => {
+                let hold = ledger.hold(*points, *timeout_ms)?;
+                (hold.id, Executed::Hold(hold))
+            }
+            Self::Capture { hold_id, points } => {
+                let capture = ledger.capture(*hold_id, *points)?;
+                (capture.spend.id, Executed::Capture(capture))
+            }
+            Self::Release { hold_id } => (*hold_id, Executed::Release(ledger.release(*hold_id)?)),
+            Self::Refund { spend_id, points } => {
+                let refund = ledger.refund(*spend_id, *points)?;
+                (ledger.last_refund_event() as u64 + 1, Executed::Refund(refund))
+            }
+        })
+    }
+
+    /// The reply of an earlier execution with outcome `id`, rebuilt.
+    fn reply(&self, ledger: &Ledger, id: u64) -> Executed {
+        match self {
+            Self::AddTransaction { .. } => Executed::Transaction(ledger.transaction(id)),
+            Self::Spend { .. } => Executed::Spend(ledger.spend_reply(id as usize - 1)),
+            Self::Hold { .. } => Executed::Hold(ledger.hold_reply(id)),
+            Self::Capture { .. } => Executed::Capture(ledger.capture_reply(id)),
+            Self::Release { .. } => Executed::Release(ledger.release_reply(id)),
+            Self::Refund { .. } => Executed::Refund(ledger.refund_reply(id as usize - 1)),
+        }
+    }
+
+    /// How many outcomes of this kind the ledger has: an outcome id of a
+    /// remembered request must be within 1 and this (checked on restore).
+    pub(super) fn outcome_limit(&self, ledger: &Ledger) -> u64 {
+        match self {
+            Self::AddTransaction { .. } => ledger.transactions.len() as u64,
+            Self::Spend { .. } | Self::Capture { .. } => ledger.spends.len() as u64,
+            Self::Hold { .. } | Self::Release { .. } => ledger.holds.len() as u64,
+            Self::Refund { .. } => ledger.events.len() as u64,
+        }
+    }
+}
+
+/// What a command executed, as its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executed {
+    /// A transaction recorded.
+    Transaction(Transaction),
+    /// A spend.
+    Spend(Spend),
+    /// A hold opened.
+    Hold(Hold),
+    /// A hold captured.
+    Capture(Capture),
+    /// A hold released.
+    Release(Release),
+    /// A spend refunded.
+    Refund(Refund),
 }
 
 /// A remembered request, as stored in snapshots.
@@ -138,9 +240,25 @@ impl Ledger {
         }
     }
 
-    /// Records a transaction once per request id: a retry with the same id
+    /// Executes a command once per request id: a retry with the same id
     /// and parameters gets the original outcome, a reuse with other
-    /// parameters is refused with [`LedgerError::RequestIdReused`].
+    /// parameters is refused with [`LedgerError::RequestIdReused`]. The
+    /// caller has advanced the ledger's clock. The reply comes with its
+    /// outcome id (see [`Ledger::replay`]).
+    pub fn execute(
+        &mut self,
+        request: Option<Request<'_>>,
+        params: RequestParams,
+    ) -> Outcome<(u64, Executed)> {
+        match request.map(|request| self.remembered(request, &params)) {
+            Some(Some(outcome)) => outcome.map(|id| (id, params.reply(self, id))),
+            _ => Outcome::Fresh(
+                self.replay(request.map(|request| (request.id, request.now_ms)), params),
+            ),
+        }
+    }
+
+    /// Records a transaction once per request id; see [`Ledger::execute`].
     pub fn execute_add_transaction(
         &mut self,
         request: Option<Request<'_>>,
@@ -149,26 +267,18 @@ impl Ledger {
         timestamp: DateTime<Utc>,
     ) -> Outcome<Transaction> {
         let params = RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
-        match request.map(|request| self.remembered(request, &params)) {
-            Some(Some(outcome)) => outcome.map(|id| self.transaction(id)),
-            _ => Outcome::Fresh(self.replay_add_transaction(
-                request.map(|request| (request.id, request.now_ms)),
-                payer,
-                points,
-                timestamp,
-            )),
-        }
+        self.execute(request, params).map(|(_, executed)| match executed {
+            Executed::Transaction(transaction) => transaction,
+            other => unreachable!("an AddTransaction executed as {other:?}"),
+        })
     }
 
-    /// Spends once per request id; see [`Ledger::execute_add_transaction`].
+    /// Spends once per request id; see [`Ledger::execute`].
     pub fn execute_spend(&mut self, request: Option<Request<'_>>, points: i64) -> Outcome<Spend> {
-        let params = RequestParams::Spend { points };
-        match request.map(|request| self.remembered(request, &params)) {
-            Some(Some(outcome)) => outcome.map(|id| self.spend_reply(id as usize - 1)),
-            _ => Outcome::Fresh(
-                self.replay_spend(request.map(|request| (request.id, request.now_ms)), points),
-            ),
-        }
+        self.execute(request, RequestParams::Spend { points }).map(|(_, executed)| match executed {
+            Executed::Spend(spend) => spend,
+            other => unreachable!("a Spend executed as {other:?}"),
+        })
     }
 
     /// The remembered outcome of `request`, as ids, if it is a retry (or a
@@ -193,9 +303,26 @@ impl Ledger {
         Some(Outcome::Repeated(outcome.clone()))
     }
 
-    /// Records a transaction without looking the request id up, remembering
+    /// Executes a command without looking the request id up, remembering
     /// it if given as (id, accepted at ms): what the journal replays, where
-    /// every record is a command that was executed.
+    /// every record is a command that was executed. The reply comes with
+    /// its outcome id: the transaction's, spend's or hold's id, or for a
+    /// refund its place among the history's events plus one.
+    pub fn replay(
+        &mut self,
+        request: Option<(&str, i64)>,
+        params: RequestParams,
+    ) -> Result<(u64, Executed), LedgerError> {
+        let result = params.run(self);
+        if let Some((request_id, accepted_at_ms)) = request {
+            let outcome = result.as_ref().map(|&(id, _)| id);
+            self.remember(request_id, accepted_at_ms, params, outcome);
+        }
+        result
+    }
+
+    /// Records a transaction without looking the request id up; see
+    /// [`Ledger::replay`].
     pub fn replay_add_transaction(
         &mut self,
         request: Option<(&str, i64)>,
@@ -203,37 +330,23 @@ impl Ledger {
         points: i64,
         timestamp: DateTime<Utc>,
     ) -> Result<Transaction, LedgerError> {
-        let result = self.add_transaction(payer, points, timestamp);
-        if let Some((request_id, accepted_at_ms)) = request {
-            let params =
-                RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
-            self.remember(
-                request_id,
-                accepted_at_ms,
-                params,
-                result.as_ref().map(|transaction| transaction.id),
-            );
-        }
-        result
+        let params = RequestParams::AddTransaction { payer: payer.to_owned(), points, timestamp };
+        self.replay(request, params).map(|(_, executed)| match executed {
+            Executed::Transaction(transaction) => transaction,
+            other => unreachable!("an AddTransaction executed as {other:?}"),
+        })
     }
 
-    /// Spends without looking the request id up; see [`Ledger::replay_add_transaction`].
+    /// Spends without looking the request id up; see [`Ledger::replay`].
     pub fn replay_spend(
         &mut self,
         request: Option<(&str, i64)>,
         points: i64,
     ) -> Result<Spend, LedgerError> {
-        let result = self.spend(points);
-        if let Some((request_id, accepted_at_ms)) = request {
-            let params = RequestParams::Spend { points };
-            self.remember(
-                request_id,
-                accepted_at_ms,
-                params,
-                result.as_ref().map(|spend| spend.id),
-            );
-        }
-        result
+        self.replay(request, RequestParams::Spend { points }).map(|(_, executed)| match executed {
+            Executed::Spend(spend) => spend,
+            other => unreachable!("a Spend executed as {other:?}"),
+        })
     }
 
     fn remember(

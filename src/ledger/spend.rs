@@ -36,15 +36,28 @@ impl Ledger {
             });
         }
 
-        let taken_by_payer = self.take_oldest(points, switch_budget);
+        let taken = self.take_oldest(points, switch_budget).entries;
         self.total -= points;
         debug_assert!(self.total >= 0);
+        self.push_spend(points, taken, 0);
+        Ok(self.spend_reply(self.spends.len() - 1))
+    }
+
+    /// Records a spend of `points` (a spend's, or a capture of hold
+    /// `hold_id`) that took `taken` from the payers' balances or holds: the
+    /// points become refundable.
+    pub(super) fn push_spend(&mut self, points: i64, taken: Vec<(PayerIndex, i64)>, hold_id: u64) {
+        for &(index, points) in &taken {
+            self.payers[index as usize].adjust_returnable(0, points);
+        }
+        self.returnable_total += points;
         self.spends.push(SpendRecord {
             points,
             transactions_before: self.transactions.len() as u64,
-            taken: taken_by_payer.entries,
+            taken,
+            refunded: 0,
+            hold_id,
         });
-        Ok(self.spend_reply(self.spends.len() - 1))
     }
 
     /// Takes the oldest `points` across all payers (the total covers them)
@@ -58,7 +71,7 @@ impl Ledger {
     /// rest is taken at once through a time cut ([`Ledger::take_by_cut`]):
     /// the cost of a spend is bounded by the payers it involves, never by
     /// how their lots interleave.
-    fn take_oldest(&mut self, points: i64, switch_budget: usize) -> TakenByPayer {
+    pub(super) fn take_oldest(&mut self, points: i64, switch_budget: usize) -> TakenByPayer {
         let mut taken_by_payer = TakenByPayer::default();
         let mut left = points;
         let mut switches = 0usize;
@@ -196,8 +209,8 @@ impl Ledger {
 /// search while the reply is short (the common case, no allocation beyond the
 /// reply), an index once it grows.
 #[derive(Default)]
-struct TakenByPayer {
-    entries: Vec<(PayerIndex, i64)>,
+pub(super) struct TakenByPayer {
+    pub(super) entries: Vec<(PayerIndex, i64)>,
     position_by_payer: Option<HashMap<PayerIndex, usize>>,
 }
 

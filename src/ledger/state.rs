@@ -2,7 +2,7 @@
 //! write one out, moved out, and checked record by record when a ledger is
 //! rebuilt from one.
 
-use super::history::{SpendRecord, TransactionRecord};
+use super::history::{Event, EventRecord, HoldRecord, HoldState, SpendRecord, TransactionRecord};
 use super::payer::Payer;
 
 /// Why a ledger cannot be rebuilt from a state: names, indices, amounts or
@@ -10,7 +10,7 @@ use super::payer::Payer;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct RestoreError(pub String);
-use super::requests::{RequestParams, RequestRecord};
+use super::requests::RequestRecord;
 use super::{Ledger, LotKey, MAX_TRANSACTION_ID, TransactionId, validate_payer};
 
 /// A ledger's whole state in plain records, as snapshots store it;
@@ -23,6 +23,13 @@ pub struct LedgerState {
     pub transactions: Vec<TransactionRecord>,
     /// Every spend, by id.
     pub spends: Vec<SpendRecord>,
+    /// Every hold, by id.
+    pub holds: Vec<HoldRecord>,
+    /// The history's other entries, in order.
+    pub events: Vec<EventRecord>,
+    /// The ledger's time: the latest it has been advanced to, in
+    /// milliseconds since 1970-01-01T00:00:00Z.
+    pub clock_ms: i64,
     /// The remembered requests, oldest first.
     pub requests: Vec<RequestRecord>,
 }
@@ -36,6 +43,12 @@ pub struct LedgerView<'a> {
     pub transactions: &'a [TransactionRecord],
     /// Every spend, by id.
     pub spends: &'a [SpendRecord],
+    /// Every hold, by id.
+    pub holds: &'a [HoldRecord],
+    /// The history's other entries, in order.
+    pub events: &'a [EventRecord],
+    /// The ledger's time.
+    pub clock_ms: i64,
     /// The remembered requests, oldest first.
     pub requests: Vec<RequestRecord>,
 }
@@ -48,6 +61,9 @@ impl Ledger {
             payers: self.balances().collect(),
             transactions: &self.transactions,
             spends: &self.spends,
+            holds: &self.holds,
+            events: &self.events,
+            clock_ms: self.clock.now_ms,
             requests: self.requests.records().collect(),
         }
     }
@@ -65,6 +81,9 @@ impl Ledger {
             requests: self.requests.records().collect(),
             transactions: self.transactions,
             spends: self.spends,
+            holds: self.holds,
+            events: self.events,
+            clock_ms: self.clock.now_ms,
         }
     }
 
@@ -115,30 +134,102 @@ impl Ledger {
         }
         ledger.total =
             i64::try_from(total).map_err(|_| format!("total {total} passes i64::MAX"))?;
+        let pairs_fit = |pairs: &[(u32, i64)], points: i64| {
+            let sum: i128 = pairs.iter().map(|&(_, points)| i128::from(points)).sum();
+            sum == i128::from(points)
+                && pairs.iter().all(|&(payer, points)| (payer as usize) < payer_count && points > 0)
+        };
         let mut previous_transactions_before = 0;
         for (index, spend) in state.spends.iter().enumerate() {
-            let taken: i128 = spend.taken.iter().map(|&(_, points)| i128::from(points)).sum();
-            let bad_payer = spend
-                .taken
-                .iter()
-                .any(|&(payer, points)| payer as usize >= payer_count || points <= 0);
-            if taken != i128::from(spend.points)
-                || bad_payer
+            let spend_id = index as u64 + 1;
+            let captured_hold = match spend.hold_id {
+                0 => true,
+                hold_id => state.holds.get(hold_id as usize - 1).is_some_and(|hold| {
+                    hold.state == HoldState::Captured { spend_id } && hold.points >= spend.points
+                }),
+            };
+            if !pairs_fit(&spend.taken, spend.points)
+                || !(0..=spend.points).contains(&spend.refunded)
+                || !captured_hold
                 || spend.transactions_before < previous_transactions_before
                 || spend.transactions_before > state.transactions.len() as u64
             {
-                return Err(format!("spend {} is inconsistent with the history", index + 1));
+                return Err(format!("spend {spend_id} is inconsistent with the history"));
             }
             previous_transactions_before = spend.transactions_before;
+            // What may still come back: what the spend took, less what its
+            // refunds gave back from the end.
+            let mut refunded = spend.refunded;
+            for &(payer, taken) in spend.taken.iter().rev() {
+                let back = refunded.min(taken);
+                refunded -= back;
+                if taken > back {
+                    ledger.payers[payer as usize].adjust_returnable(0, taken - back);
+                    ledger.returnable_total = ledger
+                        .returnable_total
+                        .checked_add(taken - back)
+                        .ok_or("refundable points pass i64::MAX")?;
+                }
+            }
+        }
+        for (index, hold) in state.holds.iter().enumerate() {
+            let hold_id = index as u64 + 1;
+            let resolved_fits = match hold.state {
+                HoldState::Captured { spend_id } => state
+                    .spends
+                    .get((spend_id as usize).wrapping_sub(1))
+                    .is_some_and(|spend| spend.hold_id == hold_id),
+                HoldState::Open | HoldState::Released { .. } => true,
+            };
+            if !pairs_fit(&hold.taken, hold.points) || !resolved_fits {
+                return Err(format!("hold {hold_id} is inconsistent with the history"));
+            }
+            if hold.state == HoldState::Open {
+                for &(payer, points) in &hold.taken {
+                    ledger.payers[payer as usize].adjust_returnable(points, 0);
+                }
+                ledger.returnable_total = ledger
+                    .returnable_total
+                    .checked_add(hold.points)
+                    .ok_or("held points pass i64::MAX")?;
+                ledger.open_holds.insert((hold.expire_at_ms, hold_id));
+            }
+        }
+        let mut previous = (0, 0);
+        for (index, record) in state.events.iter().enumerate() {
+            let place = (record.transactions_before, record.spends_before);
+            let refers = match &record.event {
+                Event::Hold { hold_id } | Event::Release { hold_id, .. } => {
+                    (1..=state.holds.len() as u64).contains(hold_id)
+                }
+                Event::Refund { spend_id, refunded, .. } => {
+                    let points = refunded.iter().map(|&(_, points)| points).sum::<i64>();
+                    (1..=state.spends.len() as u64).contains(spend_id)
+                        && pairs_fit(refunded, points)
+                }
+                Event::Expiration { expired } => {
+                    let points = expired.iter().map(|&(_, points)| points).sum::<i64>();
+                    pairs_fit(expired, points)
+                }
+            };
+            if !refers
+                || place.0 < previous.0
+                || place.1 < previous.1
+                || place.0 > state.transactions.len() as u64
+                || place.1 > state.spends.len() as u64
+            {
+                return Err(format!("event {} is inconsistent with the history", index + 1));
+            }
+            previous = place;
         }
         ledger.lots = state.transactions.iter().filter(|record| record.points > 0).count();
         ledger.transactions = state.transactions;
         ledger.spends = state.spends;
+        ledger.holds = state.holds;
+        ledger.events = state.events;
+        ledger.clock.now_ms = state.clock_ms;
         for request in state.requests {
-            let limit = match request.params {
-                RequestParams::AddTransaction { .. } => ledger.transactions.len() as u64,
-                RequestParams::Spend { .. } => ledger.spends.len() as u64,
-            };
+            let limit = request.params.outcome_limit(&ledger);
             if let Ok(id) = request.outcome
                 && !(1..=limit).contains(&id)
             {

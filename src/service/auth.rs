@@ -41,12 +41,14 @@ use tonic::metadata::MetadataMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// GetBalances and ListTransactions.
+    /// GetBalances, ListTransactions and GetExpiringPoints.
     Read,
-    /// AddTransaction.
+    /// AddTransaction and AddTransactions.
     Earn,
-    /// Spend.
+    /// Spend, HoldPoints, CaptureHold and ReleaseHold.
     Spend,
+    /// RefundSpend.
+    Refund,
     /// Everything.
     Admin,
 }
@@ -58,6 +60,7 @@ impl Role {
             Role::Read => "read",
             Role::Earn => "earn",
             Role::Spend => "spend",
+            Role::Refund => "refund",
             Role::Admin => "admin",
         }
     }

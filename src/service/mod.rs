@@ -25,7 +25,6 @@ mod page_token;
 mod status;
 mod validation;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -246,14 +245,15 @@ impl PointsServiceApi for PointsService {
                 |user_id| *user_id,
                 |_| Vec::new(),
             )?;
-            let balances: HashMap<String, i64> = self
+            let read = self
                 .store
-                .balances(user_id)
+                .balances_and_held(user_id)
                 .await
-                .map_err(|error| status::store_error(&error))?
-                .into_iter()
-                .collect();
-            Ok(Response::new(GetBalancesResponse { balances }))
+                .map_err(|error| status::store_error(&error))?;
+            Ok(Response::new(GetBalancesResponse {
+                balances: read.balances.into_iter().collect(),
+                held: read.held.into_iter().collect(),
+            }))
         })
         .await
     }
@@ -280,32 +280,7 @@ impl PointsServiceApi for PointsService {
                 .await
                 .map_err(|error| status::store_error(&error))?
                 .ok_or_else(|| status::invalid_argument(&[validation::invalid_page_token()]))?;
-            let entries = history
-                .entries
-                .into_iter()
-                .map(|entry| v1::HistoryEntry {
-                    entry: Some(match entry {
-                        HistoryEntry::Transaction { transaction, remaining_points } => {
-                            v1::history_entry::Entry::Transaction(TransactionEntry {
-                                id: transaction.id,
-                                payer: transaction.payer,
-                                points: transaction.points,
-                                timestamp: Some(validation::to_proto_timestamp(
-                                    transaction.timestamp,
-                                )),
-                                remaining_points,
-                            })
-                        }
-                        HistoryEntry::Spend(spend) => {
-                            v1::history_entry::Entry::Spend(v1::SpendEntry {
-                                id: spend.id,
-                                points: spend.points,
-                                spent: payer_points(spend.spent),
-                            })
-                        }
-                    }),
-                })
-                .collect();
+            let entries = history.entries.into_iter().map(history_entry).collect();
             let next_page_token = history
                 .next
                 .map(|cursor| page_token::encode(page.user_id.as_str(), cursor))
@@ -313,6 +288,195 @@ impl PointsServiceApi for PointsService {
             Ok(Response::new(ListTransactionsResponse { entries, next_page_token }))
         })
         .await
+    }
+
+    async fn hold_points(
+        &self,
+        request: Request<v1::HoldPointsRequest>,
+    ) -> Result<Response<v1::HoldPointsResponse>, Status> {
+        observed("HoldPoints", async {
+            let (_call, command) = self.admit_request(
+                &request,
+                Role::Spend,
+                validation::hold,
+                |command| command.user_id,
+                |_| Vec::new(),
+            )?;
+            let ledger::Executed::Hold(hold) = self.execute(command).await? else {
+                return Err(Status::internal("a hold executed as another command"));
+            };
+            Ok(Response::new(v1::HoldPointsResponse {
+                hold_id: hold.id,
+                held: payer_points(hold.held),
+                expire_time: Some(millis_timestamp(hold.expire_at_ms)),
+            }))
+        })
+        .await
+    }
+
+    async fn capture_hold(
+        &self,
+        request: Request<v1::CaptureHoldRequest>,
+    ) -> Result<Response<v1::CaptureHoldResponse>, Status> {
+        observed("CaptureHold", async {
+            let (_call, command) = self.admit_request(
+                &request,
+                Role::Spend,
+                validation::capture,
+                |command| command.user_id,
+                |_| Vec::new(),
+            )?;
+            let ledger::Executed::Capture(capture) = self.execute(command).await? else {
+                return Err(Status::internal("a capture executed as another command"));
+            };
+            Ok(Response::new(v1::CaptureHoldResponse {
+                spend_id: capture.spend.id,
+                spent: payer_points(capture.spend.spent),
+                released: payer_points(capture.released),
+            }))
+        })
+        .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<v1::ReleaseHoldRequest>,
+    ) -> Result<Response<v1::ReleaseHoldResponse>, Status> {
+        observed("ReleaseHold", async {
+            let (_call, command) = self.admit_request(
+                &request,
+                Role::Spend,
+                validation::release,
+                |command| command.user_id,
+                |_| Vec::new(),
+            )?;
+            let ledger::Executed::Release(release) = self.execute(command).await? else {
+                return Err(Status::internal("a release executed as another command"));
+            };
+            Ok(Response::new(v1::ReleaseHoldResponse { released: payer_points(release.released) }))
+        })
+        .await
+    }
+
+    async fn refund_spend(
+        &self,
+        request: Request<v1::RefundSpendRequest>,
+    ) -> Result<Response<v1::RefundSpendResponse>, Status> {
+        observed("RefundSpend", async {
+            let (_call, command) = self.admit_request(
+                &request,
+                Role::Refund,
+                validation::refund,
+                |command| command.user_id,
+                |_| Vec::new(),
+            )?;
+            let ledger::Executed::Refund(refund) = self.execute(command).await? else {
+                return Err(Status::internal("a refund executed as another command"));
+            };
+            Ok(Response::new(v1::RefundSpendResponse {
+                refunded: payer_points(refund.refunded),
+                refundable_points: refund.refundable_points,
+            }))
+        })
+        .await
+    }
+
+    async fn get_expiring_points(
+        &self,
+        request: Request<v1::GetExpiringPointsRequest>,
+    ) -> Result<Response<v1::GetExpiringPointsResponse>, Status> {
+        observed("GetExpiringPoints", async {
+            let (_call, (user_id, within_ms)) = self.admit_request(
+                &request,
+                Role::Read,
+                validation::expiring,
+                |(user_id, _)| *user_id,
+                |_| Vec::new(),
+            )?;
+            let expiring = self
+                .store
+                .expiring_points(user_id, within_ms)
+                .await
+                .map_err(|error| status::store_error(&error))?
+                .into_iter()
+                .map(|expiring| v1::ExpiringPoints {
+                    payer: expiring.payer,
+                    points: expiring.points,
+                    expire_time: Some(validation::to_proto_timestamp(expiring.expire_time)),
+                })
+                .collect();
+            Ok(Response::new(v1::GetExpiringPointsResponse { expiring }))
+        })
+        .await
+    }
+}
+
+impl PointsService {
+    /// Runs a validated hold, capture, release or refund.
+    async fn execute(
+        &self,
+        command: validation::ValidCommand<'_>,
+    ) -> Result<ledger::Executed, Status> {
+        self.store
+            .execute(command.user_id, command.request_id, command.params)
+            .await
+            .map_err(|error| status::store_error(&error))
+    }
+}
+
+/// A history entry in its protobuf form.
+fn history_entry(entry: HistoryEntry) -> v1::HistoryEntry {
+    use v1::history_entry::Entry;
+    let entry = match entry {
+        HistoryEntry::Transaction { transaction, remaining_points } => {
+            Entry::Transaction(TransactionEntry {
+                id: transaction.id,
+                payer: transaction.payer,
+                points: transaction.points,
+                timestamp: Some(validation::to_proto_timestamp(transaction.timestamp)),
+                remaining_points,
+            })
+        }
+        HistoryEntry::Spend(spend) => Entry::Spend(v1::SpendEntry {
+            id: spend.id,
+            points: spend.points,
+            spent: payer_points(spend.spent),
+        }),
+        HistoryEntry::Hold(hold) => Entry::Hold(v1::HoldEntry {
+            hold_id: hold.id,
+            points: hold.points,
+            held: payer_points(hold.held),
+            expire_time: Some(millis_timestamp(hold.expire_at_ms)),
+        }),
+        HistoryEntry::Capture(capture) => Entry::HoldCapture(v1::HoldCaptureEntry {
+            hold_id: capture.hold_id,
+            spend_id: capture.spend.id,
+            points: capture.spend.points,
+            spent: payer_points(capture.spend.spent),
+            released: payer_points(capture.released),
+        }),
+        HistoryEntry::Release(release) => Entry::HoldRelease(v1::HoldReleaseEntry {
+            hold_id: release.hold_id,
+            released: payer_points(release.released),
+            timed_out: release.timed_out,
+        }),
+        HistoryEntry::Refund(refund) => Entry::Refund(v1::RefundEntry {
+            spend_id: refund.spend_id,
+            refunded: payer_points(refund.refunded),
+            refundable_points: refund.refundable_points,
+        }),
+        HistoryEntry::Expiration(expired) => {
+            Entry::Expiration(v1::ExpirationEntry { expired: payer_points(expired) })
+        }
+    };
+    v1::HistoryEntry { entry: Some(entry) }
+}
+
+/// A time in milliseconds since 1970-01-01T00:00:00Z in its protobuf form.
+fn millis_timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 

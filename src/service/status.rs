@@ -81,6 +81,7 @@ pub fn ledger_refusal(error: &LedgerError) -> Status {
         ErrorKind::OutOfRange => Code::OutOfRange,
         ErrorKind::AlreadyExists => Code::AlreadyExists,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::NotFound => Code::NotFound,
     };
     let mut details = ErrorDetails::new();
     details.set_error_info(error.reason(), ERROR_DOMAIN, metadata_of(error));
@@ -142,6 +143,7 @@ pub fn store_error(error: &StoreError) -> Status {
 fn field_of(error: &LedgerError) -> &'static str {
     match error {
         LedgerError::BlankPayer | LedgerError::PayerTooLong { .. } => "payer",
+        LedgerError::HoldTimeoutOutOfRange { .. } => "timeout",
         _ => "points",
     }
 }
@@ -173,10 +175,25 @@ fn metadata_of(error: &LedgerError) -> HashMap<String, String> {
         LedgerError::RequestIdReused { request_id } => vec![("request_id", request_id.clone())],
         LedgerError::TransactionLimitReached { limit } => vec![("limit", limit.to_string())],
         LedgerError::RequestIdLimitReached { limit } => vec![("limit", limit.to_string())],
+        LedgerError::HoldNotFound { hold_id } => vec![("hold_id", hold_id.to_string())],
+        LedgerError::HoldNotOpen { hold_id, resolution } => {
+            vec![("hold_id", hold_id.to_string()), ("state", resolution.as_str().to_owned())]
+        }
+        LedgerError::CaptureExceedsHold { requested, held } => {
+            vec![("requested", requested.to_string()), ("held", held.to_string())]
+        }
+        LedgerError::SpendNotFound { spend_id } | LedgerError::NothingToRefund { spend_id } => {
+            vec![("spend_id", spend_id.to_string())]
+        }
+        LedgerError::RefundExceedsSpend { requested, refundable } => {
+            vec![("requested", requested.to_string()), ("refundable", refundable.to_string())]
+        }
         LedgerError::BlankPayer
         | LedgerError::PayerTooLong { .. }
         | LedgerError::ZeroPoints
-        | LedgerError::NonPositiveSpend { .. } => Vec::new(),
+        | LedgerError::NonPositiveSpend { .. }
+        | LedgerError::NegativePoints { .. }
+        | LedgerError::HoldTimeoutOutOfRange { .. } => Vec::new(),
     };
     pairs.into_iter().map(|(key, value)| (key.to_owned(), value)).collect()
 }

@@ -10,8 +10,9 @@ use crate::ledger::{
     self, HistoryCursor, MAX_BATCH_TRANSACTIONS, MAX_REQUEST_ID_BYTES, NewTransaction,
 };
 use crate::proto::v1::{
-    AddTransactionRequest, AddTransactionsRequest, GetBalancesRequest, ListTransactionsRequest,
-    SpendRequest,
+    AddTransactionRequest, AddTransactionsRequest, CaptureHoldRequest, GetBalancesRequest,
+    GetExpiringPointsRequest, HoldPointsRequest, ListTransactionsRequest, RefundSpendRequest,
+    ReleaseHoldRequest, SpendRequest,
 };
 use crate::store::{DEFAULT_USER, PayerName, RequestId, UserId};
 
@@ -166,6 +167,143 @@ pub fn spend(request: &SpendRequest) -> Result<ValidSpend<'_>, Vec<FieldViolatio
     } else {
         Err(violations)
     }
+}
+
+/// A hold, capture, release or refund that passed validation: the user,
+/// the request id, and the command.
+#[derive(Debug)]
+pub struct ValidCommand<'request> {
+    pub user_id: UserId<'request>,
+    pub request_id: Option<RequestId<'request>>,
+    pub params: ledger::RequestParams,
+}
+
+/// Checks points that may be 0 (meaning all) but not negative.
+fn all_or_some_points(points: i64, violations: &mut Vec<FieldViolation>) {
+    if points < 0 {
+        violations.push(FieldViolation::from_ledger(
+            "points",
+            &ledger::LedgerError::NegativePoints { points },
+        ));
+    }
+}
+
+/// A google.protobuf.Duration field in milliseconds (`None` when unset),
+/// refusing negative ones, mixed signs and more than `max_ms`.
+fn duration_ms(
+    field: &str,
+    duration: Option<&prost_types::Duration>,
+    max_ms: i64,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<i64> {
+    let duration = duration?;
+    let nanos_fit = (0..=999_999_999).contains(&duration.nanos);
+    let millis = duration
+        .seconds
+        .checked_mul(1000)
+        .and_then(|millis| millis.checked_add(i64::from(duration.nanos).div_euclid(1_000_000)))
+        .filter(|&millis| duration.seconds >= 0 && nanos_fit && millis <= max_ms);
+    if millis.is_none() {
+        violations.push(FieldViolation {
+            field: field.to_owned(),
+            reason: "DURATION_OUT_OF_RANGE",
+            description: format!(
+                "{field} must be between 0 and {max_ms} ms with 0..=999999999 nanos, got {}s \
+                 {}ns",
+                duration.seconds, duration.nanos
+            ),
+        });
+    }
+    millis
+}
+
+/// Validates every field of a HoldPoints request.
+pub fn hold(request: &HoldPointsRequest) -> Result<ValidCommand<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    if let Err(error) = ledger::validate_spend_points(request.points) {
+        violations.push(FieldViolation::from_ledger("points", &error));
+    }
+    let timeout_ms = duration_ms(
+        "timeout",
+        request.timeout.as_ref(),
+        ledger::MAX_HOLD_TIMEOUT_MS,
+        &mut violations,
+    )
+    .unwrap_or(ledger::DEFAULT_HOLD_TIMEOUT_MS);
+    if timeout_ms == 0 {
+        violations.push(FieldViolation::from_ledger(
+            "timeout",
+            &ledger::LedgerError::HoldTimeoutOutOfRange { timeout_ms },
+        ));
+    }
+    let params = ledger::RequestParams::Hold { points: request.points, timeout_ms };
+    if violations.is_empty() {
+        Ok(ValidCommand { user_id, request_id, params })
+    } else {
+        Err(violations)
+    }
+}
+
+/// Validates every field of a CaptureHold request.
+pub fn capture(request: &CaptureHoldRequest) -> Result<ValidCommand<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    all_or_some_points(request.points, &mut violations);
+    let params =
+        ledger::RequestParams::Capture { hold_id: request.hold_id, points: request.points };
+    if violations.is_empty() {
+        Ok(ValidCommand { user_id, request_id, params })
+    } else {
+        Err(violations)
+    }
+}
+
+/// Validates every field of a ReleaseHold request.
+pub fn release(request: &ReleaseHoldRequest) -> Result<ValidCommand<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    let params = ledger::RequestParams::Release { hold_id: request.hold_id };
+    if violations.is_empty() {
+        Ok(ValidCommand { user_id, request_id, params })
+    } else {
+        Err(violations)
+    }
+}
+
+/// Validates every field of a RefundSpend request.
+pub fn refund(request: &RefundSpendRequest) -> Result<ValidCommand<'_>, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let request_id = request_id(&request.request_id, &mut violations);
+    all_or_some_points(request.points, &mut violations);
+    let params =
+        ledger::RequestParams::Refund { spend_id: request.spend_id, points: request.points };
+    if violations.is_empty() {
+        Ok(ValidCommand { user_id, request_id, params })
+    } else {
+        Err(violations)
+    }
+}
+
+/// Validates a GetExpiringPoints request: the user, and the window in
+/// milliseconds.
+pub fn expiring(
+    request: &GetExpiringPointsRequest,
+) -> Result<(UserId<'_>, i64), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let within_ms = duration_ms(
+        "within",
+        request.within.as_ref(),
+        ledger::MAX_POINTS_VALIDITY_MS,
+        &mut violations,
+    )
+    .unwrap_or(0);
+    if violations.is_empty() { Ok((user_id, within_ms)) } else { Err(violations) }
 }
 
 /// Validates a GetBalances request and returns the user.

@@ -6,11 +6,45 @@
 use crate::ledger::Ledger;
 use chrono::{DateTime, Utc};
 
-use super::embedded::records::{AddTransactionRecord, AddTransactionsRecord, Command, SpendRecord};
+use super::embedded::records::{
+    AddTransactionRecord, AddTransactionsRecord, CaptureCommand, Command, HoldCommand,
+    RefundCommand, ReleaseCommand, SpendRecord,
+};
 use super::{HEAVY_BATCH_ENTRIES, PayerName, RequestId, Store, StoreError, UserId};
 use crate::ledger::{
-    HistoryCursor, HistoryPage, NewTransaction, Outcome, PageLimits, Spend, Transaction,
+    Executed, ExpiringPoints, HistoryCursor, HistoryPage, LedgerError, NewTransaction, Outcome,
+    PageLimits, RequestParams, Spend, Transaction,
 };
+
+/// Balances as GetBalances shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Balances {
+    /// Every payer ever credited with its balance, 0 included.
+    pub balances: Vec<(String, i64)>,
+    /// Every payer with points in open holds, and how many.
+    pub held: Vec<(String, i64)>,
+}
+
+/// The journal command of a hold, capture, release or refund and its outcome.
+fn command_of(params: &RequestParams, result: &Result<(u64, Executed), LedgerError>) -> Command {
+    let id = result.as_ref().map_or(0, |&(id, _)| id);
+    match *params {
+        RequestParams::Hold { points, timeout_ms } => {
+            Command::Hold(HoldCommand { points, timeout_ms, hold_id: id })
+        }
+        RequestParams::Capture { hold_id, points } => {
+            Command::Capture(CaptureCommand { hold_id, points, spend_id: id })
+        }
+        RequestParams::Release { hold_id } => Command::Release(ReleaseCommand { hold_id }),
+        RequestParams::Refund { spend_id, points } => {
+            Command::Refund(RefundCommand { spend_id, points, refund_id: id })
+        }
+        RequestParams::Spend { points } => Command::Spend(SpendRecord { points, spend_id: id }),
+        RequestParams::AddTransaction { ref payer, points, timestamp } => {
+            Command::AddTransaction(AddTransactionRecord::new(payer, points, timestamp, id))
+        }
+    }
+}
 
 impl Store {
     /// Records a transaction for `user_id`; see [`Ledger::execute_add_transaction`].
@@ -118,6 +152,46 @@ impl Store {
             },
         )
         .await
+    }
+
+    /// Holds, captures, releases or refunds for `user_id` (see
+    /// [`Ledger::execute`]); returns once the change is durable.
+    pub async fn execute(
+        &self,
+        user_id: UserId<'_>,
+        request_id: Option<RequestId<'_>>,
+        params: RequestParams,
+    ) -> Result<Executed, StoreError> {
+        self.write(
+            user_id,
+            request_id,
+            false,
+            |ledger, request| Ok(ledger.execute(request, params.clone())),
+            |result| command_of(&params, result),
+        )
+        .await
+        .map(|(_, executed)| executed)
+    }
+
+    /// Every payer ever credited to `user_id` with its balance, and the
+    /// points in open holds, once every change they reflect is durable.
+    pub async fn balances_and_held(&self, user_id: UserId<'_>) -> Result<Balances, StoreError> {
+        self.read(user_id, |ledger| Balances {
+            balances: ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect(),
+            held: ledger.held().map(|(payer, points)| (payer.to_owned(), points)).collect(),
+        })
+        .await
+    }
+
+    /// Per payer, `user_id`'s points that expire within `within_ms` from
+    /// now, earliest first; see [`Ledger::expiring_points`].
+    pub async fn expiring_points(
+        &self,
+        user_id: UserId<'_>,
+        within_ms: i64,
+    ) -> Result<Vec<ExpiringPoints>, StoreError> {
+        let clock = self.clock_now();
+        self.read(user_id, |ledger| ledger.expiring_points(clock, within_ms)).await
     }
 
     /// Every payer ever credited to `user_id` with its balance (none for an

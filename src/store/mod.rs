@@ -18,6 +18,7 @@
 
 pub mod backend;
 mod commands;
+mod deadlines;
 pub mod embedded;
 mod error;
 mod ids;
@@ -33,12 +34,14 @@ use chrono::Utc;
 use dashmap::DashMap;
 
 use self::backend::{Backend, Freshness, InMemory, Receipt};
+use self::deadlines::Deadlines;
 use self::embedded::Embedded;
-use self::embedded::records::{Command, JournalRecord};
+use self::embedded::records::{AdvanceClockCommand, Command, JournalRecord};
 use self::postgres::Postgres;
 use self::sweeper::Sweeper;
 use self::users::{UserLedger, Users, collect_users, off_runtime, read_lock, write_lock};
-use crate::ledger::{Ledger, LedgerError, Outcome, Request};
+use crate::ledger::{Clock, Ledger, LedgerError, Outcome, Request};
+pub use commands::Balances;
 pub use embedded::wal::FsyncPolicy;
 #[cfg(any(test, feature = "testing"))]
 pub use embedded::{journal_records_bytes, read_journal};
@@ -63,6 +66,8 @@ pub struct Store {
     loading: Box<[tokio::sync::Mutex<()>]>,
     backend: Box<dyn Backend>,
     limits: Limits,
+    /// Users whose ledger changes by itself at a known time.
+    deadlines: Deadlines,
     /// The sweeper, and how far closing got; held while closing, so that
     /// concurrent closes wait for one another.
     closing: Mutex<Closing>,
@@ -109,6 +114,7 @@ struct Limits {
     max_users: usize,
     max_payers_per_user: usize,
     max_request_ids_per_user: usize,
+    points_validity_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,11 +179,56 @@ impl Store {
             max_users: options.max_users,
             max_payers_per_user: options.max_payers_per_user,
             max_request_ids_per_user: options.max_request_ids_per_user,
+            points_validity_ms: options.points_validity_ms,
         };
+        // Users recovered from a data directory: when each next changes by
+        // itself, under this start's validity.
+        let deadlines = Deadlines::default();
+        for (user_id, user) in collect_users(&users) {
+            let mut user = user.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            user.due_ms = user.ledger.next_due_ms(limits.points_validity_ms);
+            deadlines.set(&user_id, user.due_ms);
+        }
         let sweeper = Sweeper::start(Arc::clone(&users), limits.request_id_retention_ms);
         let closing = Mutex::new(Closing { sweeper, state: CloseState::Open });
         let loading = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { users, loading, backend, limits, closing }
+        Self { users, loading, backend, limits, deadlines, closing }
+    }
+
+    /// The clock a call accepted now runs at.
+    fn clock_now(&self) -> Clock {
+        Clock {
+            now_ms: Utc::now().timestamp_millis(),
+            points_validity_ms: self.limits.points_validity_ms,
+        }
+    }
+
+    /// Brings `user_id`'s ledger to now: releases holds that timed out and
+    /// expires points, keeping the change like a command's. Nothing is kept
+    /// when nothing was due.
+    pub async fn advance_clock(&self, user_id: UserId<'_>) -> Result<(), StoreError> {
+        self.write(
+            user_id,
+            None,
+            false,
+            |_, _| Ok(Outcome::Repeated(Ok(()))),
+            |_| Command::AdvanceClock(AdvanceClockCommand {}),
+        )
+        .await
+    }
+
+    /// Advances every user whose ledger is due by now (up to `limit` of
+    /// them, earliest first), one after another; returns how many were due.
+    /// The server runs this about every second, so that idle users' holds
+    /// time out and points expire without a call.
+    pub async fn advance_due_users(&self, limit: usize) -> usize {
+        let due = self.deadlines.due(Utc::now().timestamp_millis(), limit);
+        for user_id in &due {
+            if let Err(error) = self.advance_clock(UserId::new(user_id)).await {
+                tracing::warn!(user_id = %user_id, %error, "cannot bring a user's clock forward");
+            }
+        }
+        due.len()
     }
 
     /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)
@@ -207,6 +258,18 @@ impl Store {
                 if freshness == Freshness::Stale {
                     continue;
                 }
+            }
+            // A hold past its timeout or points past their validity: no
+            // read may show them, so the ledger is first brought to now
+            // (kept like a write), then read.
+            let clock = self.clock_now();
+            let due = read_lock(&user)?
+                .ledger
+                .next_due_ms(clock.points_validity_ms)
+                .is_some_and(|due_ms| due_ms <= clock.now_ms);
+            if due {
+                self.advance_clock(user_id).await?;
+                continue;
             }
             let (result, seen_sequence) = {
                 let user = read_lock(&user)?;
@@ -402,14 +465,14 @@ impl Store {
                 continue;
             }
             let existing = cached.map(|cached| cached.user);
-            let now_ms = Utc::now().timestamp_millis();
+            let clock = self.clock_now();
             let request = request_id.map(|id| Request {
                 id: id.as_str(),
-                now_ms,
+                now_ms: clock.now_ms,
                 retention_ms: self.limits.request_id_retention_ms,
                 max_remembered: self.limits.max_request_ids_per_user,
             });
-            let step = WriteStep { user_id, request_id, now_ms, request, new_user: false };
+            let step = WriteStep { user_id, request_id, clock, request, new_user: false };
             let run = || match &existing {
                 Some(user) => {
                     let (result, durable, _) =
@@ -463,52 +526,60 @@ impl Store {
         command: &impl Fn(&Result<T, LedgerError>) -> Command,
     ) -> (Result<T, StoreError>, Durability, bool) {
         let before = (user.ledger.payer_count(), user.ledger.lot_count());
-        let outcome = match execute(&mut user.ledger, step.request) {
-            Ok(outcome) => outcome,
-            // Refused by a limit of the server before the ledger was asked.
-            Err(refusal) => return (Err(refusal), Durability::Sequence(user.last_sequence), false),
-        };
+        // Time moves first: holds that timed out are released and expired
+        // points leave before the command is decided.
+        let advanced = user.ledger.advance(step.clock);
+        let outcome = execute(&mut user.ledger, step.request);
         let after = (user.ledger.payer_count(), user.ledger.lot_count());
         if after != before {
             metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
             metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
         }
-        let result = match outcome {
-            Outcome::Repeated(result) => {
-                return (
-                    result.map_err(StoreError::from),
-                    Durability::Sequence(user.last_sequence),
-                    false,
-                );
+        let (result, command) = match outcome {
+            // Refused by a limit of the server before the ledger was asked.
+            Err(refusal) => (Err(refusal), None),
+            Ok(Outcome::Repeated(result)) => (result.map_err(StoreError::from), None),
+            Ok(Outcome::Fresh(result)) => {
+                // A refusal is remembered (for retries with its request id)
+                // only for a user who exists: remembering it would create
+                // the user, and made-up user ids would then fill the user
+                // limit. A retry of a refusal for a user with no ledger is
+                // decided afresh.
+                let keep = match &result {
+                    Ok(_) => true,
+                    Err(error) => {
+                        !step.new_user && step.request_id.is_some() && error.depends_on_state()
+                    }
+                };
+                let command = keep.then(|| (command(&result), result.is_err()));
+                (result.map_err(StoreError::from), command)
             }
-            Outcome::Fresh(result) => result,
         };
-        // A refusal is remembered (for retries with its request id) only for
-        // a user who exists: remembering it would create the user, and made-up
-        // user ids would then fill the user limit. A retry of a refusal for a
-        // user with no ledger is decided afresh.
-        let changed = match &result {
-            Ok(_) => true,
-            Err(error) => !step.new_user && step.request_id.is_some() && error.depends_on_state(),
+        // What only moved the clock is kept too, in a record of its own.
+        let (command, refused, request_id) = match command {
+            Some((command, refused)) => (command, refused, step.request_id),
+            None if advanced => (Command::AdvanceClock(AdvanceClockCommand {}), false, None),
+            None => {
+                // Decided on everything the user has.
+                return (result, Durability::Sequence(user.last_sequence), false);
+            }
         };
-        if !changed {
-            // Decided on everything the user has.
-            return (
-                result.map_err(StoreError::from),
-                Durability::Sequence(user.last_sequence),
-                false,
-            );
-        }
         let (sequence, receipt) = self.backend.append(user, &|| JournalRecord {
-            command: Some(command(&result)),
+            command: Some(command.clone()),
             user_id: step.user_id.as_str().to_owned(),
-            request_id: step.request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
-            accepted_at_ms: step.now_ms,
-            refused: result.is_err(),
+            request_id: request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
+            accepted_at_ms: step.clock.now_ms,
+            refused,
+            points_validity_ms: step.clock.points_validity_ms.unwrap_or(0),
         });
         assert!(sequence > user.last_sequence, "a user's records are in sequence order");
         user.last_sequence = sequence;
-        (result.map_err(StoreError::from), Durability::Receipt(receipt), true)
+        let due_ms = user.ledger.next_due_ms(step.clock.points_validity_ms);
+        if due_ms != user.due_ms {
+            user.due_ms = due_ms;
+            self.deadlines.set(step.user_id.as_str(), due_ms);
+        }
+        (result, Durability::Receipt(receipt), true)
     }
 
     /// A write for a user without a ledger. It runs on a new ledger while
@@ -613,7 +684,8 @@ struct Cached {
 struct WriteStep<'a> {
     user_id: UserId<'a>,
     request_id: Option<RequestId<'a>>,
-    now_ms: i64,
+    /// The time it is accepted at, and how long points stay valid.
+    clock: Clock,
     request: Option<Request<'a>>,
     /// Whether the user has no ledger yet (so a refusal must leave none).
     new_user: bool,

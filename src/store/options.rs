@@ -107,6 +107,9 @@ pub struct StoreOptions {
     /// The most request ids one user may have remembered at once; a command
     /// with a new request id past it is refused.
     pub max_request_ids_per_user: usize,
+    /// How long a lot's points stay valid after its timestamp, in
+    /// milliseconds; `None`: points never expire.
+    pub points_validity_ms: Option<i64>,
 }
 
 impl StoreOptions {
@@ -146,6 +149,7 @@ impl StoreOptions {
             max_users: Self::DEFAULT_MAX_USERS,
             max_payers_per_user: Self::DEFAULT_MAX_PAYERS_PER_USER,
             max_request_ids_per_user: Self::DEFAULT_MAX_REQUEST_IDS_PER_USER,
+            points_validity_ms: None,
         }
     }
 

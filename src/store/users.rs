@@ -18,6 +18,9 @@ pub(crate) struct UserLedger {
     /// How far a shared backend (a database other replicas write too) holds
     /// this user's records; unused by the embedded backend.
     pub(crate) stored: Arc<StoredPosition>,
+    /// When the ledger next changes by itself, as last given to the store's
+    /// deadlines (so that they are touched only when it changes).
+    pub(crate) due_ms: Option<i64>,
 }
 
 /// Where a cached user stands against a shared backend: the place of the

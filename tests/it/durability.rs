@@ -244,6 +244,7 @@ async fn kill_9_during_snapshots_loses_no_acknowledged_write() {
                         *net.entry(part.payer.clone()).or_default() += part.points;
                     }
                 }
+                other => panic!("only transactions and spends were written, not {other:?}"),
             }
         }
         assert_eq!(

@@ -252,7 +252,7 @@ fn replay(records: &[JournalRecord]) -> (Vec<Decided>, Vec<HashMap<String, i64>>
                 ),
                 Err(error) => Decided::Refused(error.reason().to_owned()),
             },
-            Command::AddTransactions(_) => panic!("no batch was sent"),
+            other => panic!("only adds and spends were sent, not {other:?}"),
         };
         assert_eq!(
             matches!(outcome, Decided::Refused(_)),

@@ -29,12 +29,17 @@ fn history_pages_list_entries_in_arrival_order() {
                 format!("t{} {} left {remaining_points}", transaction.id, transaction.points)
             }
             HistoryEntry::Spend(spend) => format!("s{} {}", spend.id, spend.points),
+            other => panic!("only transactions and spends were written, not {other:?}"),
         })
         .collect();
     // 45 points were debited from P; they now count against the older 50-point lot.
     assert_eq!(summary, ["t1 100 left 100", "s1 30", "s2 10", "t2 50 left 5", "t3 -5 left 0"]);
-    assert!(ledger.history_page(HistoryCursor { transactions: 9, spends: 0 }, 1).is_none());
-    assert!(ledger.history_page(HistoryCursor { transactions: 0, spends: 1 }, 1).is_none());
+    assert!(
+        ledger.history_page(HistoryCursor { transactions: 9, spends: 0, events: 0 }, 1).is_none()
+    );
+    assert!(
+        ledger.history_page(HistoryCursor { transactions: 0, spends: 1, events: 0 }, 1).is_none()
+    );
 }
 
 /// A page stops before its byte budget, but always holds one entry, and the

@@ -30,12 +30,21 @@ pub(super) fn balances(ledger: &Ledger) -> Vec<(String, i64)> {
     balances
 }
 
+impl Ledger {
+    /// Every history entry from position `start` on (in one page).
+    pub(super) fn history_page_from(&self, start: usize) -> Vec<HistoryEntry> {
+        let page = self.history_page(HistoryCursor::default(), usize::MAX).expect("a page");
+        page.entries.into_iter().skip(start).collect()
+    }
+}
+
 pub(super) fn pairs(entries: &[(&str, i64)]) -> Vec<(String, i64)> {
     entries.iter().map(|&(payer, points)| (payer.to_owned(), points)).collect()
 }
 
 mod batch;
 mod history;
+mod holds;
 mod requests;
 mod rules;
 mod state;

@@ -40,10 +40,16 @@ fn restore_refuses_impossible_states() {
                 transactions,
                 spends,
                 requests: Vec::new(),
+                ..LedgerState::default()
             }
         };
-    let spend =
-        |points, taken: Vec<(u32, i64)>| SpendRecord { points, transactions_before: 1, taken };
+    let spend = |points, taken: Vec<(u32, i64)>| SpendRecord {
+        points,
+        transactions_before: 1,
+        taken,
+        refunded: 0,
+        hold_id: 0,
+    };
     let cases = [
         (state(&[("A", 11)], vec![transaction(0, 10)], vec![]), "balance above credits"),
         (state(&[("A", -1)], vec![transaction(0, 10)], vec![]), "negative balance"),

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::ledger::{LedgerError, RequestParams};
+use crate::ledger::{HoldResolution, LedgerError, RequestParams};
 
 /// One executed command, in the order it was executed for its user.
 /// Replaying the journal executes the same commands on the same state and so
@@ -12,7 +12,7 @@ use crate::ledger::{LedgerError, RequestParams};
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalRecord {
     /// The command.
-    #[prost(oneof = "Command", tags = "1, 2, 7")]
+    #[prost(oneof = "Command", tags = "1, 2, 7, 9, 10, 11, 12, 13")]
     pub command: Option<Command>,
     /// The user whose ledger it changed ("default" for none given).
     #[prost(string, tag = "3")]
@@ -27,6 +27,11 @@ pub struct JournalRecord {
     /// retries get the same refusal); replay must refuse it too.
     #[prost(bool, tag = "6")]
     pub refused: bool,
+    /// How long points stayed valid when it was executed, in milliseconds
+    /// (0: they never expired). Replay advances the ledger's clock to
+    /// `accepted_at_ms` with it before the command, as execution did.
+    #[prost(int64, tag = "8")]
+    pub points_validity_ms: i64,
 }
 
 /// A command that was executed.
@@ -41,7 +46,79 @@ pub enum Command {
     /// AddTransactions: a whole batch in one record, so one fsync.
     #[prost(message, tag = "7")]
     AddTransactions(AddTransactionsRecord),
+    /// HoldPoints.
+    #[prost(message, tag = "9")]
+    Hold(HoldCommand),
+    /// CaptureHold.
+    #[prost(message, tag = "10")]
+    Capture(CaptureCommand),
+    /// ReleaseHold.
+    #[prost(message, tag = "11")]
+    Release(ReleaseCommand),
+    /// RefundSpend.
+    #[prost(message, tag = "12")]
+    Refund(RefundCommand),
+    /// Only the clock moved: holds timed out or points expired, with no
+    /// command kept (a read, the server's sweep, or a call refused without
+    /// a record).
+    #[prost(message, tag = "13")]
+    AdvanceClock(AdvanceClockCommand),
 }
+
+/// A HoldPoints.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HoldCommand {
+    /// The points.
+    #[prost(int64, tag = "1")]
+    pub points: i64,
+    /// The timeout, in milliseconds.
+    #[prost(int64, tag = "2")]
+    pub timeout_ms: i64,
+    /// The hold id the ledger assigned (0 if refused); replay checks it.
+    #[prost(uint64, tag = "3")]
+    pub hold_id: u64,
+}
+
+/// A CaptureHold.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CaptureCommand {
+    /// The hold.
+    #[prost(uint64, tag = "1")]
+    pub hold_id: u64,
+    /// The points (0: all).
+    #[prost(int64, tag = "2")]
+    pub points: i64,
+    /// The spend id the ledger assigned (0 if refused); replay checks it.
+    #[prost(uint64, tag = "3")]
+    pub spend_id: u64,
+}
+
+/// A ReleaseHold.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseCommand {
+    /// The hold.
+    #[prost(uint64, tag = "1")]
+    pub hold_id: u64,
+}
+
+/// A RefundSpend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefundCommand {
+    /// The spend.
+    #[prost(uint64, tag = "1")]
+    pub spend_id: u64,
+    /// The points (0: all that is left).
+    #[prost(int64, tag = "2")]
+    pub points: i64,
+    /// The refund's place among the history's events, plus one (0 if
+    /// refused); replay checks it.
+    #[prost(uint64, tag = "3")]
+    pub refund_id: u64,
+}
+
+/// A record that only moves the clock.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdvanceClockCommand {}
 
 /// An accepted batch of transactions, applied in order.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -88,7 +165,7 @@ pub struct SpendRecord {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SnapshotRecord {
     /// The part.
-    #[prost(oneof = "SnapshotPart", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "SnapshotPart", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub part: Option<SnapshotPart>,
 }
 
@@ -116,6 +193,77 @@ pub enum SnapshotPart {
     /// The last frame.
     #[prost(message, tag = "7")]
     Footer(SnapshotFooter),
+    /// Some of the current user's holds, by id.
+    #[prost(message, tag = "8")]
+    Holds(HoldsChunk),
+    /// Some of the current user's other history events, in order.
+    #[prost(message, tag = "9")]
+    Events(EventsChunk),
+}
+
+/// Holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HoldsChunk {
+    /// The holds.
+    #[prost(message, repeated, tag = "1")]
+    pub holds: Vec<HoldEntry>,
+}
+
+/// One hold.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HoldEntry {
+    /// Points held.
+    #[prost(int64, tag = "1")]
+    pub points: i64,
+    /// Payer index of each (payer, points) pair taken, in the order taken.
+    #[prost(uint32, repeated, tag = "2")]
+    pub taken_payers: Vec<u32>,
+    /// Points of each pair.
+    #[prost(int64, repeated, tag = "3")]
+    pub taken_points: Vec<i64>,
+    /// When it times out, in milliseconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "4")]
+    pub expire_at_ms: i64,
+    /// 0 open, 1 captured, 2 released, 3 timed out.
+    #[prost(uint32, tag = "5")]
+    pub state: u32,
+    /// The spend it was captured as (state 1).
+    #[prost(uint64, tag = "6")]
+    pub spend_id: u64,
+}
+
+/// Events.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventsChunk {
+    /// The events.
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<EventEntry>,
+}
+
+/// One history event that is neither a transaction nor a spend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventEntry {
+    /// Transactions before it.
+    #[prost(uint64, tag = "1")]
+    pub transactions_before: u64,
+    /// Spends before it.
+    #[prost(uint64, tag = "2")]
+    pub spends_before: u64,
+    /// 1 hold, 2 release, 3 timed-out release, 4 refund, 5 expiration.
+    #[prost(uint32, tag = "3")]
+    pub kind: u32,
+    /// The hold (kinds 1–3) or spend (kind 4).
+    #[prost(uint64, tag = "4")]
+    pub id: u64,
+    /// Payer index of each (payer, points) pair refunded or expired.
+    #[prost(uint32, repeated, tag = "5")]
+    pub payers: Vec<u32>,
+    /// Points of each pair.
+    #[prost(int64, repeated, tag = "6")]
+    pub points: Vec<i64>,
+    /// What stayed refundable after a refund.
+    #[prost(int64, tag = "7")]
+    pub refundable_after: i64,
 }
 
 /// What a snapshot covers.
@@ -148,6 +296,15 @@ pub struct UserRecord {
     /// Requests that follow.
     #[prost(uint64, tag = "6")]
     pub request_count: u64,
+    /// Holds that follow.
+    #[prost(uint64, tag = "7")]
+    pub hold_count: u64,
+    /// Events that follow.
+    #[prost(uint64, tag = "8")]
+    pub event_count: u64,
+    /// The ledger's time, in milliseconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "9")]
+    pub clock_ms: i64,
 }
 
 /// Payers as parallel columns.
@@ -196,6 +353,12 @@ pub struct SpendsChunk {
     /// Points of each pair.
     #[prost(int64, repeated, tag = "5")]
     pub taken_points: Vec<i64>,
+    /// Points refunded of each spend; empty when none was.
+    #[prost(int64, repeated, tag = "6")]
+    pub refunded: Vec<i64>,
+    /// The hold each spend captured (0: none); empty when none did.
+    #[prost(uint64, repeated, tag = "7")]
+    pub hold_ids: Vec<u64>,
 }
 
 /// Remembered requests.
@@ -216,7 +379,7 @@ pub struct RequestEntry {
     #[prost(int64, tag = "2")]
     pub accepted_at_ms: i64,
     /// Its parameters.
-    #[prost(oneof = "RequestCommand", tags = "3, 4")]
+    #[prost(oneof = "RequestCommand", tags = "3, 4, 7, 8, 9, 10")]
     pub command: Option<RequestCommand>,
     /// The id it produced, or 0 if refused.
     #[prost(uint64, tag = "5")]
@@ -237,6 +400,18 @@ pub enum RequestCommand {
     /// Spend.
     #[prost(message, tag = "4")]
     Spend(SpendRecord),
+    /// HoldPoints.
+    #[prost(message, tag = "7")]
+    Hold(HoldCommand),
+    /// CaptureHold.
+    #[prost(message, tag = "8")]
+    Capture(CaptureCommand),
+    /// ReleaseHold.
+    #[prost(message, tag = "9")]
+    Release(ReleaseCommand),
+    /// RefundSpend.
+    #[prost(message, tag = "10")]
+    Refund(RefundCommand),
 }
 
 /// A remembered refusal: one of the state-dependent ledger errors.
@@ -302,6 +477,16 @@ pub fn command_of(params: &RequestParams) -> RequestCommand {
         RequestParams::Spend { points } => {
             RequestCommand::Spend(SpendRecord { points: *points, spend_id: 0 })
         }
+        &RequestParams::Hold { points, timeout_ms } => {
+            RequestCommand::Hold(HoldCommand { points, timeout_ms, hold_id: 0 })
+        }
+        &RequestParams::Capture { hold_id, points } => {
+            RequestCommand::Capture(CaptureCommand { hold_id, points, spend_id: 0 })
+        }
+        &RequestParams::Release { hold_id } => RequestCommand::Release(ReleaseCommand { hold_id }),
+        &RequestParams::Refund { spend_id, points } => {
+            RequestCommand::Refund(RefundCommand { spend_id, points, refund_id: 0 })
+        }
     }
 }
 
@@ -314,6 +499,16 @@ pub fn params_of(command: &RequestCommand) -> Result<RequestParams, String> {
             timestamp: add.timestamp()?,
         },
         RequestCommand::Spend(spend) => RequestParams::Spend { points: spend.points },
+        RequestCommand::Hold(hold) => {
+            RequestParams::Hold { points: hold.points, timeout_ms: hold.timeout_ms }
+        }
+        RequestCommand::Capture(capture) => {
+            RequestParams::Capture { hold_id: capture.hold_id, points: capture.points }
+        }
+        RequestCommand::Release(release) => RequestParams::Release { hold_id: release.hold_id },
+        RequestCommand::Refund(refund) => {
+            RequestParams::Refund { spend_id: refund.spend_id, points: refund.points }
+        }
     })
 }
 
@@ -336,6 +531,17 @@ pub fn refusal_of(error: &LedgerError) -> RefusalRecord {
         }
         LedgerError::TotalOverflow { total, points } => {
             (record.first, record.second) = (*total, *points);
+        }
+        LedgerError::HoldNotFound { hold_id: id }
+        | LedgerError::SpendNotFound { spend_id: id }
+        | LedgerError::NothingToRefund { spend_id: id } => record.requested_magnitude = *id,
+        LedgerError::HoldNotOpen { hold_id, resolution } => {
+            record.requested_magnitude = *hold_id;
+            resolution.as_str().clone_into(&mut record.payer);
+        }
+        LedgerError::CaptureExceedsHold { requested, held: available }
+        | LedgerError::RefundExceedsSpend { requested, refundable: available } => {
+            (record.first, record.second) = (*requested, *available);
         }
         _ => {}
     }
@@ -360,6 +566,22 @@ pub fn error_of(record: &RefusalRecord) -> Result<LedgerError, String> {
         },
         "TOTAL_OVERFLOW" => {
             LedgerError::TotalOverflow { total: record.first, points: record.second }
+        }
+        "HOLD_NOT_FOUND" => LedgerError::HoldNotFound { hold_id: record.requested_magnitude },
+        "SPEND_NOT_FOUND" => LedgerError::SpendNotFound { spend_id: record.requested_magnitude },
+        "NOTHING_TO_REFUND" => {
+            LedgerError::NothingToRefund { spend_id: record.requested_magnitude }
+        }
+        "HOLD_NOT_OPEN" => LedgerError::HoldNotOpen {
+            hold_id: record.requested_magnitude,
+            resolution: HoldResolution::from_name(&record.payer)
+                .ok_or_else(|| format!("unknown hold resolution {:?}", record.payer))?,
+        },
+        "CAPTURE_EXCEEDS_HOLD" => {
+            LedgerError::CaptureExceedsHold { requested: record.first, held: record.second }
+        }
+        "REFUND_EXCEEDS_SPEND" => {
+            LedgerError::RefundExceedsSpend { requested: record.first, refundable: record.second }
         }
         other => return Err(format!("unknown remembered refusal {other:?}")),
     })

@@ -2,7 +2,7 @@
 //! one place for recovery, backups' checks and tools.
 
 use super::records::{Command, JournalRecord};
-use crate::ledger::{Ledger, NewTransaction};
+use crate::ledger::{Clock, Executed, Ledger, NewTransaction, RequestParams};
 
 /// Executes one journal record again. It was executed once on the same
 /// state, so it must have the same outcome: the same id, or a refusal.
@@ -16,18 +16,46 @@ pub fn replay(ledger: &mut Ledger, record: JournalRecord) -> Result<(), ReplayEr
 #[error("{0}")]
 pub struct ReplayError(pub String);
 
+/// The clock a record was executed at.
+pub fn clock_of(record: &JournalRecord) -> Clock {
+    Clock {
+        now_ms: record.accepted_at_ms,
+        points_validity_ms: (record.points_validity_ms > 0).then_some(record.points_validity_ms),
+    }
+}
+
 fn replay_record(ledger: &mut Ledger, record: JournalRecord) -> Result<(), String> {
+    ledger.advance(clock_of(&record));
     let request = (!record.request_id.is_empty())
         .then_some((record.request_id.as_str(), record.accepted_at_ms));
-    let (outcome, recorded_id) = match record.command {
+    // The command's parameters and the id execution recorded (None: the
+    // command assigns no new id).
+    let (params, recorded_id) = match record.command {
         Some(Command::AddTransaction(add)) => {
             let timestamp = add.timestamp()?;
-            let result = ledger.replay_add_transaction(request, &add.payer, add.points, timestamp);
-            (result.map(|transaction| transaction.id), add.transaction_id)
+            let params =
+                RequestParams::AddTransaction { payer: add.payer, points: add.points, timestamp };
+            (params, Some(add.transaction_id))
         }
         Some(Command::Spend(spend)) => {
-            (ledger.replay_spend(request, spend.points).map(|spend| spend.id), spend.spend_id)
+            (RequestParams::Spend { points: spend.points }, Some(spend.spend_id))
         }
+        Some(Command::Hold(hold)) => (
+            RequestParams::Hold { points: hold.points, timeout_ms: hold.timeout_ms },
+            Some(hold.hold_id),
+        ),
+        Some(Command::Capture(capture)) => (
+            RequestParams::Capture { hold_id: capture.hold_id, points: capture.points },
+            Some(capture.spend_id),
+        ),
+        Some(Command::Release(release)) => {
+            (RequestParams::Release { hold_id: release.hold_id }, None)
+        }
+        Some(Command::Refund(refund)) => (
+            RequestParams::Refund { spend_id: refund.spend_id, points: refund.points },
+            Some(refund.refund_id),
+        ),
+        Some(Command::AdvanceClock(_)) => return Ok(()),
         Some(Command::AddTransactions(batch)) => {
             let entries = batch
                 .transactions
@@ -56,13 +84,17 @@ fn replay_record(ledger: &mut Ledger, record: JournalRecord) -> Result<(), Strin
             return Err("a record with an unknown command (written by a newer version?)".to_owned());
         }
     };
+    let outcome = ledger.replay(request, params).map(|(id, executed)| match executed {
+        Executed::Release(_) => None,
+        _ => Some(id),
+    });
     match (outcome, record.refused) {
-        (Ok(id), false) if id == recorded_id => Ok(()),
+        (Ok(id), false) if id.is_none() || id == recorded_id => Ok(()),
         (Ok(id), false) => {
-            Err(format!("replay assigned id {id}, the journal recorded id {recorded_id}"))
+            Err(format!("replay assigned id {id:?}, the journal recorded id {recorded_id:?}"))
         }
         (Ok(id), true) => {
-            Err(format!("the command was refused, but replay accepted it as id {id}"))
+            Err(format!("the command was refused, but replay accepted it as id {id:?}"))
         }
         (Err(_), true) => Ok(()),
         (Err(error), false) => Err(format!("the ledger refused it: {error}")),

@@ -15,12 +15,14 @@ use prost::Message;
 use super::file_system::{AppendWriter, FileSystem};
 use super::files::{self, DataDir};
 use super::records::{
-    self, PayersChunk, RequestEntry, RequestsChunk, SnapshotFooter, SnapshotHeader, SnapshotPart,
-    SnapshotRecord, SpendsChunk, TransactionsChunk, UserRecord,
+    self, EventEntry, EventsChunk, HoldEntry, HoldsChunk, PayersChunk, RequestEntry, RequestsChunk,
+    SnapshotFooter, SnapshotHeader, SnapshotPart, SnapshotRecord, SpendsChunk, TransactionsChunk,
+    UserRecord,
 };
 use super::wal::frame;
 use crate::ledger::{
-    InvariantViolation, Ledger, LedgerState, RequestRecord, SpendRecord, TransactionRecord,
+    Event, EventRecord, HoldRecord, HoldState, InvariantViolation, Ledger, LedgerState,
+    RequestRecord, SpendRecord, TransactionRecord,
 };
 use crate::store::OpenError;
 
@@ -180,6 +182,9 @@ fn encode_user_parts(
         transaction_count: state.transactions.len() as u64,
         spend_count: state.spends.len() as u64,
         request_count: state.requests.len() as u64,
+        hold_count: state.holds.len() as u64,
+        event_count: state.events.len() as u64,
+        clock_ms: state.clock_ms,
     }));
     for chunk in state.payers.chunks(ITEMS_PER_CHUNK) {
         put(SnapshotPart::Payers(PayersChunk {
@@ -206,7 +211,24 @@ fn encode_user_parts(
             taken_counts: chunk.iter().map(|spend| spend.taken.len() as u32).collect(),
             taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
             taken_points: taken.map(|&(_, points)| points).collect(),
+            // Columns most spends leave at 0 are left out when all do.
+            refunded: if chunk.iter().any(|spend| spend.refunded != 0) {
+                chunk.iter().map(|spend| spend.refunded).collect()
+            } else {
+                Vec::new()
+            },
+            hold_ids: if chunk.iter().any(|spend| spend.hold_id != 0) {
+                chunk.iter().map(|spend| spend.hold_id).collect()
+            } else {
+                Vec::new()
+            },
         }));
+    }
+    for chunk in state.holds.chunks(ITEMS_PER_CHUNK) {
+        put(SnapshotPart::Holds(HoldsChunk { holds: chunk.iter().map(hold_entry).collect() }));
+    }
+    for chunk in state.events.chunks(ITEMS_PER_CHUNK) {
+        put(SnapshotPart::Events(EventsChunk { events: chunk.iter().map(event_entry).collect() }));
     }
     for chunk in state.requests.chunks(ITEMS_PER_CHUNK) {
         let requests = chunk
@@ -222,6 +244,94 @@ fn encode_user_parts(
         put(SnapshotPart::Requests(RequestsChunk { requests }));
     }
     Ok(())
+}
+
+fn hold_entry(hold: &HoldRecord) -> HoldEntry {
+    let (state, spend_id) = match hold.state {
+        HoldState::Open => (0, 0),
+        HoldState::Captured { spend_id } => (1, spend_id),
+        HoldState::Released { timed_out: false } => (2, 0),
+        HoldState::Released { timed_out: true } => (3, 0),
+    };
+    HoldEntry {
+        points: hold.points,
+        taken_payers: hold.taken.iter().map(|&(payer, _)| payer).collect(),
+        taken_points: hold.taken.iter().map(|&(_, points)| points).collect(),
+        expire_at_ms: hold.expire_at_ms,
+        state,
+        spend_id,
+    }
+}
+
+fn hold_of(entry: HoldEntry) -> Result<HoldRecord, String> {
+    if entry.taken_payers.len() != entry.taken_points.len() {
+        return Err("hold columns of different lengths".to_owned());
+    }
+    let state = match (entry.state, entry.spend_id) {
+        (0, 0) => HoldState::Open,
+        (1, spend_id) if spend_id > 0 => HoldState::Captured { spend_id },
+        (2, 0) => HoldState::Released { timed_out: false },
+        (3, 0) => HoldState::Released { timed_out: true },
+        (state, spend_id) => return Err(format!("hold state {state} with spend {spend_id}")),
+    };
+    Ok(HoldRecord {
+        points: entry.points,
+        taken: entry.taken_payers.into_iter().zip(entry.taken_points).collect(),
+        expire_at_ms: entry.expire_at_ms,
+        state,
+    })
+}
+
+fn event_entry(record: &EventRecord) -> EventEntry {
+    let mut entry = EventEntry {
+        transactions_before: record.transactions_before,
+        spends_before: record.spends_before,
+        ..EventEntry::default()
+    };
+    let pairs = match &record.event {
+        Event::Hold { hold_id } => {
+            (entry.kind, entry.id) = (1, *hold_id);
+            &[][..]
+        }
+        Event::Release { hold_id, timed_out } => {
+            (entry.kind, entry.id) = (if *timed_out { 3 } else { 2 }, *hold_id);
+            &[][..]
+        }
+        Event::Refund { spend_id, refunded, refundable_after } => {
+            (entry.kind, entry.id, entry.refundable_after) = (4, *spend_id, *refundable_after);
+            &refunded[..]
+        }
+        Event::Expiration { expired } => {
+            entry.kind = 5;
+            &expired[..]
+        }
+    };
+    entry.payers = pairs.iter().map(|&(payer, _)| payer).collect();
+    entry.points = pairs.iter().map(|&(_, points)| points).collect();
+    entry
+}
+
+fn event_of(entry: EventEntry) -> Result<EventRecord, String> {
+    if entry.payers.len() != entry.points.len() {
+        return Err("event columns of different lengths".to_owned());
+    }
+    let pairs: Vec<(u32, i64)> = entry.payers.into_iter().zip(entry.points).collect();
+    let event = match (entry.kind, pairs.is_empty()) {
+        (1, true) => Event::Hold { hold_id: entry.id },
+        (2 | 3, true) => Event::Release { hold_id: entry.id, timed_out: entry.kind == 3 },
+        (4, false) => Event::Refund {
+            spend_id: entry.id,
+            refunded: pairs,
+            refundable_after: entry.refundable_after,
+        },
+        (5, false) => Event::Expiration { expired: pairs },
+        (kind, _) => return Err(format!("an event of kind {kind} is malformed")),
+    };
+    Ok(EventRecord {
+        transactions_before: entry.transactions_before,
+        spends_before: entry.spends_before,
+        event,
+    })
 }
 
 /// One user's snapshot on its own, as framed, checksummed snapshot parts:
@@ -410,10 +520,13 @@ impl UserReader {
             SnapshotPart::Spends(chunk) => {
                 let count = chunk.points.len();
                 let pairs: usize = chunk.taken_counts.iter().map(|&count| count as usize).sum();
+                let optional_fits = |length: usize| length == 0 || length == count;
                 if chunk.transactions_before.len() != count
                     || chunk.taken_counts.len() != count
                     || chunk.taken_payers.len() != pairs
                     || chunk.taken_points.len() != pairs
+                    || !optional_fits(chunk.refunded.len())
+                    || !optional_fits(chunk.hold_ids.len())
                 {
                     return Err("spend columns of different lengths".to_owned());
                 }
@@ -423,7 +536,19 @@ impl UserReader {
                         points: chunk.points[index],
                         transactions_before: chunk.transactions_before[index],
                         taken: taken.by_ref().take(chunk.taken_counts[index] as usize).collect(),
+                        refunded: chunk.refunded.get(index).copied().unwrap_or(0),
+                        hold_id: chunk.hold_ids.get(index).copied().unwrap_or(0),
                     });
+                }
+            }
+            SnapshotPart::Holds(chunk) => {
+                for entry in chunk.holds {
+                    state.holds.push(hold_of(entry)?);
+                }
+            }
+            SnapshotPart::Events(chunk) => {
+                for entry in chunk.events {
+                    state.events.push(event_of(entry)?);
                 }
             }
             SnapshotPart::Requests(chunk) => {
@@ -450,16 +575,26 @@ impl UserReader {
 
     /// The user, once the counts its record announced are all there.
     fn finish(self) -> Result<UserSnapshot, String> {
-        let Self { user, state } = self;
-        let counts = (
+        let Self { user, mut state } = self;
+        state.clock_ms = user.clock_ms;
+        let counts = [
             state.payers.len(),
             state.transactions.len(),
             state.spends.len(),
             state.requests.len(),
-        );
-        let announced =
-            (user.payer_count, user.transaction_count, user.spend_count, user.request_count);
-        if (counts.0 as u64, counts.1 as u64, counts.2 as u64, counts.3 as u64) != announced {
+            state.holds.len(),
+            state.events.len(),
+        ]
+        .map(|count| count as u64);
+        let announced = [
+            user.payer_count,
+            user.transaction_count,
+            user.spend_count,
+            user.request_count,
+            user.hold_count,
+            user.event_count,
+        ];
+        if counts != announced {
             return Err(format!(
                 "user {:?} holds {counts:?} items, its record says {announced:?}",
                 user.user_id

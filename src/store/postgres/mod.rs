@@ -527,7 +527,12 @@ impl Backend for Postgres {
             }
             let stored = StoredPosition::at(last);
             stored.set_snapshot(snapshot_seq, snapshot_interval(snapshot_bytes));
-            Ok(Some(UserLedger { ledger, last_sequence: 0, stored: Arc::new(stored) }))
+            Ok(Some(UserLedger {
+                ledger,
+                last_sequence: 0,
+                stored: Arc::new(stored),
+                due_ms: None,
+            }))
         })
     }
 

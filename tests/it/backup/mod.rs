@@ -47,6 +47,7 @@ impl Written {
                 points: spend.points,
                 spent: spend.spent.iter().map(|part| (part.payer.clone(), part.points)).collect(),
             },
+            other => panic!("only transactions and spends were written, not {other:?}"),
         }
     }
 
@@ -97,6 +98,7 @@ fn assert_consistent(entries: &[Entry], balances: &HashMap<String, i64>, context
                     *net.entry(part.payer.clone()).or_default() += part.points;
                 }
             }
+            other => panic!("only transactions and spends were written, not {other:?}"),
         }
     }
     assert_eq!(balances, &net, "{context}: balances disagree with the history");

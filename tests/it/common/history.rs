@@ -57,6 +57,7 @@ pub async fn walk(client: &mut Client, user_id: &str, page_size: i32) -> Vec<(ch
         .map(|entry| match entry {
             Entry::Transaction(transaction) => ('t', transaction.id),
             Entry::Spend(spend) => ('s', spend.id),
+            other => panic!("only transactions and spends were written, not {other:?}"),
         })
         .collect()
 }

@@ -40,6 +40,7 @@ fn entry_key(entry: Entry) -> EntryKey {
             points: spend.points,
             spent: spend.spent.into_iter().map(|part| (part.payer, part.points)).collect(),
         },
+        other => panic!("only transactions and spends were written, not {other:?}"),
     }
 }
 
