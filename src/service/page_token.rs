@@ -13,7 +13,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::ledger::HistoryCursor;
 
-/// The version written; version 1 tokens (without events) are still read.
+/// The version written for positions after events; positions with none
+/// before them are written as version 1 (the shorter token of servers that
+/// had no events).
 const VERSION: u8 = 2;
 const TOKEN_BYTES: usize = 29;
 const VERSION_1_TOKEN_BYTES: usize = 21;
@@ -21,10 +23,12 @@ const VERSION_1_TOKEN_BYTES: usize = 21;
 /// The token for `cursor` in `user_id`'s history.
 pub fn encode(user_id: &str, cursor: HistoryCursor) -> String {
     let mut bytes = Vec::with_capacity(TOKEN_BYTES);
-    bytes.push(VERSION);
+    bytes.push(if cursor.events == 0 { 1 } else { VERSION });
     bytes.extend_from_slice(&cursor.transactions.to_le_bytes());
     bytes.extend_from_slice(&cursor.spends.to_le_bytes());
-    bytes.extend_from_slice(&cursor.events.to_le_bytes());
+    if cursor.events > 0 {
+        bytes.extend_from_slice(&cursor.events.to_le_bytes());
+    }
     let checksum = crc32c::crc32c_append(crc32c::crc32c(user_id.as_bytes()), &bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
     URL_SAFE_NO_PAD.encode(bytes)
@@ -61,9 +65,13 @@ mod tests {
     /// A token decodes to its cursor for its own user only.
     #[test]
     fn tokens_round_trip_for_their_user_only() {
+        for events in [0, 2] {
+            let cursor = HistoryCursor { transactions: 12, spends: 3, events };
+            let token = encode("alice", cursor);
+            assert_eq!(decode("alice", &token), Some(cursor));
+        }
         let cursor = HistoryCursor { transactions: 12, spends: 3, events: 2 };
         let token = encode("alice", cursor);
-        assert_eq!(decode("alice", &token), Some(cursor));
         assert_eq!(decode("bob", &token), None);
         assert_eq!(decode("alice", "not a token"), None);
         assert_eq!(decode("alice", ""), None);

@@ -3,6 +3,11 @@
 //! must print exactly the output the README shows. This keeps the README
 //! honest and proves reflection works for a stock client (grpcurl 1.8.6 speaks
 //! only reflection v1alpha).
+//!
+//! Two conventions of the README: a line `<!-- readme-server: ARGS -->`
+//! starts a fresh in-memory server with ARGS for the examples after it, and a JSON
+//! string `"<any time>"` stands for a time the README cannot know (such as
+//! a hold's timeout from now), matching any RFC 3339 time.
 
 use crate::common;
 
@@ -10,11 +15,41 @@ use std::process::Command;
 
 use common::{ServerProcess, tools};
 
-/// One README example: a grpcurl command and the output shown after it.
+/// One README example: a grpcurl command and the output shown after it,
+/// and the arguments of the server it runs against.
 #[derive(Debug)]
 struct Example {
     command: String,
     expected: Option<Expected>,
+    server_args: Vec<String>,
+}
+
+/// What `"<any time>"` in the README's JSON stands for.
+const ANY_TIME: &str = "<any time>";
+
+/// Whether `actual` is `expected`, where `"<any time>"` matches any RFC
+/// 3339 time.
+fn json_matches(actual: &serde_json::Value, expected: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::String(time), Value::String(placeholder)) if placeholder == ANY_TIME => {
+            chrono::DateTime::parse_from_rfc3339(time).is_ok()
+        }
+        (Value::Array(actual), Value::Array(expected)) => {
+            actual.len() == expected.len()
+                && actual
+                    .iter()
+                    .zip(expected)
+                    .all(|(actual, expected)| json_matches(actual, expected))
+        }
+        (Value::Object(actual), Value::Object(expected)) => {
+            actual.len() == expected.len()
+                && expected.iter().all(|(key, expected)| {
+                    actual.get(key).is_some_and(|actual| json_matches(actual, expected))
+                })
+        }
+        _ => actual == expected,
+    }
 }
 
 #[derive(Debug)]
@@ -31,14 +66,23 @@ fn readme_examples() -> Vec<Example> {
     let mut blocks: Vec<(String, String)> = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
-        if let Some(language) = line.strip_prefix("```") {
+        if let Some(args) =
+            line.strip_prefix("<!-- readme-server:").and_then(|rest| rest.strip_suffix("-->"))
+        {
+            blocks.push(("readme-server".to_owned(), args.trim().to_owned()));
+        } else if let Some(language) = line.strip_prefix("```") {
             let body: Vec<&str> =
                 lines.by_ref().take_while(|line| !line.starts_with("```")).collect();
             blocks.push((language.to_owned(), body.join("\n")));
         }
     }
     let mut examples = Vec::new();
+    let mut server_args: Vec<String> = Vec::new();
     for (index, (language, body)) in blocks.iter().enumerate() {
+        if language == "readme-server" {
+            server_args = body.split_whitespace().map(str::to_owned).collect();
+            continue;
+        }
         if language != "sh" || !body.starts_with("grpcurl ") {
             continue;
         }
@@ -52,7 +96,11 @@ fn readme_examples() -> Vec<Example> {
                 "text" => Some(Expected::Text(output.trim().to_owned())),
                 _ => None,
             });
-        examples.push(Example { command: body.clone(), expected });
+        examples.push(Example {
+            command: body.clone(),
+            expected,
+            server_args: server_args.clone(),
+        });
     }
     examples
 }
@@ -65,9 +113,15 @@ fn readme_grpcurl_examples_print_exactly_what_the_readme_shows() {
     let grpcurl = tools::grpcurl();
     let tool_dir = grpcurl.parent().expect("grpcurl lives in a directory");
     let path = format!("{}:{}", tool_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let server = ServerProcess::start(&[]);
+    let mut server_args: Vec<String> = Vec::new();
+    let mut server = ServerProcess::start(&[]);
 
     for example in &examples {
+        if example.server_args != server_args {
+            server_args.clone_from(&example.server_args);
+            let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+            server = ServerProcess::start(&args);
+        }
         let command = example.command.replace("localhost:50051", &server.address.to_string());
         let output = Command::new("sh")
             .args(["-c", &command])
@@ -86,7 +140,10 @@ fn readme_grpcurl_examples_print_exactly_what_the_readme_shows() {
                     if code == 0 { (&stdout, 0) } else { (&stderr, 64 + code as i32) };
                 let actual: serde_json::Value = serde_json::from_str(printed)
                     .unwrap_or_else(|error| panic!("output is not JSON ({error}): {context}"));
-                assert_eq!(&actual, expected, "{context}");
+                assert!(
+                    json_matches(&actual, expected),
+                    "{context}\nprinted: {actual:#}\nREADME: {expected:#}"
+                );
                 assert_eq!(output.status.code(), Some(expected_exit), "{context}");
             }
             Some(Expected::Text(expected)) => {

@@ -52,6 +52,48 @@ pub fn operation_strategy() -> impl Strategy<Value = Operation> {
     ]
 }
 
+/// One step of a loyalty program's day: the commands above, holds and what
+/// resolves them, refunds, and time passing.
+#[derive(Debug, Clone)]
+pub enum LoyaltyOperation {
+    /// AddTransaction or Spend.
+    Basic(Operation),
+    /// HoldPoints.
+    Hold { points: i64, timeout_ms: i64 },
+    /// CaptureHold.
+    Capture { hold_id: u64, points: i64 },
+    /// ReleaseHold.
+    Release { hold_id: u64 },
+    /// RefundSpend.
+    Refund { spend_id: u64, points: i64 },
+    /// Time passes.
+    Pass { ms: i64 },
+}
+
+/// The time loyalty operations start at: the middle of the days the
+/// transactions' timestamps cover, so that some have expired and some will.
+pub fn loyalty_start_ms() -> i64 {
+    (epoch() + TimeDelta::days(6)).timestamp_millis()
+}
+
+/// Mostly valid loyalty operations over a few holds and spends, with time
+/// passing by minutes to days; some refused ones (unknown ids, too much).
+pub fn loyalty_operation_strategy() -> impl Strategy<Value = LoyaltyOperation> {
+    const HOUR_MS: i64 = 3_600_000;
+    prop_oneof![
+        6 => operation_strategy().prop_map(LoyaltyOperation::Basic),
+        2 => (prop_oneof![8 => 1i64..300, 1 => Just(0)], prop_oneof![4 => 1i64..(48 * HOUR_MS), 1 => Just(0)])
+            .prop_map(|(points, timeout_ms)| LoyaltyOperation::Hold { points, timeout_ms }),
+        2 => (0u64..6, prop_oneof![2 => Just(0i64), 3 => 1i64..300, 1 => Just(-1i64)])
+            .prop_map(|(hold_id, points)| LoyaltyOperation::Capture { hold_id, points }),
+        1 => (0u64..6).prop_map(|hold_id| LoyaltyOperation::Release { hold_id }),
+        2 => (0u64..8, prop_oneof![2 => Just(0i64), 3 => 1i64..300, 1 => Just(-1i64)])
+            .prop_map(|(spend_id, points)| LoyaltyOperation::Refund { spend_id, points }),
+        2 => prop_oneof![1i64..HOUR_MS, HOUR_MS..(72 * HOUR_MS)]
+            .prop_map(|ms| LoyaltyOperation::Pass { ms }),
+    ]
+}
+
 /// The orders that once made the ledger walk lots one by one: one-point lots
 /// alternating between payers (so a spend switches payer at every lot),
 /// arriving shuffled; lots older than everything, arriving late; take-backs;
@@ -92,5 +134,6 @@ pub fn comparable_state(ledger: &Ledger) -> LedgerState {
     for request in &mut state.requests {
         request.accepted_at_ms = 0;
     }
+    state.clock_ms = 0;
     state
 }
