@@ -26,6 +26,7 @@ mod limits;
 mod listen;
 mod load_generator_smoke;
 mod logs;
+mod loyalty;
 mod metrics;
 mod migrate;
 mod overload;
