@@ -1,5 +1,6 @@
 //! The pure ledger core, single-threaded: add, negative add, spend touching 1
 //! and 100 lots, and balances, on ledgers of 1 thousand and 1 million lots;
+//! holds released or captured, refunds, and expiry, on the same ledgers;
 //! plus resident memory per stored transaction at 1 million in one ledger
 //! and over many small ledgers. Run with
 //! `cargo bench --bench ledger`.
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use points::ledger::Ledger;
+use points::ledger::{Clock, Ledger};
 
 const PAYERS: usize = 100;
 
@@ -118,6 +119,84 @@ fn core(criterion: &mut Criterion) {
         let ledger = base.clone();
         group.bench_with_input(BenchmarkId::new("balances", lots), &lots, |bench, _| {
             bench.iter(|| black_box(ledger.balances().map(|(_, points)| points).sum::<i64>()))
+        });
+    }
+    group.finish();
+}
+
+/// Holds (released, or captured and refunded), refunds and expiry, each
+/// touching 100 lots of 100 payers: their cost must not grow with the
+/// ledger (1 thousand against 1 million lots).
+fn loyalty(criterion: &mut Criterion) {
+    const MINUTE_MS: i64 = 60_000;
+    let mut group = criterion.benchmark_group("loyalty");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    for lots in [1_000usize, 1_000_000] {
+        let base = ledger_with(lots);
+
+        let mut ledger = base.clone();
+        group.bench_with_input(
+            BenchmarkId::new("hold_and_release_100_lots", lots),
+            &lots,
+            |bench, _| {
+                bench.iter(|| {
+                    let hold = ledger.hold(100, MINUTE_MS).expect("enough points");
+                    black_box(ledger.release(hold.id).expect("open"))
+                })
+            },
+        );
+
+        let mut ledger = base.clone();
+        group.bench_with_input(
+            BenchmarkId::new("hold_capture_and_refund_100_lots", lots),
+            &lots,
+            |bench, _| {
+                bench.iter(|| {
+                    let hold = ledger.hold(100, MINUTE_MS).expect("enough points");
+                    let capture = ledger.capture(hold.id, 0).expect("open");
+                    black_box(ledger.refund(capture.spend.id, 0).expect("refundable"))
+                })
+            },
+        );
+
+        let mut ledger = base.clone();
+        group.bench_with_input(
+            BenchmarkId::new("spend_and_refund_100_lots", lots),
+            &lots,
+            |bench, _| {
+                bench.iter(|| {
+                    let spend = ledger.spend(100).expect("enough points");
+                    black_box(ledger.refund(spend.id, 0).expect("refundable"))
+                })
+            },
+        );
+
+        // Lots are one second apart: each step of 100 s expires the next
+        // 100 lots, one of each payer. Refilled at the newest end, untimed.
+        let mut ledger = base.clone();
+        let validity_ms = 1_000;
+        let mut now_ms = epoch().timestamp_millis() + validity_ms;
+        let mut newest = lots as i64;
+        group.bench_with_input(BenchmarkId::new("expire_100_lots", lots), &lots, |bench, _| {
+            bench.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    if ledger.total() < 1_000 {
+                        for lot in 0..10_000 {
+                            newest += 1;
+                            let timestamp = epoch() + TimeDelta::seconds(newest);
+                            let payer = format!("PAYER {:03}", lot % PAYERS);
+                            ledger.add_transaction(&payer, 1, timestamp).expect("valid");
+                        }
+                    }
+                    now_ms += 100_000;
+                    let clock = Clock { now_ms, points_validity_ms: Some(validity_ms) };
+                    let started = Instant::now();
+                    black_box(ledger.advance(clock));
+                    total += started.elapsed();
+                }
+                total
+            })
         });
     }
     group.finish();
@@ -260,5 +339,5 @@ fn adversarial(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, core, adversarial);
+criterion_group!(benches, memory, core, adversarial, loyalty);
 criterion_main!(benches);

@@ -218,16 +218,25 @@ impl Store {
     }
 
     /// Advances every user whose ledger is due by now (up to `limit` of
-    /// them, earliest first), one after another; returns how many were due.
-    /// The server runs this about every second, so that idle users' holds
-    /// time out and points expire without a call.
-    pub async fn advance_due_users(&self, limit: usize) -> usize {
+    /// them, earliest first), [`DUE_USERS_AT_ONCE`] at a time so that their
+    /// records share commits; returns how many were due. The server runs
+    /// this about every second, so that idle users' holds time out and
+    /// points expire without a call.
+    pub async fn advance_due_users(self: &Arc<Self>, limit: usize) -> usize {
         let due = self.deadlines.due(Utc::now().timestamp_millis(), limit);
-        for user_id in &due {
-            if let Err(error) = self.advance_clock(UserId::new(user_id)).await {
-                tracing::warn!(user_id = %user_id, %error, "cannot bring a user's clock forward");
+        let mut running = tokio::task::JoinSet::new();
+        for user_id in due.iter().cloned() {
+            if running.len() >= DUE_USERS_AT_ONCE {
+                running.join_next().await;
             }
+            let store = Arc::clone(self);
+            running.spawn(async move {
+                if let Err(error) = store.advance_clock(UserId::new(&user_id)).await {
+                    tracing::warn!(user_id = %user_id, %error, "cannot bring a user's clock forward");
+                }
+            });
         }
+        while running.join_next().await.is_some() {}
         due.len()
     }
 
@@ -655,6 +664,9 @@ impl Drop for Store {
         }
     }
 }
+
+/// Due users brought forward at once by [`Store::advance_due_users`].
+const DUE_USERS_AT_ONCE: usize = 64;
 
 /// Batches at least this long run off the async runtime's workers: about a
 /// millisecond of ledger work or more under the user's lock.
