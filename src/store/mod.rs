@@ -224,8 +224,9 @@ impl Store {
     /// points expire without a call.
     pub async fn advance_due_users(self: &Arc<Self>, limit: usize) -> usize {
         let due = self.deadlines.due(Utc::now().timestamp_millis(), limit);
+        let count = due.len();
         let mut running = tokio::task::JoinSet::new();
-        for user_id in due.iter().cloned() {
+        for user_id in due {
             if running.len() >= DUE_USERS_AT_ONCE {
                 running.join_next().await;
             }
@@ -237,7 +238,7 @@ impl Store {
             });
         }
         while running.join_next().await.is_some() {}
-        due.len()
+        count
     }
 
     /// Runs `read` on `user_id`'s ledger (an empty one for an unknown user)
