@@ -24,7 +24,9 @@
 //!   ([`FileSystem`], simulated in tests).
 //! - [`proto`]: code generated from `proto/points/v1/points.proto`.
 //! - [`ledger`]: the pure core. One user's payers, lots, history and request
-//!   ids, with the exact spending rules; no I/O, no async, no transport types.
+//!   ids, with the exact spending rules; holds, refunds and expiry, with time
+//!   an input ([`ledger::Clock`]); no I/O, no async, no clock, no transport
+//!   types.
 //!
 //! Binaries: `points-server` (`src/main.rs`) and the load generator
 //! `points-bench` (`src/bin/points-bench.rs`, behind the default

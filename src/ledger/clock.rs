@@ -80,6 +80,21 @@ impl Ledger {
         changed | self.expire_due()
     }
 
+    /// The clock of the last [`Ledger::advance`]: the ledger's time (the
+    /// latest it has seen) and the validity it ran with.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Puts the clock back to `clock`, as it was before an [`Ledger::advance`]
+    /// that changed nothing else: for a store that keeps no record of a call,
+    /// so that the ledger's time only ever moves with a kept record (which
+    /// replay then repeats).
+    pub fn rewind_clock(&mut self, clock: Clock) {
+        debug_assert!(clock.now_ms <= self.clock.now_ms, "a rewind undoes an advance");
+        self.clock = clock;
+    }
+
     /// Expires what has expired at the ledger's time, and records one
     /// expiration entry for it; returns whether anything expired. Called
     /// after every change that gives points back, since points given back

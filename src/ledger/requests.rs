@@ -108,14 +108,28 @@ impl RequestParams {
         }
     }
 
-    /// How many outcomes of this kind the ledger has: an outcome id of a
-    /// remembered request must be within 1 and this (checked on restore).
-    pub(super) fn outcome_limit(&self, ledger: &Ledger) -> u64 {
+    /// Whether `id` can be the outcome of these parameters in `ledger`: an
+    /// existing entry of the right kind, so that a retry's reply can be
+    /// rebuilt from it (checked on restore).
+    pub(super) fn outcome_fits(&self, ledger: &Ledger, id: u64) -> bool {
+        let Some(index) = id.checked_sub(1).and_then(|index| usize::try_from(index).ok()) else {
+            return false;
+        };
         match self {
-            Self::AddTransaction { .. } => ledger.transactions.len() as u64,
-            Self::Spend { .. } | Self::Capture { .. } => ledger.spends.len() as u64,
-            Self::Hold { .. } | Self::Release { .. } => ledger.holds.len() as u64,
-            Self::Refund { .. } => ledger.events.len() as u64,
+            Self::AddTransaction { .. } => index < ledger.transactions.len(),
+            Self::Spend { .. } => ledger.spends.get(index).is_some_and(|spend| spend.hold_id == 0),
+            Self::Capture { .. } => {
+                ledger.spends.get(index).is_some_and(|spend| spend.hold_id != 0)
+            }
+            Self::Hold { .. } => index < ledger.holds.len(),
+            Self::Release { .. } => ledger
+                .holds
+                .get(index)
+                .is_some_and(|hold| matches!(hold.state, super::HoldState::Released { .. })),
+            Self::Refund { .. } => ledger
+                .events
+                .get(index)
+                .is_some_and(|event| matches!(event.event, super::Event::Refund { .. })),
         }
     }
 }

@@ -229,12 +229,11 @@ impl Ledger {
         ledger.events = state.events;
         ledger.clock.now_ms = state.clock_ms;
         for request in state.requests {
-            let limit = request.params.outcome_limit(&ledger);
             if let Ok(id) = request.outcome
-                && !(1..=limit).contains(&id)
+                && !request.params.outcome_fits(&ledger, id)
             {
                 return Err(format!(
-                    "request {:?} refers to id {id} of {limit}",
+                    "request {:?} refers to id {id}, which is not an outcome of its kind",
                     request.request_id
                 ));
             }

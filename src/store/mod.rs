@@ -14,7 +14,14 @@
 //!
 //! Modules: [`backend`] (the seam, and the in-memory backend), [`embedded`]
 //! (the journal and snapshots in a data directory), `users` (the per-user
-//! locks), `sweeper` (releasing expired request ids), `options`, `error`.
+//! locks), `sweeper` (releasing expired request ids), `deadlines` (users
+//! whose holds time out or points expire next, so that the server brings
+//! them forward without a call), `options`, `error`.
+//!
+//! Time: every write first advances the user's ledger to the time it is
+//! accepted at (holds time out, points expire), and that time and the
+//! validity go into its record, so that replay does the same; a read of a
+//! user with something due first brings the user forward as a write would.
 
 pub mod backend;
 mod commands;
@@ -369,7 +376,8 @@ impl Store {
         {
             metrics::gauge!("points_users").decrement(1.0);
         }
-        let Some(loaded) = self.backend.load_user(user_id).await? else { return Ok(None) };
+        let Some(mut loaded) = self.backend.load_user(user_id).await? else { return Ok(None) };
+        self.note_due(UserId::new(user_id), &mut loaded);
         if stale.is_some() {
             // Gone stale: another replica writes this user too.
             loaded.stored.note_contention();
@@ -537,9 +545,14 @@ impl Store {
     ) -> (Result<T, StoreError>, Durability, bool) {
         let before = (user.ledger.payer_count(), user.ledger.lot_count());
         // Time moves first: holds that timed out are released and expired
-        // points leave before the command is decided.
+        // points leave before the command is decided. The ledger's time is
+        // the later of now and what it has seen; that time is what the
+        // record keeps, so that replay decides everything at the same time.
+        let clock_before = user.ledger.clock();
         let advanced = user.ledger.advance(step.clock);
-        let outcome = execute(&mut user.ledger, step.request);
+        let clock = user.ledger.clock();
+        let request = step.request.map(|request| Request { now_ms: clock.now_ms, ..request });
+        let outcome = execute(&mut user.ledger, request);
         let after = (user.ledger.payer_count(), user.ledger.lot_count());
         if after != before {
             metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
@@ -570,7 +583,10 @@ impl Store {
             Some((command, refused)) => (command, refused, step.request_id),
             None if advanced => (Command::AdvanceClock(AdvanceClockCommand {}), false, None),
             None => {
-                // Decided on everything the user has.
+                // Nothing kept: the ledger's time stays where the records
+                // put it. Decided on everything the user has.
+                user.ledger.rewind_clock(clock_before);
+                self.note_due(step.user_id, user);
                 return (result, Durability::Sequence(user.last_sequence), false);
             }
         };
@@ -578,18 +594,24 @@ impl Store {
             command: Some(command.clone()),
             user_id: step.user_id.as_str().to_owned(),
             request_id: request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
-            accepted_at_ms: step.clock.now_ms,
+            accepted_at_ms: clock.now_ms,
             refused,
-            points_validity_ms: step.clock.points_validity_ms.unwrap_or(0),
+            points_validity_ms: clock.points_validity_ms.unwrap_or(0),
         });
         assert!(sequence > user.last_sequence, "a user's records are in sequence order");
         user.last_sequence = sequence;
-        let due_ms = user.ledger.next_due_ms(step.clock.points_validity_ms);
+        self.note_due(step.user_id, user);
+        (result, Durability::Receipt(receipt), true)
+    }
+
+    /// Keeps the deadlines in step with when `user`'s ledger next changes
+    /// by itself, touching them only when that changed.
+    fn note_due(&self, user_id: UserId<'_>, user: &mut UserLedger) {
+        let due_ms = user.ledger.next_due_ms(self.limits.points_validity_ms);
         if due_ms != user.due_ms {
             user.due_ms = due_ms;
-            self.deadlines.set(step.user_id.as_str(), due_ms);
+            self.deadlines.set(user_id.as_str(), due_ms);
         }
-        (result, Durability::Receipt(receipt), true)
     }
 
     /// A write for a user without a ledger. It runs on a new ledger while

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::ledger::NewTransaction;
+use crate::ledger::{NewTransaction, RequestParams};
 
 /// The user of every test here.
 const ALICE: UserId<'static> = UserId::new("alice");
@@ -80,4 +80,46 @@ async fn closing_a_store_again_does_nothing() {
     drop(store);
     let (store, _) = Store::open(&durable_options(directory.path())).expect("reopens");
     assert_eq!(store.balances(ALICE).await.expect("read"), vec![("A".to_owned(), 7)]);
+}
+
+/// The ledger's time moves only with a kept record: calls that keep nothing
+/// (a refusal without a request id, a retry) leave it where the journal
+/// puts it, and every kept record carries the time it was decided at, so
+/// that recovery rebuilds exactly the ledger that served (holds' expire
+/// times included).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledgers_time_moves_only_with_kept_records_and_recovery_rebuilds_it() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let options = StoreOptions {
+        points_validity_ms: Some(24 * 3600 * 1000),
+        ..durable_options(directory.path())
+    };
+    let (store, _) = Store::open(&options).expect("open");
+    let recent = Utc::now() - chrono::TimeDelta::hours(1);
+    store.add_transaction(ALICE, None, PayerName::new("A"), 70, recent).await.expect("accepted");
+    let clock_of = |store: &Store| {
+        let user = store.users.get("alice").map(|user| std::sync::Arc::clone(user.value()));
+        let user = user.expect("alice is kept");
+        let clock = user.read().expect("not poisoned").ledger.clock();
+        clock
+    };
+    let kept = clock_of(&store);
+    std::thread::sleep(Duration::from_millis(5));
+    let refused = store.spend(ALICE, None, 1_000).await;
+    assert!(matches!(refused, Err(StoreError::Refused(_))), "{refused:?}");
+    assert_eq!(clock_of(&store), kept, "a refusal kept nothing, time included");
+    let hold = RequestParams::Hold { points: 20, timeout_ms: 60_000 };
+    let held = store.execute(ALICE, None, hold).await.expect("held");
+    let crate::ledger::Executed::Hold(hold) = held else { panic!("a hold: {held:?}") };
+    let state = |store: &Store| {
+        let user = store.users.get("alice").map(|user| std::sync::Arc::clone(user.value()));
+        let state = user.expect("alice").read().expect("not poisoned").ledger.state();
+        state
+    };
+    let served = state(&store);
+    assert_eq!(served.holds[0].expire_at_ms, hold.expire_at_ms);
+    drop(store);
+    let (store, recovery) = Store::open(&options).expect("reopens");
+    assert_eq!(recovery.records_replayed, 2);
+    assert_eq!(state(&store), served, "recovery rebuilds the ledger that served");
 }
