@@ -100,8 +100,7 @@ async fn the_ledgers_time_moves_only_with_kept_records_and_recovery_rebuilds_it(
     let clock_of = |store: &Store| {
         let user = store.users.get("alice").map(|user| std::sync::Arc::clone(user.value()));
         let user = user.expect("alice is kept");
-        let clock = user.read().expect("not poisoned").ledger.clock();
-        clock
+        user.read().map(|user| user.ledger.clock()).expect("not poisoned")
     };
     let kept = clock_of(&store);
     std::thread::sleep(Duration::from_millis(5));
@@ -113,8 +112,8 @@ async fn the_ledgers_time_moves_only_with_kept_records_and_recovery_rebuilds_it(
     let crate::ledger::Executed::Hold(hold) = held else { panic!("a hold: {held:?}") };
     let state = |store: &Store| {
         let user = store.users.get("alice").map(|user| std::sync::Arc::clone(user.value()));
-        let state = user.expect("alice").read().expect("not poisoned").ledger.state();
-        state
+        let user = user.expect("alice");
+        user.read().map(|user| user.ledger.state()).expect("not poisoned")
     };
     let served = state(&store);
     assert_eq!(served.holds[0].expire_at_ms, hold.expire_at_ms);
