@@ -82,16 +82,11 @@ impl Ledger {
     /// Refused, changing nothing, when `points` is not positive or more
     /// than the total, or the timeout is outside 1 ms..=30 days.
     pub fn hold(&mut self, points: i64, timeout_ms: i64) -> Result<Hold, LedgerError> {
+        // Refusals of the request alone come before those of the state.
         validate_spend_points(points)?;
         validate_hold_timeout(timeout_ms)?;
-        if points > self.total {
-            return Err(LedgerError::InsufficientPoints {
-                requested: points,
-                available: self.total,
-            });
-        }
-        let taken = self.take_oldest(points, MERGE_SWITCH_BUDGET).entries;
-        self.total -= points;
+        self.check_takeable(points)?;
+        let taken = self.take_oldest(points, MERGE_SWITCH_BUDGET);
         for &(index, points) in &taken {
             self.payers[index as usize].adjust_returnable(points, 0);
         }

@@ -28,6 +28,15 @@ impl Ledger {
         points: i64,
         switch_budget: usize,
     ) -> Result<Spend, LedgerError> {
+        self.check_takeable(points)?;
+        let taken = self.take_oldest(points, switch_budget);
+        self.push_spend(points, taken, 0);
+        Ok(self.spend_reply(self.spends.len() - 1))
+    }
+
+    /// Checks that `points` can be taken as a spend takes them: positive,
+    /// and at most the total.
+    pub(super) fn check_takeable(&self, points: i64) -> Result<(), LedgerError> {
         validate_spend_points(points)?;
         if points > self.total {
             return Err(LedgerError::InsufficientPoints {
@@ -35,12 +44,7 @@ impl Ledger {
                 available: self.total,
             });
         }
-
-        let taken = self.take_oldest(points, switch_budget).entries;
-        self.total -= points;
-        debug_assert!(self.total >= 0);
-        self.push_spend(points, taken, 0);
-        Ok(self.spend_reply(self.spends.len() - 1))
+        Ok(())
     }
 
     /// Records a spend of `points` (a spend's, or a capture of hold
@@ -61,8 +65,21 @@ impl Ledger {
     }
 
     /// Takes the oldest `points` across all payers (the total covers them)
-    /// and returns what each payer gave, in the order each was first taken
-    /// from.
+    /// out of the total, as a spend or a hold does, and returns what each
+    /// payer gave, in the order each was first taken from; see
+    /// [`Ledger::take_oldest_by_payer`].
+    pub(super) fn take_oldest(
+        &mut self,
+        points: i64,
+        switch_budget: usize,
+    ) -> Vec<(PayerIndex, i64)> {
+        let taken = self.take_oldest_by_payer(points, switch_budget).entries;
+        self.total -= points;
+        debug_assert!(self.total >= 0);
+        taken
+    }
+
+    /// What [`Ledger::take_oldest`] takes from each payer.
     ///
     /// A merge of the payers' lots: take from the payer with the oldest front
     /// everything older than the next payer's front, then switch. Each switch
@@ -71,7 +88,7 @@ impl Ledger {
     /// rest is taken at once through a time cut ([`Ledger::take_by_cut`]):
     /// the cost of a spend is bounded by the payers it involves, never by
     /// how their lots interleave.
-    pub(super) fn take_oldest(&mut self, points: i64, switch_budget: usize) -> TakenByPayer {
+    fn take_oldest_by_payer(&mut self, points: i64, switch_budget: usize) -> TakenByPayer {
         let mut taken_by_payer = TakenByPayer::default();
         let mut left = points;
         let mut switches = 0usize;
@@ -209,8 +226,8 @@ impl Ledger {
 /// search while the reply is short (the common case, no allocation beyond the
 /// reply), an index once it grows.
 #[derive(Default)]
-pub(super) struct TakenByPayer {
-    pub(super) entries: Vec<(PayerIndex, i64)>,
+struct TakenByPayer {
+    entries: Vec<(PayerIndex, i64)>,
     position_by_payer: Option<HashMap<PayerIndex, usize>>,
 }
 
