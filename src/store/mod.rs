@@ -558,10 +558,10 @@ impl Store {
             metrics::gauge!("points_payers").increment((after.0 - before.0) as f64);
             metrics::gauge!("points_lots").increment((after.1 - before.1) as f64);
         }
-        let (result, command) = match outcome {
+        let decided = match outcome {
             // Refused by a limit of the server before the ledger was asked.
-            Err(refusal) => (Err(refusal), None),
-            Ok(Outcome::Repeated(result)) => (result.map_err(StoreError::from), None),
+            Err(refusal) => Decided::Unkept(Err(refusal)),
+            Ok(Outcome::Repeated(result)) => Decided::Unkept(result.map_err(StoreError::from)),
             Ok(Outcome::Fresh(result)) => {
                 // A refusal is remembered (for retries with its request id)
                 // only for a user who exists: remembering it would create
@@ -574,34 +574,44 @@ impl Store {
                         !step.new_user && step.request_id.is_some() && error.depends_on_state()
                     }
                 };
-                let command = keep.then(|| (command(&result), result.is_err()));
-                (result.map_err(StoreError::from), command)
+                if keep {
+                    Decided::Kept(result)
+                } else {
+                    Decided::Unkept(result.map_err(StoreError::from))
+                }
             }
         };
-        // What only moved the clock is kept too, in a record of its own.
-        let (command, refused, request_id) = match command {
-            Some((command, refused)) => (command, refused, step.request_id),
-            None if advanced => (Command::AdvanceClock(AdvanceClockCommand {}), false, None),
-            None => {
-                // Nothing kept: the ledger's time stays where the records
-                // put it. Decided on everything the user has.
-                user.ledger.rewind_clock(clock_before);
-                self.note_due(step.user_id, user);
-                return (result, Durability::Sequence(user.last_sequence), false);
-            }
+        let refused = match &decided {
+            Decided::Kept(result) => Some(result.is_err()),
+            Decided::Unkept(_) => None,
         };
+        if refused.is_none() && !advanced {
+            // Nothing kept: the ledger's time stays where the records put
+            // it. Decided on everything the user has.
+            user.ledger.rewind_clock(clock_before);
+            self.note_due(step.user_id, user);
+            return (decided.into_result(), Durability::Sequence(user.last_sequence), false);
+        }
+        // What only moved the clock is kept too, in a record of its own. The
+        // record is built only by a backend that keeps it.
         let (sequence, receipt) = self.backend.append(user, &|| JournalRecord {
-            command: Some(command.clone()),
+            command: Some(match &decided {
+                Decided::Kept(result) => command(result),
+                Decided::Unkept(_) => Command::AdvanceClock(AdvanceClockCommand {}),
+            }),
             user_id: step.user_id.as_str().to_owned(),
-            request_id: request_id.map_or_else(String::new, |id| id.as_str().to_owned()),
+            request_id: match (refused, step.request_id) {
+                (Some(_), Some(id)) => id.as_str().to_owned(),
+                _ => String::new(),
+            },
             accepted_at_ms: clock.now_ms,
-            refused,
+            refused: refused.unwrap_or(false),
             points_validity_ms: clock.points_validity_ms.unwrap_or(0),
         });
         assert!(sequence > user.last_sequence, "a user's records are in sequence order");
         user.last_sequence = sequence;
         self.note_due(step.user_id, user);
-        (result, Durability::Receipt(receipt), true)
+        (decided.into_result(), Durability::Receipt(receipt), true)
     }
 
     /// Keeps the deadlines in step with when `user`'s ledger next changes
@@ -724,6 +734,23 @@ struct WriteStep<'a> {
     request: Option<Request<'a>>,
     /// Whether the user has no ledger yet (so a refusal must leave none).
     new_user: bool,
+}
+
+/// A command's outcome, and whether it is kept in a record.
+enum Decided<T> {
+    /// Kept: an accepted command, or a refusal retries must see again.
+    Kept(Result<T, LedgerError>),
+    /// Nothing of the command is kept (a retry's reply, a refusal).
+    Unkept(Result<T, StoreError>),
+}
+
+impl<T> Decided<T> {
+    fn into_result(self) -> Result<T, StoreError> {
+        match self {
+            Decided::Kept(result) => result.map_err(StoreError::from),
+            Decided::Unkept(result) => result,
+        }
+    }
 }
 
 /// What a write must wait for before its reply.
