@@ -6,7 +6,7 @@
 //! Points come back in the reverse order they were taken: the payer taken
 //! from last first.
 
-use super::history::{Event, HoldRecord, HoldState};
+use super::history::{Event, HoldRecord, HoldState, SpendRecord};
 use super::{
     HistoryEntry, Ledger, LedgerError, MERGE_SWITCH_BUDGET, PayerIndex, PayerPoints, Spend,
     SpendId, validate_spend_points,
@@ -213,23 +213,8 @@ impl Ledger {
             return Err(LedgerError::RefundExceedsSpend { requested: refunding, refundable });
         }
         // Earlier refunds came back from the end of what the spend took:
-        // skip them, then give back from there on.
-        let mut skip = spend.refunded;
-        let mut left = refunding;
-        let mut refunded: Vec<(PayerIndex, i64)> = Vec::new();
-        for &(index, taken) in spend.taken.iter().rev() {
-            let already = skip.min(taken);
-            skip -= already;
-            let gives = (taken - already).min(left);
-            if gives > 0 {
-                refunded.push((index, gives));
-                left -= gives;
-            }
-            if left == 0 {
-                break;
-            }
-        }
-        assert_eq!(left, 0, "what is refundable was taken from the spend's payers");
+        // give back from where they stopped.
+        let (refunded, _) = split_taken(&refundable_of(spend), refunding);
         for &(index, points) in &refunded {
             self.update_payer(index, |payer, arena| {
                 payer.adjust_returnable(0, -points);
@@ -359,8 +344,15 @@ fn split_taken(taken: &[(PayerIndex, i64)], points: i64) -> (PayerAmounts, Payer
             rest.push((index, taken - into_first));
         }
     }
-    debug_assert_eq!(left, 0);
+    assert_eq!(left, 0, "the points split are within what was taken");
     (first, rest)
+}
+
+/// What a spend took and has not refunded, per payer, in the order it is
+/// given back: refunds give back from the end of what the spend took.
+pub(super) fn refundable_of(spend: &SpendRecord) -> PayerAmounts {
+    let from_the_end: PayerAmounts = spend.taken.iter().rev().copied().collect();
+    split_taken(&from_the_end, spend.refunded).1
 }
 
 impl Ledger {

@@ -3,6 +3,7 @@
 //! rebuilt from one.
 
 use super::history::{Event, EventRecord, HoldRecord, HoldState, SpendRecord, TransactionRecord};
+use super::holds::refundable_of;
 use super::payer::Payer;
 
 /// Why a ledger cannot be rebuilt from a state: names, indices, amounts or
@@ -159,17 +160,12 @@ impl Ledger {
             previous_transactions_before = spend.transactions_before;
             // What may still come back: what the spend took, less what its
             // refunds gave back from the end.
-            let mut refunded = spend.refunded;
-            for &(payer, taken) in spend.taken.iter().rev() {
-                let back = refunded.min(taken);
-                refunded -= back;
-                if taken > back {
-                    ledger.payers[payer as usize].adjust_returnable(0, taken - back);
-                    ledger.returnable_total = ledger
-                        .returnable_total
-                        .checked_add(taken - back)
-                        .ok_or("refundable points pass i64::MAX")?;
-                }
+            for (payer, refundable) in refundable_of(spend) {
+                ledger.payers[payer as usize].adjust_returnable(0, refundable);
+                ledger.returnable_total = ledger
+                    .returnable_total
+                    .checked_add(refundable)
+                    .ok_or("refundable points pass i64::MAX")?;
             }
         }
         for (index, hold) in state.holds.iter().enumerate() {
