@@ -68,6 +68,33 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// the last; only called when [`Backend::is_shared`].
     fn stored(&self, _user_id: &str, _user: &Arc<RwLock<UserLedger>>) {}
 
+    /// Up to `limit` users whose ledger the backend holds as due to change
+    /// by itself by `now_ms` (a hold times out, points expire), earliest
+    /// first, with the due time it holds; for a backend that keeps due
+    /// times of users no replica has in memory. By default none: every user
+    /// is in memory, and the store knows when each is due.
+    fn due_users(
+        &self,
+        _now_ms: i64,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Told that `user_id`, listed by [`Backend::due_users`] as due at
+    /// `listed_due_ms`, was brought to now: if the backend still lists
+    /// them at that time though `user` is due otherwise (nothing changed,
+    /// such as under a changed points validity), it corrects the listing
+    /// so that they are not listed again for nothing.
+    fn due_user_advanced<'a>(
+        &'a self,
+        _user_id: &'a str,
+        _listed_due_ms: i64,
+        _user: &'a Arc<RwLock<UserLedger>>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// The most users the store may keep in memory, for a backend that
     /// loads users lazily; `None`: every user stays (they cannot be loaded
     /// again).

@@ -34,6 +34,7 @@ mod postgres;
 mod sweeper;
 pub mod users;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -230,16 +231,40 @@ impl Store {
     /// this about every second, so that idle users' holds time out and
     /// points expire without a call.
     pub async fn advance_due_users(self: &Arc<Self>, limit: usize) -> usize {
-        let due = self.deadlines.due(Utc::now().timestamp_millis(), limit);
+        let now_ms = Utc::now().timestamp_millis();
+        // Users this replica has in memory, then those only the backend
+        // knows are due (a shared database: users no replica has loaded
+        // since a restart).
+        let mut due: Vec<(Arc<str>, Option<i64>)> =
+            self.deadlines.due(now_ms, limit).into_iter().map(|user| (user, None)).collect();
+        let listed: HashSet<Arc<str>> = due.iter().map(|(user, _)| Arc::clone(user)).collect();
+        match self.backend.due_users(now_ms, limit - due.len()).await {
+            Ok(stored) => due.extend(
+                stored
+                    .into_iter()
+                    .filter(|(user, _)| !listed.contains(user.as_str()))
+                    .map(|(user, due_ms)| (Arc::from(user), Some(due_ms))),
+            ),
+            Err(error) => tracing::warn!(%error, "cannot read which users are due"),
+        }
+        debug_assert!(due.len() <= limit);
         let count = due.len();
         let mut running = tokio::task::JoinSet::new();
-        for user_id in due {
+        for (user_id, listed_due_ms) in due {
             if running.len() >= DUE_USERS_AT_ONCE {
                 running.join_next().await;
             }
             let store = Arc::clone(self);
             running.spawn(async move {
-                if let Err(error) = store.advance_clock(UserId::new(&user_id)).await {
+                let advanced = store.advance_clock(UserId::new(&user_id)).await;
+                let user = store.users.get(&*user_id).map(|user| Arc::clone(user.value()));
+                let corrected = match (advanced, listed_due_ms, user) {
+                    (Ok(()), Some(listed_due_ms), Some(user)) => {
+                        store.backend.due_user_advanced(&user_id, listed_due_ms, &user).await
+                    }
+                    (advanced, _, _) => advanced,
+                };
+                if let Err(error) = corrected {
                     tracing::warn!(user_id = %user_id, %error, "cannot bring a user's clock forward");
                 }
             });
@@ -592,6 +617,9 @@ impl Store {
             self.note_due(step.user_id, user);
             return (decided.into_result(), Durability::Sequence(user.last_sequence), false);
         }
+        // Before the record is taken: a shared backend stores the due time
+        // with it.
+        self.note_due(step.user_id, user);
         // What only moved the clock is kept too, in a record of its own. The
         // record is built only by a backend that keeps it.
         let (sequence, receipt) = self.backend.append(user, &|| JournalRecord {
@@ -610,7 +638,6 @@ impl Store {
         });
         assert!(sequence > user.last_sequence, "a user's records are in sequence order");
         user.last_sequence = sequence;
-        self.note_due(step.user_id, user);
         (decided.into_result(), Durability::Receipt(receipt), true)
     }
 

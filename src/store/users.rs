@@ -2,7 +2,7 @@
 //! lock, and how calls on the async runtime take those locks.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use dashmap::DashMap;
 
@@ -43,6 +43,11 @@ pub(crate) struct StoredPosition {
     /// Writes left that first catch up with what other replicas stored
     /// (see [`StoredPosition::note_contention`]).
     contended_writes: AtomicU32,
+    /// What the backend's row of when this user is next due holds, as of
+    /// the chunk at the first number, as far as this replica knows (it
+    /// wrote that chunk); `None`: unknown. Lets a chunk that leaves the due
+    /// time as it was skip the row.
+    deadline_row: Mutex<Option<(u64, Option<i64>)>>,
 }
 
 /// Writes of a user that first catch up after another replica was seen
@@ -119,6 +124,19 @@ impl StoredPosition {
         let interval = self.snapshot_interval.load(Ordering::Relaxed).max(min_interval);
         self.snapshot_interval.store(interval.saturating_mul(2), Ordering::Relaxed);
         self.snapshot_seq.fetch_max(self.seq(), Ordering::AcqRel);
+    }
+
+    /// What the backend's due-time row holds right after the chunk at
+    /// `seq`, if this replica knows: `Some(None)` for no row.
+    pub(crate) fn deadline_row_after(&self, seq: u64) -> Option<Option<i64>> {
+        let known = *self.deadline_row.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.filter(|(known_seq, _)| *known_seq == seq).map(|(_, due_ms)| due_ms)
+    }
+
+    /// The backend's due-time row holds `due_ms` as of the chunk at `seq`
+    /// (`None`: unknown, such as after the row was changed by others).
+    pub(crate) fn set_deadline_row(&self, known: Option<(u64, Option<i64>)>) {
+        *self.deadline_row.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = known;
     }
 
     /// Ends a claim of [`StoredPosition::claim_snapshot`].

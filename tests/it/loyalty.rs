@@ -6,6 +6,7 @@
 use crate::common::ServerProcess;
 use crate::common::client::{Client, add, balances, spend};
 use crate::common::history::entries;
+use crate::common::postgres::{TestDatabase, query};
 use crate::common::refusal::assert_refusal;
 use crate::common::replicas::Replicas;
 use crate::common::tokens::{token_client, tokens_file, with_token};
@@ -362,6 +363,82 @@ async fn the_server_releases_timed_out_holds_of_users_nobody_calls() {
     .await;
     let () = advanced;
     assert_eq!(held(&mut client, "").await, HashMap::new());
+}
+
+/// The chunks stored of the default user (stored as `default`), and when the database lists them
+/// as next due (`None`: not listed).
+fn stored_user(url: &str) -> (usize, Option<String>) {
+    let chunks = query(url, "SELECT seq FROM points_user_records WHERE user_id = 'default'").len();
+    let due = query(url, "SELECT due_at_ms FROM points_user_deadlines WHERE user_id = 'default'");
+    (chunks, due.into_iter().next().and_then(|row| row.into_iter().next().flatten()))
+}
+
+/// On replicas over PostgreSQL, a hold of a user nobody calls times out
+/// even when the replica that took it is gone: a new replica, which never
+/// loaded the user, finds them due in the database and releases the hold
+/// (one more stored chunk) before any call reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_releases_timed_out_holds_of_users_nobody_calls() {
+    let database = TestDatabase::create();
+    let first = ServerProcess::start_on_database(&database.url, &[]);
+    let mut client = first.client().await;
+    example_a(&mut client).await;
+    let short = HoldPointsRequest {
+        timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+        ..hold_request(300, "")
+    };
+    let hold = client.hold_points(short).await.expect("held").into_inner();
+    let expire_at_ms =
+        hold.expire_time.map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000);
+    let (chunks, due) = stored_user(&database.url);
+    assert_eq!(due, expire_at_ms.map(|ms| ms.to_string()), "the hold's timeout is listed");
+    first.signal("KILL");
+    drop(first);
+
+    let second = ServerProcess::start_on_database(&database.url, &[]);
+    let (released, due) =
+        eventually("the new replica's release", Duration::from_secs(10), || async {
+            let (now, due) = stored_user(&database.url);
+            (now > chunks).then_some((now, due))
+        })
+        .await;
+    assert_eq!((released, due), (chunks + 1, None), "one release, and nothing due any more");
+    let mut client = second.client().await;
+    assert_eq!(held(&mut client, "").await, HashMap::new());
+    let releases: Vec<_> = entries(&mut client, "")
+        .await
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::HoldRelease(release) => Some((release.hold_id, release.timed_out)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(releases, [(hold.hold_id, true)]);
+}
+
+/// A user the database lists as due who, under a replica's settings, has
+/// nothing due (the points validity was dropped) is brought forward once,
+/// keeps nothing, and is no longer listed: not looked at every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stops_listing_a_user_that_is_not_due_under_its_settings() {
+    let database = TestDatabase::create();
+    let first = ServerProcess::start_on_database(&database.url, &["--points-validity", "1d"]);
+    let mut client = first.client().await;
+    let soon = Utc::now() - TimeDelta::days(1) + TimeDelta::seconds(2);
+    add(&mut client, "DANNON", 100, &soon.to_rfc3339_opts(SecondsFormat::Millis, true)).await;
+    let (chunks, due) = stored_user(&database.url);
+    assert!(due.is_some(), "the lot's expiry is listed");
+    first.signal("KILL");
+    drop(first);
+
+    let second = ServerProcess::start_on_database(&database.url, &[]);
+    eventually("the listing dropped", Duration::from_secs(10), || async {
+        stored_user(&database.url).1.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(stored_user(&database.url), (chunks, None), "nothing was kept");
+    let mut client = second.client().await;
+    assert_eq!(balances(&mut client).await, map(&[("DANNON", 100)]));
 }
 
 /// RefundSpend needs the refund role; holds need spend; GetExpiringPoints

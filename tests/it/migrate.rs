@@ -8,12 +8,14 @@ use crate::common::ServerProcess;
 use crate::common::client::{Client, add_request, balances_of, spend_request, try_add, try_spend};
 use crate::common::files::files_in;
 use crate::common::history::entries;
-use crate::common::postgres::TestDatabase;
+use crate::common::postgres::{TestDatabase, query};
 use crate::common::replicas::Replicas;
 
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
+
+use points::proto::v1::HoldPointsRequest;
 
 /// Runs `points-server migrate` and returns its output.
 async fn run_migrate(data_dir: &Path, database_url: &str) -> std::process::Output {
@@ -54,6 +56,8 @@ async fn migrate_copies_a_data_directory_into_replicas_that_answer_the_same() {
     let (data_dir, mut server) = ServerProcess::start_on_new_dir(&[]);
     let mut client = server.client().await;
     let (request_id, spend_reply) = write_users(&mut client).await;
+    let hold = HoldPointsRequest { user_id: "carol".to_owned(), points: 10, ..Default::default() };
+    client.hold_points(hold).await.expect("held");
     let mut before = Vec::new();
     for user_id in ["alice", "bob", "carol"] {
         before.push((balances_of(&mut client, user_id).await, entries(&mut client, user_id).await));
@@ -71,6 +75,10 @@ async fn migrate_copies_a_data_directory_into_replicas_that_answer_the_same() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("migrated 3 users (90 transactions, 13 spends)"), "{stdout}");
     assert!(stdout.contains("verified"), "{stdout}");
+    // The open hold's timeout is listed, so that replicas release it even
+    // if nobody calls carol.
+    let listed = query(&database.url, "SELECT user_id FROM points_user_deadlines");
+    assert_eq!(listed, [[Some("carol".to_owned())]]);
 
     let replicas = Replicas::start_on(database, 2, &[]);
     for index in 0..2 {

@@ -172,8 +172,9 @@ async fn replicas_starting_at_once_migrate_the_schema_once() {
         .collect();
     let servers: Vec<ServerProcess> =
         starting.into_iter().map(|thread| thread.join().expect("a replica started")).collect();
-    let migrations = query(&database.url, "SELECT version FROM points_schema_migrations");
-    assert_eq!(migrations, vec![vec![Some("1".to_owned())]]);
+    let migrations =
+        query(&database.url, "SELECT version FROM points_schema_migrations ORDER BY version");
+    assert_eq!(migrations, vec![vec![Some("1".to_owned())], vec![Some("2".to_owned())]]);
     for server in &servers {
         let mut client = server.client().await;
         add(&mut client, "DANNON", 1, "2024-01-01T00:00:00Z").await;

@@ -35,6 +35,8 @@ pub(super) struct Pending {
     /// Where its user's cached ledger stands.
     pub(super) stored: Arc<StoredPosition>,
     pub(super) record: JournalRecord,
+    /// When the user's ledger next changes by itself, after this record.
+    pub(super) due_ms: Option<i64>,
     pub(super) reply: Reply,
 }
 
@@ -45,10 +47,27 @@ pub(super) type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
 /// an unreachable one tries again, so that health follows the database.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The insert of one round: every user's chunk, at most one per user.
-const INSERT_CHUNKS: &str = "INSERT INTO points_user_records (user_id, seq, records) \
-     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
-     ON CONFLICT DO NOTHING RETURNING user_id";
+/// The insert of one round: every user's chunk, at most one per user, and
+/// in the same statement (so atomically with it) the due-time row of each
+/// user whose chunk is stored and changed it ($4, $5: null for none). A
+/// user's chunks are stored one after another (the next is decided on the
+/// stored one), so their rows are written in chunk order too.
+const INSERT_CHUNKS: &str = "WITH inserted AS ( \
+         INSERT INTO points_user_records (user_id, seq, records) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
+         ON CONFLICT DO NOTHING RETURNING user_id \
+     ), due AS ( \
+         SELECT d.user_id, d.due_at_ms FROM unnest($4::text[], $5::int8[]) AS d(user_id, due_at_ms) \
+         WHERE d.user_id IN (SELECT user_id FROM inserted) \
+     ), upserted AS ( \
+         INSERT INTO points_user_deadlines (user_id, due_at_ms) \
+         SELECT user_id, due_at_ms FROM due WHERE due_at_ms IS NOT NULL \
+         ON CONFLICT (user_id) DO UPDATE SET due_at_ms = excluded.due_at_ms \
+     ), deleted AS ( \
+         DELETE FROM points_user_deadlines \
+         WHERE user_id IN (SELECT user_id FROM due WHERE due_at_ms IS NULL) \
+     ) \
+     SELECT user_id FROM inserted";
 
 /// Runs rounds until the store closes and nothing is left queued.
 pub(super) fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
@@ -129,6 +148,8 @@ struct Chunk {
     stored: Arc<StoredPosition>,
     seq: u64,
     records: Vec<JournalRecord>,
+    /// When the user is next due after the chunk's last record.
+    due_ms: Option<i64>,
     replies: Vec<Reply>,
 }
 
@@ -155,6 +176,7 @@ async fn commit_round(
                 seq: pending.stored.seq() + 1,
                 stored: Arc::clone(&pending.stored),
                 records: Vec::new(),
+                due_ms: None,
                 replies: Vec::new(),
             });
             chunks.len() - 1
@@ -162,6 +184,7 @@ async fn commit_round(
         let chunk = &mut chunks[index];
         debug_assert!(Arc::ptr_eq(&chunk.stored, &pending.stored), "one cached ledger per user");
         chunk.records.push(pending.record);
+        chunk.due_ms = pending.due_ms;
         chunk.replies.push(pending.reply);
     }
     // Every replica inserts in user order, so that two rounds waiting on
@@ -172,6 +195,7 @@ async fn commit_round(
             Ok(inserted) => {
                 for chunk in chunks {
                     if inserted.contains(chunk.user_id.as_str()) {
+                        chunk.stored.set_deadline_row(Some((chunk.seq, chunk.due_ms)));
                         chunk.stored.set_seq(chunk.seq);
                         answer(chunk.replies, || Ok(()));
                     } else {
@@ -241,8 +265,16 @@ async fn insert(
                 .map_err(|_| InsertError::RolledBack("a chunk place past i64".to_owned()))
         })
         .collect::<Result<Vec<i64>, InsertError>>()?;
+    // Only rows that change: what this replica knows the row holds after
+    // the chunk before (it wrote that one) needs no write.
+    let (due_user_ids, due_ms): (Vec<&str>, Vec<Option<i64>>) = chunks
+        .iter()
+        .filter(|chunk| chunk.stored.deadline_row_after(chunk.seq - 1) != Some(chunk.due_ms))
+        .map(|chunk| (chunk.user_id.as_str(), chunk.due_ms))
+        .unzip();
     let ready = ready_client(shared, config, client).await.map_err(InsertError::Unknown)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user_ids, &seqs, &encoded];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&user_ids, &seqs, &encoded, &due_user_ids, &due_ms];
     let query = ready.client.query(&ready.insert, &params);
     let rows = tokio::time::timeout(shared.operation_timeout, query)
         .await

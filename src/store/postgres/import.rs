@@ -214,6 +214,16 @@ async fn copy_users(
         .await
         .map_err(|error| failed(database_error(&error)))?;
 
+    // Users with a hold open or points that will expire (under the
+    // validity the data directory last ran with), so that replicas bring
+    // them forward before anyone calls them.
+    let insert_deadlines = transaction
+        .prepare(
+            "INSERT INTO points_user_deadlines (user_id, due_at_ms) \
+             SELECT * FROM unnest($1::text[], $2::int8[])",
+        )
+        .await
+        .map_err(|error| failed(database_error(&error)))?;
     let mut summary = MigrateSummary {
         data_dir: PathBuf::new(),
         database: location.clone(),
@@ -231,7 +241,14 @@ async fn copy_users(
     let mut batch_states: Vec<Vec<u8>> = Vec::new();
     let mut batch_chunks: Vec<Vec<u8>> = Vec::new();
     let mut batch_bytes = 0;
+    let mut due_ids: Vec<&str> = Vec::new();
+    let mut due_ms: Vec<i64> = Vec::new();
     for (index, (user_id, user)) in users.iter().enumerate() {
+        let validity_ms = user.ledger.clock().points_validity_ms;
+        if let Some(due) = user.ledger.next_due_ms(validity_ms) {
+            due_ids.push(user_id);
+            due_ms.push(due);
+        }
         let state = encode_one_user(user_id, 1, &user.ledger)
             .map_err(|error| failed(format!("user {user_id:?}: {error}")))?;
         let view = user.ledger.view();
@@ -288,6 +305,10 @@ async fn copy_users(
         batch_chunks.clear();
         batch_bytes = 0;
     }
+    transaction
+        .execute(&insert_deadlines, &[&due_ids, &due_ms])
+        .await
+        .map_err(|error| failed(database_error(&error)))?;
     transaction.commit().await.map_err(|error| MigrateError::CommitUnknown {
         location: location.clone(),
         reason: database_error(&error),

@@ -16,20 +16,34 @@ const MIGRATION_LOCK_KEY: i64 = 0x706f_696e_7473;
 
 /// The migrations, in order; a migration's version is its place in this list
 /// (from 1). Never edit or reorder one that was released: add a new one.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "user records and snapshots",
-    "CREATE TABLE points_user_records (
-         user_id text NOT NULL,
-         seq bigint NOT NULL CHECK (seq > 0),
-         records bytea NOT NULL,
-         PRIMARY KEY (user_id, seq)
-     );
-     CREATE TABLE points_user_snapshots (
-         user_id text PRIMARY KEY,
-         seq bigint NOT NULL CHECK (seq > 0),
-         state bytea NOT NULL
-     );",
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "user records and snapshots",
+        "CREATE TABLE points_user_records (
+             user_id text NOT NULL,
+             seq bigint NOT NULL CHECK (seq > 0),
+             records bytea NOT NULL,
+             PRIMARY KEY (user_id, seq)
+         );
+         CREATE TABLE points_user_snapshots (
+             user_id text PRIMARY KEY,
+             seq bigint NOT NULL CHECK (seq > 0),
+             state bytea NOT NULL
+         );",
+    ),
+    (
+        "when each user's ledger next changes by itself",
+        // One row per user with a hold open or points that will expire:
+        // when their ledger next changes by itself (milliseconds since the
+        // Unix epoch), written with the chunk that made it so. Every
+        // replica's clock task reads the due ones by the index.
+        "CREATE TABLE points_user_deadlines (
+             user_id text PRIMARY KEY,
+             due_at_ms bigint NOT NULL
+         );
+         CREATE INDEX points_user_deadlines_by_due ON points_user_deadlines (due_at_ms);",
+    ),
+];
 
 /// Brings the schema up to the newest version this binary knows and returns
 /// the versions it applied.

@@ -608,6 +608,71 @@ impl Backend for Postgres {
         })
     }
 
+    fn due_users(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .query(
+                    &client,
+                    "SELECT user_id, due_at_ms FROM points_user_deadlines WHERE due_at_ms <= $1 \
+                     ORDER BY due_at_ms LIMIT $2",
+                    &[&now_ms, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(|error| self.unreachable(&database_error(&error)))
+        })
+    }
+
+    fn due_user_advanced<'a>(
+        &'a self,
+        user_id: &'a str,
+        listed_due_ms: i64,
+        user: &'a Arc<RwLock<UserLedger>>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (due_ms, last_sequence, stored) = {
+                let user = read_lock(user)?;
+                (user.due_ms, user.last_sequence, Arc::clone(&user.stored))
+            };
+            // A record of ours on its way writes the row itself.
+            if due_ms == Some(listed_due_ms) || !self.is_durable(last_sequence)? {
+                return Ok(());
+            }
+            let client = self.client().await?;
+            // Only if the row still says what was listed: a chunk stored
+            // since wrote a newer one.
+            match due_ms {
+                Some(due_ms) => {
+                    self.query(
+                        &client,
+                        "UPDATE points_user_deadlines SET due_at_ms = $3 \
+                         WHERE user_id = $1 AND due_at_ms = $2",
+                        &[&user_id, &listed_due_ms, &due_ms],
+                    )
+                    .await?
+                }
+                None => {
+                    self.query(
+                        &client,
+                        "DELETE FROM points_user_deadlines WHERE user_id = $1 AND due_at_ms = $2",
+                        &[&user_id, &listed_due_ms],
+                    )
+                    .await?
+                }
+            };
+            stored.set_deadline_row(None);
+            Ok(())
+        })
+    }
+
     fn serving(&self) -> Option<watch::Receiver<bool>> {
         Some(self.shared.serving.subscribe())
     }
@@ -682,7 +747,13 @@ impl Backend for Postgres {
         queue.last_sequence += 1;
         let sequence = queue.last_sequence;
         queue.bytes += bytes;
-        queue.records.push(Pending { sequence, stored: Arc::clone(&user.stored), record, reply });
+        queue.records.push(Pending {
+            sequence,
+            stored: Arc::clone(&user.stored),
+            record,
+            due_ms: user.due_ms,
+            reply,
+        });
         drop(queue);
         self.shared.wake.notify_one();
         (sequence, Receipt::Database(receipt))
