@@ -330,7 +330,10 @@ type PayerAmounts = Vec<(PayerIndex, i64)>;
 
 /// Splits what a hold took, in the order taken, into its first `points`
 /// and the rest.
-fn split_taken(taken: &[(PayerIndex, i64)], points: i64) -> (PayerAmounts, PayerAmounts) {
+pub(super) fn split_taken(
+    taken: &[(PayerIndex, i64)],
+    points: i64,
+) -> (PayerAmounts, PayerAmounts) {
     let mut first = Vec::new();
     let mut rest = Vec::new();
     let mut left = points;

@@ -3,7 +3,7 @@
 //! rebuilt from one.
 
 use super::history::{Event, EventRecord, HoldRecord, HoldState, SpendRecord, TransactionRecord};
-use super::holds::refundable_of;
+use super::holds::{refundable_of, split_taken};
 use super::payer::Payer;
 
 /// Why a ledger cannot be rebuilt from a state: names, indices, amounts or
@@ -140,13 +140,19 @@ impl Ledger {
             sum == i128::from(points)
                 && pairs.iter().all(|&(payer, points)| (payer as usize) < payer_count && points > 0)
         };
+        // What may still come back to each payer: (held, refundable).
+        let mut returnable_by_payer = vec![(0i128, 0i128); payer_count];
         let mut previous_transactions_before = 0;
         for (index, spend) in state.spends.iter().enumerate() {
             let spend_id = index as u64 + 1;
+            // A capture took the first points of its hold, in its order.
             let captured_hold = match spend.hold_id {
                 0 => true,
                 hold_id => state.holds.get(hold_id as usize - 1).is_some_and(|hold| {
-                    hold.state == HoldState::Captured { spend_id } && hold.points >= spend.points
+                    hold.state == HoldState::Captured { spend_id }
+                        && pairs_fit(&hold.taken, hold.points)
+                        && hold.points >= spend.points
+                        && split_taken(&hold.taken, spend.points).0 == spend.taken
                 }),
             };
             if !pairs_fit(&spend.taken, spend.points)
@@ -158,14 +164,9 @@ impl Ledger {
                 return Err(format!("spend {spend_id} is inconsistent with the history"));
             }
             previous_transactions_before = spend.transactions_before;
-            // What may still come back: what the spend took, less what its
-            // refunds gave back from the end.
+            // What its refunds have not given back yet, from the end.
             for (payer, refundable) in refundable_of(spend) {
-                ledger.payers[payer as usize].adjust_returnable(0, refundable);
-                ledger.returnable_total = ledger
-                    .returnable_total
-                    .checked_add(refundable)
-                    .ok_or("refundable points pass i64::MAX")?;
+                returnable_by_payer[payer as usize].1 += i128::from(refundable);
             }
         }
         for (index, hold) in state.holds.iter().enumerate() {
@@ -182,30 +183,68 @@ impl Ledger {
             }
             if hold.state == HoldState::Open {
                 for &(payer, points) in &hold.taken {
-                    ledger.payers[payer as usize].adjust_returnable(points, 0);
+                    returnable_by_payer[payer as usize].0 += i128::from(points);
                 }
-                ledger.returnable_total = ledger
-                    .returnable_total
-                    .checked_add(hold.points)
-                    .ok_or("held points pass i64::MAX")?;
                 ledger.open_holds.insert((hold.expire_at_ms, hold_id));
             }
         }
+        // Credits keep room for every point that may come back, so that
+        // giving back never overflows.
+        let mut returnable_total: i128 = 0;
+        for (payer, (held, refundable)) in ledger.payers.iter_mut().zip(returnable_by_payer) {
+            let room = i128::from(payer.balance()) + held + refundable;
+            if room > i128::from(i64::MAX) {
+                return Err(format!(
+                    "payer {:?} could come back to {room} points, past i64::MAX",
+                    payer.name
+                ));
+            }
+            // Within i64: each is at most `room`.
+            payer.adjust_returnable(held as i64, refundable as i64);
+            returnable_total += held + refundable;
+        }
+        if total + returnable_total > i128::from(i64::MAX) {
+            return Err(format!("the total could come back to {}", total + returnable_total));
+        }
+        ledger.returnable_total = returnable_total as i64;
+        // Each hold opened once and, if released, released once as its
+        // state says; each spend's refunds add up to what it says came back.
+        let mut hold_events = vec![(0u32, None::<bool>, 0u32); state.holds.len()];
+        let mut refunded_by_spend = vec![0i128; state.spends.len()];
         let mut previous = (0, 0);
         for (index, record) in state.events.iter().enumerate() {
             let place = (record.transactions_before, record.spends_before);
             let refers = match &record.event {
-                Event::Hold { hold_id } | Event::Release { hold_id, .. } => {
-                    (1..=state.holds.len() as u64).contains(hold_id)
+                Event::Hold { hold_id } => {
+                    let opened = (*hold_id as usize)
+                        .checked_sub(1)
+                        .and_then(|index| hold_events.get_mut(index).map(|events| events.0 += 1));
+                    opened.is_some()
                 }
-                Event::Refund { spend_id, refunded, .. } => {
-                    let points = refunded.iter().map(|&(_, points)| points).sum::<i64>();
-                    (1..=state.spends.len() as u64).contains(spend_id)
-                        && pairs_fit(refunded, points)
+                Event::Release { hold_id, timed_out } => {
+                    let released = (*hold_id as usize).checked_sub(1).and_then(|index| {
+                        hold_events.get_mut(index).map(|events| {
+                            events.1 = Some(*timed_out);
+                            events.2 += 1;
+                        })
+                    });
+                    released.is_some()
+                }
+                Event::Refund { spend_id, refunded, refundable_after } => {
+                    let points: i128 = refunded.iter().map(|&(_, points)| i128::from(points)).sum();
+                    let spend = (*spend_id as usize)
+                        .checked_sub(1)
+                        .and_then(|index| Some((index, state.spends.get(index)?)));
+                    spend.is_some_and(|(index, spend)| {
+                        refunded_by_spend[index] += points;
+                        i64::try_from(points).is_ok_and(|points| pairs_fit(refunded, points))
+                            && i128::from(spend.points) - refunded_by_spend[index]
+                                == i128::from(*refundable_after)
+                    })
                 }
                 Event::Expiration { expired } => {
-                    let points = expired.iter().map(|&(_, points)| points).sum::<i64>();
-                    pairs_fit(expired, points)
+                    let points: i128 = expired.iter().map(|&(_, points)| i128::from(points)).sum();
+                    i64::try_from(points).is_ok_and(|points| pairs_fit(expired, points))
                 }
             };
             if !refers
@@ -217,6 +256,26 @@ impl Ledger {
                 return Err(format!("event {} is inconsistent with the history", index + 1));
             }
             previous = place;
+        }
+        for (index, (hold, (opened, released, releases))) in
+            state.holds.iter().zip(hold_events).enumerate()
+        {
+            let expected_release = match hold.state {
+                HoldState::Released { timed_out } => Some(timed_out),
+                HoldState::Open | HoldState::Captured { .. } => None,
+            };
+            if opened != 1 || released != expected_release || releases > 1 {
+                return Err(format!("hold {}'s entries do not match its state", index + 1));
+            }
+        }
+        for (index, (spend, refunded)) in state.spends.iter().zip(refunded_by_spend).enumerate() {
+            if refunded != i128::from(spend.refunded) {
+                return Err(format!(
+                    "spend {}'s refunds add up to {refunded}, not the {} it says",
+                    index + 1,
+                    spend.refunded
+                ));
+            }
         }
         ledger.lots = state.transactions.iter().filter(|record| record.points > 0).count();
         ledger.transactions = state.transactions;

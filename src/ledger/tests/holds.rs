@@ -265,6 +265,53 @@ fn a_ledger_with_holds_refunds_and_expirations_survives_a_restore() {
     assert_eq!(all(&restored), all(&ledger));
 }
 
+/// A snapshot whose holds, captures, releases and refunds disagree with
+/// each other is refused, as one whose transactions do.
+#[test]
+fn restore_refuses_holds_and_refunds_that_disagree_with_their_entries() {
+    let mut ledger = example_a();
+    let captured = ledger.hold(600, MINUTE_MS).expect("held");
+    ledger.capture(captured.id, 500).expect("captured");
+    let released = ledger.hold(50, MINUTE_MS).expect("held");
+    ledger.release(released.id).expect("released");
+    ledger.hold(20, MINUTE_MS).expect("held");
+    let spent = ledger.spend(700).expect("spent");
+    ledger.refund(spent.id, 300).expect("refunded");
+    let state = ledger.state();
+    assert!(Ledger::restore(state.clone()).is_ok(), "the untouched state restores");
+    let tampered: [(&str, fn(&mut LedgerState)); 7] = [
+        ("spend 2's refunds add up to 300, not the 301", |state| {
+            state.spends[1].refunded += 1;
+        }),
+        ("spend 1 is inconsistent", |state| state.spends[0].taken.reverse()),
+        ("hold 2's entries do not match", |state| state.holds[1].state = HoldState::Open),
+        ("hold 2's entries do not match", |state| {
+            state.holds[1].state = HoldState::Released { timed_out: true };
+        }),
+        ("hold 3's entries do not match", |state| {
+            state.events.retain(|record| record.event != Event::Hold { hold_id: 3 });
+        }),
+        ("is inconsistent with the history", |state| {
+            for record in &mut state.events {
+                if let Event::Refund { refundable_after, .. } = &mut record.event {
+                    *refundable_after += 1;
+                }
+            }
+        }),
+        ("past i64::MAX", |state| {
+            let payer = state.holds[2].taken[0].0;
+            state.holds[2].taken = vec![(payer, i64::MAX - 1)];
+            state.holds[2].points = i64::MAX - 1;
+        }),
+    ];
+    for (expected, tamper) in tampered {
+        let mut state = state.clone();
+        tamper(&mut state);
+        let refused = Ledger::restore(state).expect_err(expected);
+        assert!(refused.0.contains(expected), "{expected:?} not in {refused}");
+    }
+}
+
 #[test]
 fn history_pages_walk_every_kind_of_entry_in_order() {
     let mut ledger = example_a();
