@@ -7,13 +7,12 @@ use crate::ledger::Ledger;
 use chrono::{DateTime, Utc};
 
 use super::embedded::records::{
-    AddTransactionRecord, AddTransactionsRecord, CaptureCommand, Command, HoldCommand,
-    RefundCommand, ReleaseCommand, SpendRecord,
+    AddTransactionRecord, AddTransactionsRecord, Command, SpendRecord, command_of,
 };
 use super::{HEAVY_BATCH_ENTRIES, PayerName, RequestId, Store, StoreError, UserId};
 use crate::ledger::{
-    Executed, ExpiringPoints, HistoryCursor, HistoryPage, LedgerError, NewTransaction, Outcome,
-    PageLimits, RequestParams, Spend, Transaction,
+    Executed, ExpiringPoints, HistoryCursor, HistoryPage, NewTransaction, Outcome, PageLimits,
+    RequestParams, Spend, Transaction,
 };
 
 /// Balances as GetBalances shows them.
@@ -23,27 +22,6 @@ pub struct Balances {
     pub balances: Vec<(String, i64)>,
     /// Every payer with points in open holds, and how many.
     pub held: Vec<(String, i64)>,
-}
-
-/// The journal command of a hold, capture, release or refund and its outcome.
-fn command_of(params: &RequestParams, result: &Result<(u64, Executed), LedgerError>) -> Command {
-    let id = result.as_ref().map_or(0, |&(id, _)| id);
-    match *params {
-        RequestParams::Hold { points, timeout_ms } => {
-            Command::Hold(HoldCommand { points, timeout_ms, hold_id: id })
-        }
-        RequestParams::Capture { hold_id, points } => {
-            Command::Capture(CaptureCommand { hold_id, points, spend_id: id })
-        }
-        RequestParams::Release { hold_id } => Command::Release(ReleaseCommand { hold_id }),
-        RequestParams::Refund { spend_id, points } => {
-            Command::Refund(RefundCommand { spend_id, points, refund_id: id })
-        }
-        RequestParams::Spend { points } => Command::Spend(SpendRecord { points, spend_id: id }),
-        RequestParams::AddTransaction { ref payer, points, timestamp } => {
-            Command::AddTransaction(AddTransactionRecord::new(payer, points, timestamp, id))
-        }
-    }
 }
 
 impl Store {
@@ -167,7 +145,7 @@ impl Store {
             request_id,
             false,
             |ledger, request| Ok(ledger.execute(request, params.clone())),
-            |result| command_of(&params, result),
+            |result| command_of(&params, result.as_ref().map_or(0, |&(id, _)| id)),
         )
         .await
         .map(|(_, executed)| executed)

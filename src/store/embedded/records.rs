@@ -468,8 +468,10 @@ pub fn timestamp(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("invalid timestamp {seconds}s {nanos}ns"))
 }
 
-/// The stored form of a request's parameters.
-pub fn command_of(params: &RequestParams) -> RequestCommand {
+/// The stored form of a request's parameters (ids 0: a request command
+/// holds no outcome). With [`params_of`], the one place where request
+/// parameters and their stored fields meet.
+pub fn request_command_of(params: &RequestParams) -> RequestCommand {
     match params {
         RequestParams::AddTransaction { payer, points, timestamp } => {
             RequestCommand::AddTransaction(AddTransactionRecord::new(payer, *points, *timestamp, 0))
@@ -510,6 +512,60 @@ pub fn params_of(command: &RequestCommand) -> Result<RequestParams, String> {
             RequestParams::Refund { spend_id: refund.spend_id, points: refund.points }
         }
     })
+}
+
+/// The journal command of a request whose outcome assigned `id` (0 for a
+/// refusal; unused by a release, which assigns none).
+pub fn command_of(params: &RequestParams, id: u64) -> Command {
+    let mut command = Command::from(request_command_of(params));
+    if let Some(outcome_id) = command.outcome_id_mut() {
+        *outcome_id = id;
+    }
+    command
+}
+
+impl From<RequestCommand> for Command {
+    fn from(command: RequestCommand) -> Self {
+        match command {
+            RequestCommand::AddTransaction(add) => Command::AddTransaction(add),
+            RequestCommand::Spend(spend) => Command::Spend(spend),
+            RequestCommand::Hold(hold) => Command::Hold(hold),
+            RequestCommand::Capture(capture) => Command::Capture(capture),
+            RequestCommand::Release(release) => Command::Release(release),
+            RequestCommand::Refund(refund) => Command::Refund(refund),
+        }
+    }
+}
+
+impl Command {
+    /// The id the command's outcome assigned, where it assigns one.
+    fn outcome_id_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Command::AddTransaction(add) => Some(&mut add.transaction_id),
+            Command::Spend(spend) => Some(&mut spend.spend_id),
+            Command::Hold(hold) => Some(&mut hold.hold_id),
+            Command::Capture(capture) => Some(&mut capture.spend_id),
+            Command::Refund(refund) => Some(&mut refund.refund_id),
+            Command::Release(_) | Command::AddTransactions(_) | Command::AdvanceClock(_) => None,
+        }
+    }
+
+    /// A single request's command as the request's parameters and the id
+    /// its outcome assigned (`None`: it assigns none); `Ok(None)` for the
+    /// commands that are not one request (a batch, the clock's record).
+    pub fn into_request(mut self) -> Result<Option<(RequestParams, Option<u64>)>, String> {
+        let id = self.outcome_id_mut().map(|id| *id);
+        let command = match self {
+            Command::AddTransaction(add) => RequestCommand::AddTransaction(add),
+            Command::Spend(spend) => RequestCommand::Spend(spend),
+            Command::Hold(hold) => RequestCommand::Hold(hold),
+            Command::Capture(capture) => RequestCommand::Capture(capture),
+            Command::Release(release) => RequestCommand::Release(release),
+            Command::Refund(refund) => RequestCommand::Refund(refund),
+            Command::AddTransactions(_) | Command::AdvanceClock(_) => return Ok(None),
+        };
+        Ok(Some((params_of(&command)?, id)))
+    }
 }
 
 /// The stored form of a remembered refusal.

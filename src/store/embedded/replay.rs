@@ -1,8 +1,8 @@
 //! Domain replay: executing a journal record again on its user's ledger, in
 //! one place for recovery, backups' checks and tools.
 
-use super::records::{Command, JournalRecord};
-use crate::ledger::{Clock, Executed, Ledger, NewTransaction, RequestParams};
+use super::records::{AddTransactionsRecord, Command, JournalRecord};
+use crate::ledger::{Clock, Executed, Ledger, NewTransaction};
 
 /// Executes one journal record again. It was executed once on the same
 /// state, so it must have the same outcome: the same id, or a refusal.
@@ -28,61 +28,18 @@ fn replay_record(ledger: &mut Ledger, record: JournalRecord) -> Result<(), Strin
     ledger.advance(clock_of(&record));
     let request = (!record.request_id.is_empty())
         .then_some((record.request_id.as_str(), record.accepted_at_ms));
+    let command = record.command.ok_or_else(|| {
+        "a record with an unknown command (written by a newer version?)".to_owned()
+    })?;
+    let command = match command {
+        Command::AdvanceClock(_) => return Ok(()),
+        Command::AddTransactions(batch) => return replay_batch(ledger, &batch),
+        command => command,
+    };
     // The command's parameters and the id execution recorded (None: the
     // command assigns no new id).
-    let (params, recorded_id) = match record.command {
-        Some(Command::AddTransaction(add)) => {
-            let timestamp = add.timestamp()?;
-            let params =
-                RequestParams::AddTransaction { payer: add.payer, points: add.points, timestamp };
-            (params, Some(add.transaction_id))
-        }
-        Some(Command::Spend(spend)) => {
-            (RequestParams::Spend { points: spend.points }, Some(spend.spend_id))
-        }
-        Some(Command::Hold(hold)) => (
-            RequestParams::Hold { points: hold.points, timeout_ms: hold.timeout_ms },
-            Some(hold.hold_id),
-        ),
-        Some(Command::Capture(capture)) => (
-            RequestParams::Capture { hold_id: capture.hold_id, points: capture.points },
-            Some(capture.spend_id),
-        ),
-        Some(Command::Release(release)) => {
-            (RequestParams::Release { hold_id: release.hold_id }, None)
-        }
-        Some(Command::Refund(refund)) => (
-            RequestParams::Refund { spend_id: refund.spend_id, points: refund.points },
-            Some(refund.refund_id),
-        ),
-        Some(Command::AdvanceClock(_)) => return Ok(()),
-        Some(Command::AddTransactions(batch)) => {
-            let entries = batch
-                .transactions
-                .iter()
-                .map(|add| {
-                    let timestamp = add.timestamp()?;
-                    Ok(NewTransaction { payer: &add.payer, points: add.points, timestamp })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let recorded: Vec<u64> =
-                batch.transactions.iter().map(|add| add.transaction_id).collect();
-            let ids = ledger
-                .add_transactions(&entries)
-                .map_err(|error| format!("the ledger refused the batch: {error}"))?
-                .iter()
-                .map(|transaction| transaction.id)
-                .collect::<Vec<_>>();
-            if ids != recorded {
-                return Err(format!(
-                    "replay assigned ids {ids:?}, the journal recorded {recorded:?}"
-                ));
-            }
-            return Ok(());
-        }
-        None => {
-            return Err("a record with an unknown command (written by a newer version?)".to_owned());
-        }
+    let Some((params, recorded_id)) = command.into_request()? else {
+        return Err("a batch or clock record read as a single request".to_owned());
     };
     let outcome = ledger.replay(request, params).map(|(id, executed)| match executed {
         Executed::Release(_) => None,
@@ -99,4 +56,27 @@ fn replay_record(ledger: &mut Ledger, record: JournalRecord) -> Result<(), Strin
         (Err(_), true) => Ok(()),
         (Err(error), false) => Err(format!("the ledger refused it: {error}")),
     }
+}
+
+/// Executes a batch of transactions again; it must assign the ids recorded.
+fn replay_batch(ledger: &mut Ledger, batch: &AddTransactionsRecord) -> Result<(), String> {
+    let entries = batch
+        .transactions
+        .iter()
+        .map(|add| {
+            let timestamp = add.timestamp()?;
+            Ok(NewTransaction { payer: &add.payer, points: add.points, timestamp })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let recorded: Vec<u64> = batch.transactions.iter().map(|add| add.transaction_id).collect();
+    let ids = ledger
+        .add_transactions(&entries)
+        .map_err(|error| format!("the ledger refused the batch: {error}"))?
+        .iter()
+        .map(|transaction| transaction.id)
+        .collect::<Vec<_>>();
+    if ids != recorded {
+        return Err(format!("replay assigned ids {ids:?}, the journal recorded {recorded:?}"));
+    }
+    Ok(())
 }

@@ -236,7 +236,7 @@ fn encode_user_parts(
             .map(|request| RequestEntry {
                 request_id: request.request_id.clone(),
                 accepted_at_ms: request.accepted_at_ms,
-                command: Some(records::command_of(&request.params)),
+                command: Some(records::request_command_of(&request.params)),
                 outcome_id: *request.outcome.as_ref().unwrap_or(&0),
                 refusal: request.outcome.as_ref().err().map(records::refusal_of),
             })
