@@ -279,7 +279,8 @@ fn restore_refuses_holds_and_refunds_that_disagree_with_their_entries() {
     ledger.refund(spent.id, 300).expect("refunded");
     let state = ledger.state();
     assert!(Ledger::restore(state.clone()).is_ok(), "the untouched state restores");
-    let tampered: [(&str, fn(&mut LedgerState)); 7] = [
+    type Tamper = fn(&mut LedgerState);
+    let tampered: [(&str, Tamper); 7] = [
         ("spend 2's refunds add up to 300, not the 301", |state| {
             state.spends[1].refunded += 1;
         }),
