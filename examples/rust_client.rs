@@ -47,8 +47,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("refused: {:?} {reason:?}: {}", status.code(), status.message());
     }
 
-    let balances =
-        client.get_balances(GetBalancesRequest { user_id: "example-user".into() }).await?;
+    let balances = client
+        .get_balances(GetBalancesRequest { user_id: "example-user".into(), ..Default::default() })
+        .await?;
     println!("balances {:?}", balances.into_inner().balances);
     Ok(())
 }

@@ -181,6 +181,13 @@ pub struct Config {
           default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_calls_per_client: u32,
 
+    /// Most WatchTransactions streams open at once; more are refused with
+    /// RESOURCE_EXHAUSTED (TOO_MANY_WATCH_STREAMS). Each also holds one of its client's
+    /// --max-concurrent-calls-per-client for as long as it is open.
+    #[arg(long, env = "POINTS_MAX_WATCH_STREAMS", value_name = "STREAMS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_streams: u32,
+
     /// Most TCP connections open at once, including those still in their handshake;
     /// connections beyond it are closed as soon as they are accepted.
     #[arg(long, env = "POINTS_MAX_CONNECTIONS", value_name = "CONNECTIONS",
@@ -484,6 +491,7 @@ impl Config {
         CallLimits {
             max_concurrent_calls: self.max_concurrent_calls as usize,
             max_concurrent_calls_per_client: self.max_concurrent_calls_per_client as usize,
+            max_watch_streams: self.max_watch_streams as usize,
         }
     }
 }

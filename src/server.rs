@@ -164,9 +164,13 @@ pub async fn serve(
 
     let (shutdown_started_sender, shutdown_started) = tokio::sync::oneshot::channel::<()>();
     let reporter = health_reporter.clone();
+    let streams = service.clone();
     let signal = async move {
         shutdown.await;
         shutting_down.store(true, std::sync::atomic::Ordering::Release);
+        // Streams would keep their connections open: end them, so that
+        // their clients reconnect elsewhere.
+        streams.end_streams();
         tracing::info!("shutdown requested: no new connections, finishing in-flight calls");
         report_not_serving(&reporter).await;
         // The receiver lives as long as `serve` below; nothing to do if it is gone.

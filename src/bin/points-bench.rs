@@ -218,7 +218,10 @@ async fn call(
                 SpendRequest { user_id, points: random.i64(1..10), request_id: String::new() };
             points.spend(request).await.map(drop)
         }
-        Workload::Balances => points.get_balances(GetBalancesRequest { user_id }).await.map(drop),
+        Workload::Balances => points
+            .get_balances(GetBalancesRequest { user_id, ..Default::default() })
+            .await
+            .map(drop),
         Workload::Batch => {
             let transactions = (0..batch_size)
                 .map(|_| NewTransaction {

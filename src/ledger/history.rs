@@ -23,6 +23,10 @@ pub struct TransactionRecord {
     pub points: i64,
     /// When the points were earned.
     pub timestamp: DateTime<Utc>,
+    /// When the server accepted it (the ledger's time then), in
+    /// milliseconds since 1970-01-01T00:00:00Z; 0 if unknown (kept before
+    /// accept times were).
+    pub accepted_at_ms: i64,
 }
 
 /// A spend as stored: its id is its position in the list plus one.
@@ -39,6 +43,8 @@ pub struct SpendRecord {
     pub refunded: i64,
     /// The hold this spend captured, or 0 for a spend of its own.
     pub hold_id: HoldId,
+    /// When the server accepted it, as for a transaction.
+    pub accepted_at_ms: i64,
 }
 
 /// A hold as stored: its id is its position in the list plus one.
@@ -79,6 +85,8 @@ pub struct EventRecord {
     pub transactions_before: u64,
     /// Spends before it.
     pub spends_before: u64,
+    /// When the server accepted it, as for a transaction.
+    pub accepted_at_ms: i64,
     /// What happened.
     pub event: Event,
 }
@@ -124,6 +132,19 @@ pub struct HistoryCursor {
     pub spends: u64,
     /// Other events before the position.
     pub events: u64,
+}
+
+/// A history entry as a page lists it: where it is and when it was
+/// accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagedEntry {
+    /// Its place in the history, from 1.
+    pub position: u64,
+    /// When the server accepted it, in milliseconds since
+    /// 1970-01-01T00:00:00Z; 0 if unknown (kept before accept times were).
+    pub accepted_at_ms: i64,
+    /// The entry.
+    pub entry: HistoryEntry,
 }
 
 /// The kind of entry at a position.
@@ -263,12 +284,15 @@ impl Ledger {
                 break;
             }
             bytes = bytes.saturating_add(size);
-            if next == NextEntry::Spend {
-                entries.push(self.spend_entry(cursor.spends as usize));
+            let position = position(cursor) + 1;
+            let (entry, accepted_at_ms) = if next == NextEntry::Spend {
+                let index = cursor.spends as usize;
                 cursor.spends += 1;
+                (self.spend_entry(index), self.spends[index].accepted_at_ms)
             } else if next == NextEntry::Event {
-                entries.push(self.event_entry(cursor.events as usize));
+                let index = cursor.events as usize;
                 cursor.events += 1;
+                (self.event_entry(index), self.events[index].accepted_at_ms)
             } else {
                 cursor.transactions += 1;
                 let id = cursor.transactions;
@@ -280,10 +304,11 @@ impl Ledger {
                     0
                 };
                 let transaction = self.transaction(id);
-                entries.push(HistoryEntry::Transaction { transaction, remaining_points });
-            }
+                (HistoryEntry::Transaction { transaction, remaining_points }, record.accepted_at_ms)
+            };
+            entries.push(PagedEntry { position, accepted_at_ms, entry });
         }
         let next = (position(cursor) < total).then_some(cursor);
-        Some(HistoryPage { entries, next })
+        Some(HistoryPage { entries, next, after: cursor })
     }
 }

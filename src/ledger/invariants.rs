@@ -98,6 +98,20 @@ impl Ledger {
                 self.returnable_total
             ));
         }
+        let indexed = self.as_of.totals();
+        if indexed.len() != self.payers.len() || self.as_of.entries() != self.history_len() as u64 {
+            return Err("the index by position does not cover the history".to_owned());
+        }
+        for (payer, indexed) in self.payers.iter().zip(indexed) {
+            if (indexed.balance, indexed.held) != (payer.balance(), payer.held()) {
+                return Err(format!(
+                    "payer {:?}: the entries add up to {indexed:?}, not its balance {} and held {}",
+                    payer.name,
+                    payer.balance(),
+                    payer.held()
+                ));
+            }
+        }
         for (payer, net) in self.payers.iter().zip(net_by_payer) {
             if net != i128::from(payer.balance()) {
                 return Err(format!(

@@ -24,6 +24,7 @@
 //! and the ledger keeps every payer's front in one ordered map, so a spend
 //! repeatedly takes from the oldest front.
 
+mod as_of;
 mod clock;
 mod error;
 mod history;
@@ -43,8 +44,9 @@ use chrono::{DateTime, Utc};
 
 pub use clock::{Clock, ExpiringPoints, MAX_POINTS_VALIDITY_MS};
 pub use error::{ErrorKind, HoldResolution, LedgerError};
+use history::NextEntry;
 pub use history::{
-    Event, EventRecord, HistoryCursor, HoldRecord, HoldState, PageLimits, SpendRecord,
+    Event, EventRecord, HistoryCursor, HoldRecord, HoldState, PageLimits, PagedEntry, SpendRecord,
     TransactionRecord,
 };
 pub use holds::{
@@ -174,9 +176,12 @@ pub enum HistoryEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
     /// The entries, in arrival order.
-    pub entries: Vec<HistoryEntry>,
+    pub entries: Vec<PagedEntry>,
     /// The cursor of the next page, if there is more.
     pub next: Option<HistoryCursor>,
+    /// The cursor right after the page's last entry (where the page started
+    /// for an empty page): where a follower reads on from.
+    pub after: HistoryCursor,
 }
 
 /// The identity of a command for request-id matching, with the clock.
@@ -344,6 +349,8 @@ pub struct Ledger {
     /// ledger has seen, and how long points stay valid.
     clock: Clock,
     requests: RequestLog,
+    /// Balances by position in the history.
+    as_of: as_of::AsOfIndex,
 }
 
 impl Default for Ledger {
@@ -370,6 +377,7 @@ impl Ledger {
             events: Vec::new(),
             clock: Clock::default(),
             requests: RequestLog::default(),
+            as_of: as_of::AsOfIndex::default(),
         }
     }
 
@@ -426,7 +434,14 @@ impl Ledger {
     }
 
     fn push_transaction(&mut self, payer_index: PayerIndex, points: i64, timestamp: DateTime<Utc>) {
-        self.transactions.push(TransactionRecord { payer_index, points, timestamp });
+        let accepted_at_ms = self.clock.now_ms;
+        self.transactions.push(TransactionRecord {
+            payer_index,
+            points,
+            timestamp,
+            accepted_at_ms,
+        });
+        self.note_entry(NextEntry::Transaction);
     }
 
     /// Appends an event to the history, after every transaction and spend
@@ -435,8 +450,10 @@ impl Ledger {
         self.events.push(EventRecord {
             transactions_before: self.transactions.len() as u64,
             spends_before: self.spends.len() as u64,
+            accepted_at_ms: self.clock.now_ms,
             event,
         });
+        self.note_entry(NextEntry::Event);
     }
 
     /// The user's total with every point that may come back; see [`Room`].

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::history::SpendRecord;
+use super::history::{NextEntry, SpendRecord};
 use super::lots::{self, LotTree};
 use super::{
     Ledger, LedgerError, LotKey, MERGE_SWITCH_BUDGET, PayerIndex, PayerPoints, Spend, SpendId,
@@ -61,7 +61,9 @@ impl Ledger {
             taken,
             refunded: 0,
             hold_id,
+            accepted_at_ms: self.clock.now_ms,
         });
+        self.note_entry(NextEntry::Spend);
     }
 
     /// Takes the oldest `points` across all payers (the total covers them)

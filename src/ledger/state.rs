@@ -151,7 +151,7 @@ impl Ledger {
                 hold_id => state.holds.get(hold_id as usize - 1).is_some_and(|hold| {
                     hold.state == HoldState::Captured { spend_id }
                         && pairs_fit(&hold.taken, hold.points)
-                        && hold.points >= spend.points
+                        && (1..=hold.points).contains(&spend.points)
                         && split_taken(&hold.taken, spend.points).0 == spend.taken
                 }),
             };
@@ -192,6 +192,14 @@ impl Ledger {
         // giving back never overflows.
         let mut returnable_total: i128 = 0;
         for (payer, (held, refundable)) in ledger.payers.iter_mut().zip(returnable_by_payer) {
+            // Only points taken from a payer can come back to it.
+            if payer.debited() < held + refundable {
+                return Err(format!(
+                    "payer {:?} could get back {} points, more than was taken from it",
+                    payer.name,
+                    held + refundable
+                ));
+            }
             let room = i128::from(payer.balance()) + held + refundable;
             if room > i128::from(i64::MAX) {
                 return Err(format!(
@@ -222,8 +230,9 @@ impl Ledger {
                     opened.is_some()
                 }
                 Event::Release { hold_id, timed_out } => {
+                    // After the hold opened.
                     let released = (*hold_id as usize).checked_sub(1).and_then(|index| {
-                        hold_events.get_mut(index).map(|events| {
+                        hold_events.get_mut(index).filter(|events| events.0 == 1).map(|events| {
                             events.1 = Some(*timed_out);
                             events.2 += 1;
                         })
@@ -236,10 +245,22 @@ impl Ledger {
                         .checked_sub(1)
                         .and_then(|index| Some((index, state.spends.get(index)?)));
                     spend.is_some_and(|(index, spend)| {
+                        // After its spend, and giving back the next points
+                        // from the end of what the spend took.
+                        let before = refunded_by_spend[index];
                         refunded_by_spend[index] += points;
-                        i64::try_from(points).is_ok_and(|points| pairs_fit(refunded, points))
-                            && i128::from(spend.points) - refunded_by_spend[index]
-                                == i128::from(*refundable_after)
+                        let left = i128::from(spend.points) - refunded_by_spend[index];
+                        record.spends_before > index as u64
+                            && (0..i128::from(spend.points)).contains(&before)
+                            && left == i128::from(*refundable_after)
+                            && left >= 0
+                            && i64::try_from(points).is_ok_and(|points| {
+                                let earlier =
+                                    SpendRecord { refunded: before as i64, ..spend.clone() };
+                                points > 0
+                                    && pairs_fit(refunded, points)
+                                    && split_taken(&refundable_of(&earlier), points).0 == *refunded
+                            })
                     })
                 }
                 Event::Expiration { expired } => {
@@ -283,6 +304,7 @@ impl Ledger {
         ledger.holds = state.holds;
         ledger.events = state.events;
         ledger.clock.now_ms = state.clock_ms;
+        ledger.index_history()?;
         for request in state.requests {
             if let Ok(id) = request.outcome
                 && !request.params.outcome_fits(&ledger, id)

@@ -38,8 +38,13 @@ pub struct CallLimits {
     /// Across all clients and connections (`--max-concurrent-calls`).
     pub max_concurrent_calls: usize,
     /// For any one client (`--max-concurrent-calls-per-client`); at or above
-    /// `max_concurrent_calls` it no longer limits anything.
+    /// `max_concurrent_calls` it no longer limits anything. A
+    /// WatchTransactions stream holds one of its client's for as long as it
+    /// is open.
     pub max_concurrent_calls_per_client: usize,
+    /// WatchTransactions streams open at once (`--max-watch-streams`); they
+    /// hold these instead of the server's call slots once they stream.
+    pub max_watch_streams: usize,
 }
 
 impl CallLimits {
@@ -49,6 +54,8 @@ impl CallLimits {
     /// default server-wide limit, so that one client, however greedy, leaves
     /// three quarters to the others.
     pub const DEFAULT_MAX_CONCURRENT_CALLS_PER_CLIENT: usize = 256;
+    /// The default of `--max-watch-streams`.
+    pub const DEFAULT_MAX_WATCH_STREAMS: usize = 10_000;
 }
 
 impl Default for CallLimits {
@@ -56,6 +63,7 @@ impl Default for CallLimits {
         Self {
             max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
             max_concurrent_calls_per_client: Self::DEFAULT_MAX_CONCURRENT_CALLS_PER_CLIENT,
+            max_watch_streams: Self::DEFAULT_MAX_WATCH_STREAMS,
         }
     }
 }
@@ -83,8 +91,29 @@ pub struct Caller {
 pub struct Admitted {
     /// Who is calling.
     pub caller: Caller,
-    _client_slot: ClientSlot,
+    client_slot: ClientSlot,
     _server_slot: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// The call's share of its client's slots, giving back its server slot:
+    /// what a stream keeps for as long as it stays open.
+    pub fn into_client_slot(self) -> ClientSlot {
+        self.client_slot
+    }
+}
+
+/// The slots of a call the admission layer admitted, for a streaming
+/// handler to take (see [`Admitted::into_client_slot`]); otherwise they are
+/// freed once the handler returns.
+#[derive(Debug, Clone)]
+pub struct CallSlots(Arc<Mutex<Option<Admitted>>>);
+
+impl CallSlots {
+    /// The slots, unless taken already.
+    pub fn take(&self) -> Option<Admitted> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
 }
 
 impl Admission {
@@ -136,11 +165,7 @@ impl Admission {
                 ),
             )
         })?;
-        Ok(Admitted {
-            caller: Caller { principal },
-            _client_slot: client_slot,
-            _server_slot: server_slot,
-        })
+        Ok(Admitted { caller: Caller { principal }, client_slot, _server_slot: server_slot })
     }
 
     /// The caller, if the service checks callers; UNAUTHENTICATED otherwise.
@@ -230,7 +255,7 @@ impl ClientCalls {
 
 /// One call in progress of one client; its entry goes when the last one does.
 #[derive(Debug)]
-struct ClientSlot {
+pub struct ClientSlot {
     calls: Arc<ClientCalls>,
     client: ClientKey,
 }
@@ -313,6 +338,8 @@ where
             }
             Ok(admitted) => {
                 request.extensions_mut().insert(admitted.caller.clone());
+                let slots = CallSlots(Arc::new(Mutex::new(Some(admitted))));
+                request.extensions_mut().insert(slots.clone());
                 // Call the instance that was polled ready; keep a fresh clone.
                 let ready = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, ready);
@@ -320,8 +347,8 @@ where
                 Box::pin(async move {
                     let response = response.await;
                     // The handler is done: free the slots even if the client
-                    // is slow to read the response.
-                    drop(admitted);
+                    // is slow to read the response, unless a stream took them.
+                    drop(slots.take());
                     response
                 })
             }
@@ -347,7 +374,11 @@ mod tests {
         let authenticator = Authenticator::from_toml(&text).expect("valid tokens file");
         Admission::new(
             Access::Tokens(Credentials::new(authenticator)),
-            CallLimits { max_concurrent_calls, max_concurrent_calls_per_client },
+            CallLimits {
+                max_concurrent_calls,
+                max_concurrent_calls_per_client,
+                max_watch_streams: CallLimits::DEFAULT_MAX_WATCH_STREAMS,
+            },
         )
     }
 

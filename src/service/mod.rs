@@ -24,6 +24,7 @@ pub mod auth;
 mod page_token;
 mod status;
 mod validation;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ pub use status::ERROR_DOMAIN;
 
 use self::auth::{Credentials, Principal, Role};
 use crate::connections::ConnectionInfo;
-use crate::ledger::{self, HistoryEntry};
+use crate::ledger::{self, HistoryEntry, PagedEntry};
 use crate::proto::v1::points_service_server::PointsService as PointsServiceApi;
 use crate::proto::v1::{
     self, AddTransactionRequest, AddTransactionResponse, AddTransactionsRequest,
@@ -71,6 +72,10 @@ pub enum Access {
 pub struct PointsService {
     store: Arc<Store>,
     admission: Arc<Admission>,
+    /// One permit per open WatchTransactions stream.
+    watch_streams: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the server shuts down, ending open streams.
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PointsService {
@@ -85,7 +90,19 @@ impl PointsService {
     ///
     /// If a limit is 0.
     pub fn with_limits(store: Arc<Store>, access: Access, limits: CallLimits) -> Self {
-        Self { store, admission: Arc::new(Admission::new(access, limits)) }
+        assert!(limits.max_watch_streams > 0, "at least one watch stream must be allowed");
+        Self {
+            store,
+            admission: Arc::new(Admission::new(access, limits)),
+            watch_streams: Arc::new(tokio::sync::Semaphore::new(limits.max_watch_streams)),
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Ends every open WatchTransactions stream with UNAVAILABLE (and any
+    /// opened later): the server is shutting down.
+    pub fn end_streams(&self) {
+        self.shutdown.send_replace(true);
     }
 
     /// The store behind the service.
@@ -154,6 +171,73 @@ fn authorize(principal: Option<&Principal>, role: Role, user_id: &str) -> Result
 
 #[tonic::async_trait]
 impl PointsServiceApi for PointsService {
+    type WatchTransactionsStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<v1::WatchTransactionsResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn watch_transactions(
+        &self,
+        request: Request<v1::WatchTransactionsRequest>,
+    ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        observed("WatchTransactions", async {
+            let (admitted, (user_id, after_position)) = self.admit_request(
+                &request,
+                Role::Read,
+                validation::watch,
+                |(user_id, _)| *user_id,
+                |_| Vec::new(),
+            )?;
+            let watch = Arc::clone(&self.watch_streams).try_acquire_owned().map_err(|_| {
+                status::resource_exhausted(
+                    "TOO_MANY_WATCH_STREAMS",
+                    "the server already follows its maximum of watch streams \
+                     (--max-watch-streams); retry with backoff or on another replica"
+                        .to_owned(),
+                )
+            })?;
+            let cursor = self
+                .store
+                .cursor_after(user_id, after_position)
+                .await
+                .map_err(|error| status::store_error(&error))?;
+            let Some(cursor) = cursor else {
+                let length = self
+                    .store
+                    .history_len(user_id)
+                    .await
+                    .map_err(|error| status::store_error(&error))?;
+                return Err(status::position_out_of_range(
+                    "after_position",
+                    after_position,
+                    length,
+                ));
+            };
+            // The stream keeps its client's share of calls, taken from the
+            // admission layer (or admitted here without it), for as long as
+            // it is open; the server's call slot goes back now.
+            let admitted = admitted.or_else(|| {
+                request.extensions().get::<admission::CallSlots>().and_then(|slots| slots.take())
+            });
+            let slots = watch::StreamSlots {
+                _client: admitted.map(Admitted::into_client_slot),
+                _watch: watch,
+            };
+            let stream = watch::follow(
+                Arc::clone(&self.store),
+                user_id.as_str().to_owned(),
+                cursor,
+                self.shutdown.subscribe(),
+                slots,
+            );
+            Ok(Response::new(Box::pin(stream) as Self::WatchTransactionsStream))
+        })
+        .await
+    }
+
     async fn add_transaction(
         &self,
         request: Request<AddTransactionRequest>,
@@ -238,21 +322,34 @@ impl PointsServiceApi for PointsService {
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
         observed("GetBalances", async {
-            let (_call, user_id) = self.admit_request(
+            let (_call, (user_id, as_of)) = self.admit_request(
                 &request,
                 Role::Read,
                 validation::balances,
-                |user_id| *user_id,
+                |(user_id, _)| *user_id,
                 |_| Vec::new(),
             )?;
             let read = self
                 .store
-                .balances_and_held(user_id)
+                .balances_as_of(user_id, as_of)
                 .await
                 .map_err(|error| status::store_error(&error))?;
+            let Some(read) = read else {
+                let length = self
+                    .store
+                    .history_len(user_id)
+                    .await
+                    .map_err(|error| status::store_error(&error))?;
+                return Err(status::position_out_of_range(
+                    "as_of_position",
+                    request.get_ref().as_of_position,
+                    length,
+                ));
+            };
             Ok(Response::new(GetBalancesResponse {
                 balances: read.balances.into_iter().collect(),
                 held: read.held.into_iter().collect(),
+                position: read.position,
             }))
         })
         .await
@@ -425,9 +522,9 @@ impl PointsService {
 }
 
 /// A history entry in its protobuf form.
-fn history_entry(entry: HistoryEntry) -> v1::HistoryEntry {
+fn history_entry(paged: PagedEntry) -> v1::HistoryEntry {
     use v1::history_entry::Entry;
-    let entry = match entry {
+    let entry = match paged.entry {
         HistoryEntry::Transaction { transaction, remaining_points } => {
             Entry::Transaction(TransactionEntry {
                 id: transaction.id,
@@ -469,7 +566,11 @@ fn history_entry(entry: HistoryEntry) -> v1::HistoryEntry {
             Entry::Expiration(v1::ExpirationEntry { expired: payer_points(expired) })
         }
     };
-    v1::HistoryEntry { entry: Some(entry) }
+    v1::HistoryEntry {
+        entry: Some(entry),
+        position: paged.position,
+        accept_time: (paged.accepted_at_ms != 0).then(|| millis_timestamp(paged.accepted_at_ms)),
+    }
 }
 
 /// A time in milliseconds since 1970-01-01T00:00:00Z in its protobuf form.

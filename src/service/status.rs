@@ -98,6 +98,22 @@ pub fn access_refusal(error: &AccessError) -> Status {
     Status::with_error_details(code, error.to_string(), details)
 }
 
+/// OUT_OF_RANGE (`POSITION_OUT_OF_RANGE`) for a history position past the
+/// end of a history of `length` entries.
+pub fn position_out_of_range(field: &str, position: u64, length: u64) -> Status {
+    let mut details = ErrorDetails::new();
+    let metadata = HashMap::from([
+        ("field".to_owned(), field.to_owned()),
+        ("history_length".to_owned(), length.to_string()),
+    ]);
+    details.set_error_info("POSITION_OUT_OF_RANGE", ERROR_DOMAIN, metadata);
+    Status::with_error_details(
+        Code::OutOfRange,
+        format!("{field} {position} is past the end of the user's history ({length} entries)"),
+        details,
+    )
+}
+
 /// RESOURCE_EXHAUSTED for a call shed because the server is at a limit.
 pub fn resource_exhausted(reason: &'static str, message: String) -> Status {
     let mut details = ErrorDetails::new();

@@ -12,9 +12,9 @@ use crate::ledger::{
 use crate::proto::v1::{
     AddTransactionRequest, AddTransactionsRequest, CaptureHoldRequest, GetBalancesRequest,
     GetExpiringPointsRequest, HoldPointsRequest, ListTransactionsRequest, RefundSpendRequest,
-    ReleaseHoldRequest, SpendRequest,
+    ReleaseHoldRequest, SpendRequest, WatchTransactionsRequest,
 };
-use crate::store::{DEFAULT_USER, PayerName, RequestId, UserId};
+use crate::store::{AsOf, DEFAULT_USER, PayerName, RequestId, UserId};
 
 /// Earliest accepted timestamp, 0001-01-01T00:00:00Z, in Unix seconds (the
 /// range of google.protobuf.Timestamp and RFC 3339).
@@ -306,11 +306,51 @@ pub fn expiring(
     if violations.is_empty() { Ok((user_id, within_ms)) } else { Err(violations) }
 }
 
-/// Validates a GetBalances request and returns the user.
-pub fn balances(request: &GetBalancesRequest) -> Result<UserId<'_>, Vec<FieldViolation>> {
+/// Validates a WatchTransactions request and returns the user and the
+/// position to follow from.
+pub fn watch(request: &WatchTransactionsRequest) -> Result<(UserId<'_>, u64), Vec<FieldViolation>> {
     let mut violations = Vec::new();
     let user_id = user_id(&request.user_id, &mut violations);
-    if violations.is_empty() { Ok(user_id) } else { Err(violations) }
+    if violations.is_empty() { Ok((user_id, request.after_position)) } else { Err(violations) }
+}
+
+/// Validates a GetBalances request and returns the user and when to read
+/// the balances as of.
+pub fn balances(request: &GetBalancesRequest) -> Result<(UserId<'_>, AsOf), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let user_id = user_id(&request.user_id, &mut violations);
+    let as_of = match (request.as_of_position, &request.as_of_time) {
+        (0, None) => AsOf::Now,
+        (position, None) => AsOf::Position(position),
+        (0, Some(time)) => {
+            match u32::try_from(time.nanos).ok().filter(|&nanos| nanos < 1_000_000_000) {
+                // Any second is a time; one past every entry reads as now.
+                Some(nanos) => AsOf::Time(
+                    time.seconds.saturating_mul(1000).saturating_add(i64::from(nanos / 1_000_000)),
+                ),
+                None => {
+                    violations.push(FieldViolation {
+                        field: "as_of_time.nanos".to_owned(),
+                        reason: "TIMESTAMP_NANOS_OUT_OF_RANGE",
+                        description: format!(
+                            "as_of_time.nanos must be within 0..=999999999, got {}",
+                            time.nanos
+                        ),
+                    });
+                    AsOf::Now
+                }
+            }
+        }
+        (_, Some(_)) => {
+            violations.push(FieldViolation {
+                field: "as_of_time".to_owned(),
+                reason: "AS_OF_CONFLICT",
+                description: "give as_of_position or as_of_time, not both".to_owned(),
+            });
+            AsOf::Now
+        }
+    };
+    if violations.is_empty() { Ok((user_id, as_of)) } else { Err(violations) }
 }
 
 /// Validates a ListTransactions request: the user, the page size, and that

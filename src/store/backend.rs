@@ -82,15 +82,29 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     }
 
     /// Told that `user_id`, listed by [`Backend::due_users`] as due at
-    /// `listed_due_ms`, was brought to now: if the backend still lists
-    /// them at that time though `user` is due otherwise (nothing changed,
-    /// such as under a changed points validity), it corrects the listing
-    /// so that they are not listed again for nothing.
+    /// `listed_due_ms`, was brought to now (`user`: their cached ledger;
+    /// `None`: they have none): if the backend still lists them at that
+    /// time though they are due otherwise (nothing changed, such as under a
+    /// changed points validity), it corrects the listing so that they are
+    /// not listed again for nothing.
     fn due_user_advanced<'a>(
         &'a self,
         _user_id: &'a str,
         _listed_due_ms: i64,
-        _user: &'a Arc<RwLock<UserLedger>>,
+        _user: Option<&'a Arc<RwLock<UserLedger>>>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Told that `user_id`, listed as due at `listed_due_ms`, could not be
+    /// brought forward (their records cannot be loaded, the database
+    /// failed): lists them at `retry_at_ms` instead, so that they do not
+    /// keep others waiting behind them.
+    fn postpone_due_user<'a>(
+        &'a self,
+        _user_id: &'a str,
+        _listed_due_ms: i64,
+        _retry_at_ms: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }

@@ -22,6 +22,20 @@ pub struct Balances {
     pub balances: Vec<(String, i64)>,
     /// Every payer with points in open holds, and how many.
     pub held: Vec<(String, i64)>,
+    /// The history position they reflect: that of the last entry included.
+    pub position: u64,
+}
+
+/// When balances are read as of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Now.
+    Now,
+    /// Right after the history entry at this position (0: before any).
+    Position(u64),
+    /// Right after the last entry accepted at or before this time, in
+    /// milliseconds since 1970-01-01T00:00:00Z.
+    Time(i64),
 }
 
 impl Store {
@@ -154,11 +168,62 @@ impl Store {
     /// Every payer ever credited to `user_id` with its balance, and the
     /// points in open holds, once every change they reflect is durable.
     pub async fn balances_and_held(&self, user_id: UserId<'_>) -> Result<Balances, StoreError> {
-        self.read(user_id, |ledger| Balances {
-            balances: ledger.balances().map(|(payer, points)| (payer.to_owned(), points)).collect(),
-            held: ledger.held().map(|(payer, points)| (payer.to_owned(), points)).collect(),
+        self.balances_as_of(user_id, AsOf::Now).await?.ok_or_else(|| {
+            StoreError::Unavailable("the balances of now are always there".to_owned())
+        })
+    }
+
+    /// `user_id`'s balances and held points now or as they were at `as_of`
+    /// (see [`Ledger::points_as_of`]); `None` for a position past the end
+    /// of the history.
+    pub async fn balances_as_of(
+        &self,
+        user_id: UserId<'_>,
+        as_of: AsOf,
+    ) -> Result<Option<Balances>, StoreError> {
+        self.read(user_id, |ledger| {
+            let owned = |(payer, points): (&str, i64)| (payer.to_owned(), points);
+            let position = match as_of {
+                AsOf::Now => {
+                    return Some(Balances {
+                        balances: ledger.balances().map(owned).collect(),
+                        held: ledger.held().map(owned).collect(),
+                        position: ledger.history_len() as u64,
+                    });
+                }
+                AsOf::Position(position) => position,
+                AsOf::Time(time_ms) => ledger.position_at_time(time_ms),
+            };
+            let points = ledger.points_as_of(position)?;
+            Some(Balances {
+                balances: points
+                    .iter()
+                    .map(|&(payer, balance, _)| owned((payer, balance)))
+                    .collect(),
+                held: points
+                    .iter()
+                    .filter(|&&(_, _, held)| held > 0)
+                    .map(|&(payer, _, held)| owned((payer, held)))
+                    .collect(),
+                position,
+            })
         })
         .await
+    }
+
+    /// The place in `user_id`'s history lists right after the entry at
+    /// `position`; `None` past its end. See [`Ledger::cursor_after`].
+    pub async fn cursor_after(
+        &self,
+        user_id: UserId<'_>,
+        position: u64,
+    ) -> Result<Option<HistoryCursor>, StoreError> {
+        self.read(user_id, |ledger| ledger.cursor_after(position)).await
+    }
+
+    /// The number of entries in `user_id`'s history (0 for an unknown user).
+    pub async fn history_len(&self, user_id: UserId<'_>) -> Result<u64, StoreError> {
+        self.read(user_id, |ledger| ledger.history_len() as u64).await
     }
 
     /// Per payer, `user_id`'s points that expire within `within_ms` from

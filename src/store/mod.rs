@@ -24,6 +24,7 @@
 //! user with something due first brings the user forward as a write would.
 
 pub mod backend;
+mod changes;
 mod commands;
 mod deadlines;
 pub mod embedded;
@@ -42,6 +43,8 @@ use chrono::Utc;
 use dashmap::DashMap;
 
 use self::backend::{Backend, Freshness, InMemory, Receipt};
+pub use self::changes::ChangeSubscription;
+use self::changes::Changes;
 use self::deadlines::Deadlines;
 use self::embedded::Embedded;
 use self::embedded::records::{AdvanceClockCommand, Command, JournalRecord};
@@ -49,7 +52,7 @@ use self::postgres::Postgres;
 use self::sweeper::Sweeper;
 use self::users::{UserLedger, Users, collect_users, off_runtime, read_lock, write_lock};
 use crate::ledger::{Clock, Ledger, LedgerError, Outcome, Request};
-pub use commands::Balances;
+pub use commands::{AsOf, Balances};
 pub use embedded::wal::FsyncPolicy;
 #[cfg(any(test, feature = "testing"))]
 pub use embedded::{journal_records_bytes, read_journal};
@@ -76,6 +79,8 @@ pub struct Store {
     limits: Limits,
     /// Users whose ledger changes by itself at a known time.
     deadlines: Deadlines,
+    /// Who follows which user's history.
+    changes: Arc<Changes>,
     /// The sweeper, and how far closing got; held while closing, so that
     /// concurrent closes wait for one another.
     closing: Mutex<Closing>,
@@ -200,7 +205,8 @@ impl Store {
         let sweeper = Sweeper::start(Arc::clone(&users), limits.request_id_retention_ms);
         let closing = Mutex::new(Closing { sweeper, state: CloseState::Open });
         let loading = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { users, loading, backend, limits, deadlines, closing }
+        let changes = Arc::default();
+        Self { users, loading, backend, limits, deadlines, changes, closing }
     }
 
     /// The clock a call accepted now runs at.
@@ -209,6 +215,20 @@ impl Store {
             now_ms: Utc::now().timestamp_millis(),
             points_validity_ms: self.limits.points_validity_ms,
         }
+    }
+
+    /// Follows `user_id`'s history: the subscription wakes once a change of
+    /// theirs written through this store is durable. Changes other replicas
+    /// store are not seen: a follower of a [shared](Store::is_shared) store
+    /// also looks again now and then.
+    pub fn subscribe_changes(&self, user_id: UserId<'_>) -> ChangeSubscription {
+        self.changes.subscribe(user_id.as_str())
+    }
+
+    /// Whether other processes write the same users (replicas sharing a
+    /// database).
+    pub fn is_shared(&self) -> bool {
+        self.backend.is_shared()
     }
 
     /// Brings `user_id`'s ledger to now: releases holds that timed out and
@@ -258,13 +278,18 @@ impl Store {
             running.spawn(async move {
                 let advanced = store.advance_clock(UserId::new(&user_id)).await;
                 let user = store.users.get(&*user_id).map(|user| Arc::clone(user.value()));
-                let corrected = match (advanced, listed_due_ms, user) {
-                    (Ok(()), Some(listed_due_ms), Some(user)) => {
-                        store.backend.due_user_advanced(&user_id, listed_due_ms, &user).await
+                let backend = &store.backend;
+                let listed = match (&advanced, listed_due_ms) {
+                    (_, None) => Ok(()),
+                    (Ok(()), Some(listed_due_ms)) => {
+                        backend.due_user_advanced(&user_id, listed_due_ms, user.as_ref()).await
                     }
-                    (advanced, _, _) => advanced,
+                    (Err(_), Some(listed_due_ms)) => {
+                        let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
+                        backend.postpone_due_user(&user_id, listed_due_ms, retry_at_ms).await
+                    }
                 };
-                if let Err(error) = corrected {
+                if let Err(error) = advanced.and(listed) {
                     tracing::warn!(user_id = %user_id, %error, "cannot bring a user's clock forward");
                 }
             });
@@ -535,6 +560,7 @@ impl Store {
                     }
                     stored => {
                         stored?;
+                        self.changes.notify(user_id.as_str());
                         if let Some(user) = decided_on.filter(|_| self.backend.is_shared()) {
                             self.backend.stored(user_id.as_str(), &user);
                         }
@@ -724,6 +750,10 @@ impl Drop for Store {
         }
     }
 }
+
+/// How long a due user that could not be brought forward waits before the
+/// next try, in milliseconds.
+const DUE_USER_RETRY_MS: i64 = 60_000;
 
 /// Due users brought forward at once by [`Store::advance_due_users`].
 const DUE_USERS_AT_ONCE: usize = 64;

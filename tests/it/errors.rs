@@ -144,7 +144,7 @@ async fn spend_fails_with_invalid_argument_when_points_are_not_positive(mut clie
         .expect_err("a control character is not a user id");
     assert_refusal(&status, Code::InvalidArgument, "USER_ID_INVALID");
     let status = client
-        .get_balances(GetBalancesRequest { user_id: "b".repeat(129) })
+        .get_balances(GetBalancesRequest { user_id: "b".repeat(129), ..Default::default() })
         .await
         .expect_err("too long a user id");
     assert_eq!(bad_fields(&status), ["user_id"]);

@@ -99,7 +99,7 @@ proptest! {
             allowed(service.add_transaction(Request::new(add)).await.map(drop))?;
             let spend = SpendRequest { points, user_id: user_id.clone(), request_id };
             allowed(service.spend(Request::new(spend)).await.map(drop))?;
-            allowed(service.get_balances(Request::new(GetBalancesRequest { user_id: user_id.clone() })).await.map(drop))?;
+            allowed(service.get_balances(Request::new(GetBalancesRequest { user_id: user_id.clone(), ..Default::default() })).await.map(drop))?;
             let list = ListTransactionsRequest { user_id, page_size, page_token };
             allowed(service.list_transactions(Request::new(list)).await.map(drop))?;
             Ok::<(), TestCaseError>(())

@@ -63,7 +63,7 @@ fn release_request(hold_id: u64, request_id: &str) -> ReleaseHoldRequest {
 }
 
 async fn held(client: &mut Client, user_id: &str) -> HashMap<String, i64> {
-    let request = GetBalancesRequest { user_id: user_id.to_owned() };
+    let request = GetBalancesRequest { user_id: user_id.to_owned(), ..Default::default() };
     client.get_balances(request).await.expect("balances").into_inner().held
 }
 

@@ -179,8 +179,10 @@ async fn client_task(
             }
             _ => {
                 let invoked = Instant::now();
-                let mut request =
-                    tonic::Request::new(GetBalancesRequest { user_id: USERS[user].to_owned() });
+                let mut request = tonic::Request::new(GetBalancesRequest {
+                    user_id: USERS[user].to_owned(),
+                    ..Default::default()
+                });
                 request.set_timeout(Duration::from_secs(10));
                 if let Ok(reply) = client.get_balances(request).await {
                     let all = reply.into_inner().balances;
@@ -422,7 +424,7 @@ async fn concurrent_clients_through_replicas_that_crash_see_one_order_per_user()
     for client in &mut clients[..2] {
         let mut balances = Vec::new();
         for user_id in USERS {
-            let request = GetBalancesRequest { user_id: user_id.to_owned() };
+            let request = GetBalancesRequest { user_id: user_id.to_owned(), ..Default::default() };
             let reply = client.get_balances(request).await.expect("a surviving replica reads");
             let all = reply.into_inner().balances;
             balances.push(

@@ -359,7 +359,7 @@ async fn a_user_with_a_long_history_is_loaded_from_their_snapshot() {
     let mut another_client = another.client().await;
     assert_eq!(balances_of(&mut another_client, "spare").await, spare_balances);
     assert!(another.log().contains("loading the user from all their chunks"));
-    let request = GetBalancesRequest { user_id: "long".to_owned() };
+    let request = GetBalancesRequest { user_id: "long".to_owned(), ..Default::default() };
     let status = another_client.get_balances(request).await.expect_err("damaged");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("snapshot is damaged"), "{status:?}");

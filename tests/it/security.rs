@@ -49,9 +49,10 @@ async fn call(
             .spend(with_token(SpendRequest { user_id, points: 1, ..Default::default() }, token))
             .await
             .map(drop),
-        "GetBalances" => {
-            client.get_balances(with_token(GetBalancesRequest { user_id }, token)).await.map(drop)
-        }
+        "GetBalances" => client
+            .get_balances(with_token(GetBalancesRequest { user_id, ..Default::default() }, token))
+            .await
+            .map(drop),
         "ListTransactions" => client
             .list_transactions(with_token(
                 ListTransactionsRequest { user_id, ..Default::default() },

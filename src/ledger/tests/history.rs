@@ -24,7 +24,7 @@ fn history_pages_list_entries_in_arrival_order() {
     }
     let summary: Vec<String> = entries
         .iter()
-        .map(|entry| match entry {
+        .map(|paged| match &paged.entry {
             HistoryEntry::Transaction { transaction, remaining_points } => {
                 format!("t{} {} left {remaining_points}", transaction.id, transaction.points)
             }

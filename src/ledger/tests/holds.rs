@@ -280,12 +280,36 @@ fn restore_refuses_holds_and_refunds_that_disagree_with_their_entries() {
     let state = ledger.state();
     assert!(Ledger::restore(state.clone()).is_ok(), "the untouched state restores");
     type Tamper = fn(&mut LedgerState);
-    let tampered: [(&str, Tamper); 7] = [
+    let tampered: [(&str, Tamper); 10] = [
+        ("spend 1 is inconsistent", |state| state.spends[0].points = i64::MIN),
+        ("is inconsistent with the history", |state| {
+            // A refund that gives back to a payer the spend did not end on.
+            for record in &mut state.events {
+                if let Event::Refund { refunded, .. } = &mut record.event {
+                    let payer = &mut refunded[0].0;
+                    *payer = (*payer + 1) % 3;
+                }
+            }
+        }),
+        ("is inconsistent with the history", |state| {
+            // Hold 2 released before it opened.
+            let place = |state: &LedgerState, wanted: &Event| {
+                state.events.iter().position(|record| &record.event == wanted)
+            };
+            let opened = place(state, &Event::Hold { hold_id: 2 });
+            let released = place(state, &Event::Release { hold_id: 2, timed_out: false });
+            if let (Some(opened), Some(released)) = (opened, released) {
+                let event = state.events[opened].event.clone();
+                state.events[opened].event = state.events[released].event.clone();
+                state.events[released].event = event;
+            }
+        }),
         ("spend 2's refunds add up to 300, not the 301", |state| {
             state.spends[1].refunded += 1;
         }),
         ("spend 1 is inconsistent", |state| state.spends[0].taken.reverse()),
-        ("hold 2's entries do not match", |state| state.holds[1].state = HoldState::Open),
+        // Open again, it would hold points no longer taken from the payer.
+        ("more than was taken from it", |state| state.holds[1].state = HoldState::Open),
         ("hold 2's entries do not match", |state| {
             state.holds[1].state = HoldState::Released { timed_out: true };
         }),
@@ -299,7 +323,7 @@ fn restore_refuses_holds_and_refunds_that_disagree_with_their_entries() {
                 }
             }
         }),
-        ("past i64::MAX", |state| {
+        ("more than was taken from it", |state| {
             let payer = state.holds[2].taken[0].0;
             state.holds[2].taken = vec![(payer, i64::MAX - 1)];
             state.holds[2].points = i64::MAX - 1;
@@ -339,7 +363,7 @@ fn history_pages_walk_every_kind_of_entry_in_order() {
     let mut cursor = HistoryCursor::default();
     let mut walked = Vec::new();
     while let Some(page) = ledger.history_page(cursor, 1) {
-        walked.extend(page.entries);
+        walked.extend(page.entries.into_iter().map(|paged| paged.entry));
         match page.next {
             Some(next) => cursor = next,
             None => break,

@@ -34,7 +34,7 @@ impl Ledger {
     /// Every history entry from position `start` on (in one page).
     pub(super) fn history_page_from(&self, start: usize) -> Vec<HistoryEntry> {
         let page = self.history_page(HistoryCursor::default(), usize::MAX).expect("a page");
-        page.entries.into_iter().skip(start).collect()
+        page.entries.into_iter().skip(start).map(|paged| paged.entry).collect()
     }
 }
 

@@ -389,7 +389,7 @@ fn late_old_lots_and_take_backs_resettle_exactly() {
         let left_in_one_point_lots = newest
             .entries
             .iter()
-            .filter_map(|entry| match entry {
+            .filter_map(|paged| match &paged.entry {
                 HistoryEntry::Transaction { transaction, remaining_points }
                     if transaction.points == 1 =>
                 {

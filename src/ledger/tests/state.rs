@@ -32,6 +32,7 @@ fn restore_refuses_impossible_states() {
         payer_index,
         points,
         timestamp: at("2024-01-01T00:00:00Z"),
+        accepted_at_ms: 0,
     };
     let state =
         |payers: &[(&str, i64)], transactions: Vec<TransactionRecord>, spends: Vec<SpendRecord>| {
@@ -49,6 +50,7 @@ fn restore_refuses_impossible_states() {
         taken,
         refunded: 0,
         hold_id: 0,
+        accepted_at_ms: 0,
     };
     let cases = [
         (state(&[("A", 11)], vec![transaction(0, 10)], vec![]), "balance above credits"),

@@ -264,6 +264,9 @@ pub struct EventEntry {
     /// What stayed refundable after a refund.
     #[prost(int64, tag = "7")]
     pub refundable_after: i64,
+    /// When it was accepted, in milliseconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "8")]
+    pub accepted_at_ms: i64,
 }
 
 /// What a snapshot covers.
@@ -333,6 +336,10 @@ pub struct TransactionsChunk {
     /// Timestamp nanoseconds within the second.
     #[prost(uint32, repeated, tag = "4")]
     pub timestamp_nanos: Vec<u32>,
+    /// When each was accepted, in milliseconds since
+    /// 1970-01-01T00:00:00Z; empty when all are unknown (0).
+    #[prost(sint64, repeated, tag = "5")]
+    pub accepted_at_ms: Vec<i64>,
 }
 
 /// Spends; `taken_counts[i]` entries of the flat taken columns belong to spend i.
@@ -359,6 +366,10 @@ pub struct SpendsChunk {
     /// The hold each spend captured (0: none); empty when none did.
     #[prost(uint64, repeated, tag = "7")]
     pub hold_ids: Vec<u64>,
+    /// When each was accepted, as for transactions; empty when all are
+    /// unknown (0).
+    #[prost(sint64, repeated, tag = "8")]
+    pub accepted_at_ms: Vec<i64>,
 }
 
 /// Remembered requests.

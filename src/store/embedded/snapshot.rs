@@ -201,6 +201,7 @@ fn encode_user_parts(
                 .iter()
                 .map(|record| record.timestamp.timestamp_subsec_nanos())
                 .collect(),
+            accepted_at_ms: optional_column(chunk, |record| record.accepted_at_ms),
         }));
     }
     for chunk in state.spends.chunks(ITEMS_PER_CHUNK) {
@@ -212,16 +213,9 @@ fn encode_user_parts(
             taken_payers: taken.clone().map(|&(payer, _)| payer).collect(),
             taken_points: taken.map(|&(_, points)| points).collect(),
             // Columns most spends leave at 0 are left out when all do.
-            refunded: if chunk.iter().any(|spend| spend.refunded != 0) {
-                chunk.iter().map(|spend| spend.refunded).collect()
-            } else {
-                Vec::new()
-            },
-            hold_ids: if chunk.iter().any(|spend| spend.hold_id != 0) {
-                chunk.iter().map(|spend| spend.hold_id).collect()
-            } else {
-                Vec::new()
-            },
+            refunded: optional_column(chunk, |spend| spend.refunded),
+            hold_ids: optional_column(chunk, |spend| spend.hold_id),
+            accepted_at_ms: optional_column(chunk, |spend| spend.accepted_at_ms),
         }));
     }
     for chunk in state.holds.chunks(ITEMS_PER_CHUNK) {
@@ -286,6 +280,7 @@ fn event_entry(record: &EventRecord) -> EventEntry {
     let mut entry = EventEntry {
         transactions_before: record.transactions_before,
         spends_before: record.spends_before,
+        accepted_at_ms: record.accepted_at_ms,
         ..EventEntry::default()
     };
     let pairs = match &record.event {
@@ -330,8 +325,18 @@ fn event_of(entry: EventEntry) -> Result<EventRecord, String> {
     Ok(EventRecord {
         transactions_before: entry.transactions_before,
         spends_before: entry.spends_before,
+        accepted_at_ms: entry.accepted_at_ms,
         event,
     })
+}
+
+/// A column most items leave at 0, left out (empty) when all of them do.
+fn optional_column<T, V: Default + PartialEq>(items: &[T], value: impl Fn(&T) -> V) -> Vec<V> {
+    if items.iter().any(|item| value(item) != V::default()) {
+        items.iter().map(value).collect()
+    } else {
+        Vec::new()
+    }
 }
 
 /// One user's snapshot on its own, as framed, checksummed snapshot parts:
@@ -503,6 +508,7 @@ impl UserReader {
                 ]
                 .iter()
                 .any(|&length| length != count)
+                    || !(chunk.accepted_at_ms.is_empty() || chunk.accepted_at_ms.len() == count)
                 {
                     return Err("transaction columns of different lengths".to_owned());
                 }
@@ -514,6 +520,7 @@ impl UserReader {
                             chunk.timestamp_seconds[index],
                             chunk.timestamp_nanos[index],
                         )?,
+                        accepted_at_ms: chunk.accepted_at_ms.get(index).copied().unwrap_or(0),
                     });
                 }
             }
@@ -527,6 +534,7 @@ impl UserReader {
                     || chunk.taken_points.len() != pairs
                     || !optional_fits(chunk.refunded.len())
                     || !optional_fits(chunk.hold_ids.len())
+                    || !optional_fits(chunk.accepted_at_ms.len())
                 {
                     return Err("spend columns of different lengths".to_owned());
                 }
@@ -538,6 +546,7 @@ impl UserReader {
                         taken: taken.by_ref().take(chunk.taken_counts[index] as usize).collect(),
                         refunded: chunk.refunded.get(index).copied().unwrap_or(0),
                         hold_id: chunk.hold_ids.get(index).copied().unwrap_or(0),
+                        accepted_at_ms: chunk.accepted_at_ms.get(index).copied().unwrap_or(0),
                     });
                 }
             }

@@ -191,14 +191,16 @@ async fn copy_users(
     transaction
         .batch_execute(
             "SET LOCAL statement_timeout = 0; \
-             LOCK TABLE points_user_records, points_user_snapshots IN EXCLUSIVE MODE",
+             LOCK TABLE points_user_records, points_user_snapshots, points_user_deadlines \
+             IN EXCLUSIVE MODE",
         )
         .await
         .map_err(|error| failed(database_error(&error)))?;
     let holds_users = transaction
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM points_user_records) \
-             OR EXISTS (SELECT 1 FROM points_user_snapshots)",
+             OR EXISTS (SELECT 1 FROM points_user_snapshots) \
+             OR EXISTS (SELECT 1 FROM points_user_deadlines)",
             &[],
         )
         .await

@@ -36,12 +36,16 @@ const MIGRATIONS: &[(&str, &str)] = &[
         // One row per user with a hold open or points that will expire:
         // when their ledger next changes by itself (milliseconds since the
         // Unix epoch), written with the chunk that made it so. Every
-        // replica's clock task reads the due ones by the index.
+        // replica's clock task reads the due ones by the index. Users stored
+        // before it are listed as due at once: each is brought forward
+        // once, and then listed as it should be (or not at all).
         "CREATE TABLE points_user_deadlines (
              user_id text PRIMARY KEY,
              due_at_ms bigint NOT NULL
          );
-         CREATE INDEX points_user_deadlines_by_due ON points_user_deadlines (due_at_ms);",
+         CREATE INDEX points_user_deadlines_by_due ON points_user_deadlines (due_at_ms);
+         INSERT INTO points_user_deadlines (user_id, due_at_ms)
+             SELECT DISTINCT user_id, 0 FROM points_user_records;",
     ),
 ];
 

@@ -635,15 +635,23 @@ impl Backend for Postgres {
         &'a self,
         user_id: &'a str,
         listed_due_ms: i64,
-        user: &'a Arc<RwLock<UserLedger>>,
+        user: Option<&'a Arc<RwLock<UserLedger>>>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let (due_ms, last_sequence, stored) = {
-                let user = read_lock(user)?;
-                (user.due_ms, user.last_sequence, Arc::clone(&user.stored))
+            let (due_ms, stored) = match user {
+                Some(user) => {
+                    let user = read_lock(user)?;
+                    // A record of ours on its way writes the row itself; a
+                    // ledger gone stale is no guide.
+                    if user.stored.is_stale() || !self.is_durable(user.last_sequence)? {
+                        return Ok(());
+                    }
+                    (user.due_ms, Some(Arc::clone(&user.stored)))
+                }
+                // No records: nothing can come due.
+                None => (None, None),
             };
-            // A record of ours on its way writes the row itself.
-            if due_ms == Some(listed_due_ms) || !self.is_durable(last_sequence)? {
+            if due_ms == Some(listed_due_ms) {
                 return Ok(());
             }
             let client = self.client().await?;
@@ -668,7 +676,28 @@ impl Backend for Postgres {
                     .await?
                 }
             };
-            stored.set_deadline_row(None);
+            if let Some(stored) = stored {
+                stored.set_deadline_row(None);
+            }
+            Ok(())
+        })
+    }
+
+    fn postpone_due_user<'a>(
+        &'a self,
+        user_id: &'a str,
+        listed_due_ms: i64,
+        retry_at_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            self.query(
+                &client,
+                "UPDATE points_user_deadlines SET due_at_ms = $3 \
+                 WHERE user_id = $1 AND due_at_ms = $2",
+                &[&user_id, &listed_due_ms, &retry_at_ms],
+            )
+            .await?;
             Ok(())
         })
     }

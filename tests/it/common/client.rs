@@ -159,7 +159,7 @@ pub async fn small_history(client: &mut Client) {
 
 /// The balances of `user`.
 pub async fn balances_of(client: &mut Client, user: &str) -> HashMap<String, i64> {
-    let request = GetBalancesRequest { user_id: user.to_owned() };
+    let request = GetBalancesRequest { user_id: user.to_owned(), ..Default::default() };
     client.get_balances(request).await.expect("balances").into_inner().balances
 }
 

@@ -126,13 +126,22 @@ pub fn adversarial_block_strategy() -> impl Strategy<Value = Vec<Operation>> {
     ]
 }
 
-/// A ledger's state without the times its request ids were accepted at,
-/// which differ by design between a store (the wall clock) and a model
-/// ledger run beside it.
+/// A ledger's state without the times its request ids and entries were
+/// accepted at, which differ by design between a store (the wall clock)
+/// and a model ledger run beside it.
 pub fn comparable_state(ledger: &Ledger) -> LedgerState {
     let mut state = ledger.state();
     for request in &mut state.requests {
         request.accepted_at_ms = 0;
+    }
+    for record in &mut state.transactions {
+        record.accepted_at_ms = 0;
+    }
+    for record in &mut state.spends {
+        record.accepted_at_ms = 0;
+    }
+    for record in &mut state.events {
+        record.accepted_at_ms = 0;
     }
     state.clock_ms = 0;
     state

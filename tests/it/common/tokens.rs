@@ -49,6 +49,7 @@ pub async fn balances_as(
     token: &str,
     user: &str,
 ) -> Result<HashMap<String, i64>, Status> {
-    let request = with_token(GetBalancesRequest { user_id: user.to_owned() }, token);
+    let request =
+        with_token(GetBalancesRequest { user_id: user.to_owned(), ..Default::default() }, token);
     Ok(client.get_balances(request).await?.into_inner().balances)
 }

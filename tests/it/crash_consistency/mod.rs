@@ -116,7 +116,7 @@ fn start_or_refusal(data_dir: &Path) -> Result<ServerProcess, String> {
 
 /// A user's balances, ordered.
 async fn user_balances(client: &mut Client, user: &str) -> BTreeMap<String, i64> {
-    let request = GetBalancesRequest { user_id: user.to_owned() };
+    let request = GetBalancesRequest { user_id: user.to_owned(), ..Default::default() };
     let reply = within(30, "GetBalances", client.get_balances(request)).await;
     reply.expect("balances").into_inner().balances.into_iter().collect()
 }

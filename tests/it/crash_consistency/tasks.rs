@@ -224,7 +224,7 @@ pub(super) async fn reader(
         // The read: balances, or a spend too large to accept, whose refusal
         // tells the total it was decided on.
         let moment = if rng.bool() {
-            let request = GetBalancesRequest { user_id: user.clone() };
+            let request = GetBalancesRequest { user_id: user.clone(), ..Default::default() };
             match client.get_balances(request).await {
                 Ok(reply) => {
                     let balances = reply.into_inner().balances.into_iter().collect();

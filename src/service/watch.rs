@@ -1,0 +1,114 @@
+//! WatchTransactions: a user's history, then each new entry once durable,
+//! read from the history at the client's pace.
+//!
+//! The stream holds no queue of its own. It reads a page of at most
+//! [`WATCH_PAGE_ENTRIES`] entries only when the client has taken the last
+//! one (HTTP/2 flow control and tonic's body pull it), so a slow client
+//! costs one page of memory however far behind it falls. Caught up, it
+//! waits for a change of the user to become durable (or, on replicas over a
+//! shared database, looks again every [`SHARED_POLL_INTERVAL`], since
+//! changes other replicas store wake nobody here), or for shutdown, which
+//! ends the stream with UNAVAILABLE so the client reconnects elsewhere from
+//! its last position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::Status;
+
+use super::admission::ClientSlot;
+use super::{MAX_PAGE_BYTES, history_entry, status};
+use crate::ledger::{HistoryCursor, PageLimits};
+use crate::proto::v1::WatchTransactionsResponse;
+use crate::store::{Store, UserId};
+
+/// Entries read from the history at a time.
+const WATCH_PAGE_ENTRIES: usize = 64;
+
+/// How often a caught-up stream over a shared database looks for entries
+/// other replicas stored.
+const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What a stream keeps for as long as it is open: its share of its
+/// client's calls and its place among the server's watch streams.
+pub(super) struct StreamSlots {
+    pub(super) _client: Option<ClientSlot>,
+    pub(super) _watch: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The entries of `user_id`'s history after `cursor`, then each new one
+/// once durable, until the client goes away or `shutdown` turns true.
+pub(super) fn follow(
+    store: Arc<Store>,
+    user_id: String,
+    cursor: HistoryCursor,
+    mut shutdown: watch::Receiver<bool>,
+    slots: StreamSlots,
+) -> impl Stream<Item = Result<WatchTransactionsResponse, Status>> + Send + 'static {
+    async_stream::stream! {
+        let _slots = slots;
+        metrics::gauge!("points_watch_streams").increment(1.0);
+        let _open = OpenStream;
+        let mut changes = store.subscribe_changes(UserId::new(&user_id));
+        let mut cursor = cursor;
+        let limits = PageLimits { max_entries: WATCH_PAGE_ENTRIES, max_bytes: MAX_PAGE_BYTES };
+        loop {
+            if *shutdown.borrow_and_update() {
+                yield Err(shutting_down());
+                break;
+            }
+            changes.mark_seen();
+            let page = match store.history_page(UserId::new(&user_id), cursor, limits).await {
+                Ok(Some(page)) => page,
+                Ok(None) => {
+                    // The history never shrinks: a place in it stays valid.
+                    yield Err(Status::internal("the followed history lost its place"));
+                    break;
+                }
+                Err(error) => {
+                    yield Err(status::store_error(&error));
+                    break;
+                }
+            };
+            cursor = page.after;
+            if page.entries.is_empty() {
+                let poll = store.is_shared().then_some(SHARED_POLL_INTERVAL);
+                tokio::select! {
+                    () = changes.changed() => {}
+                    () = sleep_or_never(poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            for entry in page.entries {
+                yield Ok(WatchTransactionsResponse { entry: Some(history_entry(entry)) });
+            }
+        }
+    }
+}
+
+/// UNAVAILABLE: the server is going away, reconnect.
+fn shutting_down() -> Status {
+    Status::unavailable(
+        "the server is shutting down; reconnect (to another replica) with after_position set to \
+         the last position received",
+    )
+}
+
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts an open stream in `points_watch_streams` for as long as it lives.
+struct OpenStream;
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("points_watch_streams").decrement(1.0);
+    }
+}

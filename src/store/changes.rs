@@ -1,0 +1,75 @@
+//! Who follows which user's history, and waking them when it changes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+/// Per user followed, a signal that a change of theirs became durable. Only
+/// users someone follows are listed, so its size is bounded by the
+/// followers; a write costs one atomic load when nobody follows anyone.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    senders: DashMap<Arc<str>, watch::Sender<()>>,
+    /// Followers subscribed, over every user.
+    followers: AtomicUsize,
+}
+
+/// A follower of one user: wakes when a change of theirs is durable.
+/// Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct ChangeSubscription {
+    changes: Arc<Changes>,
+    user_id: Arc<str>,
+    receiver: watch::Receiver<()>,
+}
+
+impl Changes {
+    /// Follows `user_id`'s changes from now on.
+    pub(crate) fn subscribe(self: &Arc<Self>, user_id: &str) -> ChangeSubscription {
+        self.followers.fetch_add(1, Ordering::AcqRel);
+        let user_id: Arc<str> = user_id.into();
+        let receiver = self
+            .senders
+            .entry(Arc::clone(&user_id))
+            .or_insert_with(|| watch::Sender::new(()))
+            .subscribe();
+        ChangeSubscription { changes: Arc::clone(self), user_id, receiver }
+    }
+
+    /// A change of `user_id`'s is durable: wakes their followers.
+    pub(crate) fn notify(&self, user_id: &str) {
+        if self.followers.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Some(sender) = self.senders.get(user_id) {
+            sender.send_replace(());
+        }
+    }
+}
+
+impl ChangeSubscription {
+    /// Marks every change so far as seen: call before reading the history,
+    /// so that a change durable after it wakes [`ChangeSubscription::changed`].
+    pub fn mark_seen(&mut self) {
+        self.receiver.borrow_and_update();
+    }
+
+    /// Completes once a change not yet seen is durable.
+    pub async fn changed(&mut self) {
+        // The sender lives in the map while this subscription does.
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for ChangeSubscription {
+    fn drop(&mut self) {
+        self.changes.followers.fetch_sub(1, Ordering::AcqRel);
+        // The last follower of a user takes the user's entry with it. Its
+        // own receiver still counts until this drop ends, hence `<= 1`.
+        self.changes.senders.remove_if(&self.user_id, |_, sender| sender.receiver_count() <= 1);
+    }
+}
