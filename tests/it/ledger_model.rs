@@ -64,12 +64,17 @@ fn check_loyalty_against_reference(
     let mut ledger = Ledger::new();
     let mut reference = ReferenceLedger::default();
     let mut clock = Clock { now_ms: loyalty_start_ms(), points_validity_ms: validity_ms };
+    // After each step: the time, the history's length, the reference's
+    // balances and held points.
+    let mut past = Vec::new();
     let run = |ledger: &mut Ledger, params: RequestParams| {
         ledger.replay(None, params).map(|(_, executed)| executed)
     };
     for operation in operations {
         ledger.advance(clock);
         reference.advance(clock);
+        // The time this step's entries are accepted at.
+        let accepted_at_ms = clock.now_ms;
         match operation {
             LoyaltyOperation::Basic(Operation::Add { payer, points, timestamp }) => {
                 let (points, timestamp) = (*points, *timestamp);
@@ -139,7 +144,33 @@ fn check_loyalty_against_reference(
             TestCaseError::fail(format!("after {operation:?}: restore refused: {error}"))
         })?;
         prop_assert_eq!(restored.state(), ledger.state());
+        let position = ledger.history_len() as u64;
+        prop_assert_eq!(restored.points_as_of(position), ledger.points_as_of(position));
+        past.push((accepted_at_ms, position, reference.balances(), reference.held()));
     }
+    // The balances as of every step's place in the history are the
+    // reference's right after that step, and a time finds the last entry
+    // accepted by then.
+    for (index, (now_ms, position, balances, held)) in past.iter().enumerate() {
+        let points = ledger.points_as_of(*position).expect("a position in the history");
+        let as_of_balances: Vec<_> =
+            points.iter().map(|&(payer, balance, _)| (payer.to_owned(), balance)).collect();
+        let as_of_held: Vec<_> = points
+            .iter()
+            .filter(|&&(_, _, held)| held > 0)
+            .map(|&(payer, _, held)| (payer.to_owned(), held))
+            .collect();
+        prop_assert_eq!(&as_of_balances, balances, "as of step {}", index);
+        prop_assert_eq!(&as_of_held, held, "as of step {}", index);
+        let last_at_that_time = past
+            .iter()
+            .filter(|(then_ms, ..)| then_ms <= now_ms)
+            .map(|&(_, position, ..)| position)
+            .max();
+        prop_assert_eq!(Some(ledger.position_at_time(*now_ms)), last_at_that_time);
+    }
+    prop_assert_eq!(ledger.position_at_time(loyalty_start_ms() - 1), 0);
+    prop_assert_eq!(ledger.points_as_of(ledger.history_len() as u64 + 1), None);
     Ok(())
 }
 

@@ -46,3 +46,4 @@ mod spending;
 mod store_model;
 mod tls;
 mod users;
+mod watch;
