@@ -50,6 +50,32 @@ def main(address):
     balances = stub.GetBalances(points_pb2.GetBalancesRequest(user_id="example-user")).balances
     print("balances", dict(balances))
 
+    # Follow the user's history: every entry so far, then each new one as it
+    # is stored. Keep the last position seen; reconnecting with it resumes
+    # the stream with nothing missed and nothing twice.
+    last_seen = 0
+    stream = stub.WatchTransactions(points_pb2.WatchTransactionsRequest(user_id="example-user"))
+    for response in stream:
+        last_seen = response.entry.position
+        print("entry", last_seen, response.entry.WhichOneof("entry"))
+        if last_seen == 2:  # the transaction and the spend above
+            break
+    stream.cancel()
+
+    # Later (or after the server went away with UNAVAILABLE): resume.
+    resumed = stub.WatchTransactions(
+        points_pb2.WatchTransactionsRequest(user_id="example-user", after_position=last_seen)
+    )
+    stub.AddTransaction(
+        points_pb2.AddTransactionRequest(user_id="example-user", payer="UNILEVER", points=50, timestamp=when)
+    )
+    print("resumed at", next(resumed).entry.position)
+    resumed.cancel()
+
+    # The balances as they were right after the first entry.
+    then = stub.GetBalances(points_pb2.GetBalancesRequest(user_id="example-user", as_of_position=1))
+    print("balances as of", then.position, dict(then.balances))
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "localhost:50051")

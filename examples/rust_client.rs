@@ -8,7 +8,9 @@
 //! ```
 
 use points::proto::v1::points_service_client::PointsServiceClient;
-use points::proto::v1::{AddTransactionRequest, GetBalancesRequest, SpendRequest};
+use points::proto::v1::{
+    AddTransactionRequest, GetBalancesRequest, SpendRequest, WatchTransactionsRequest,
+};
 use tonic_types::StatusExt;
 
 #[tokio::main]
@@ -51,5 +53,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get_balances(GetBalancesRequest { user_id: "example-user".into(), ..Default::default() })
         .await?;
     println!("balances {:?}", balances.into_inner().balances);
+
+    // Follow the user's history: every entry so far, then each new one as it
+    // is stored. Keep the last position seen; reconnecting with it resumes
+    // the stream with nothing missed and nothing twice (after UNAVAILABLE,
+    // on another replica).
+    let mut last_seen = 0;
+    let watch = WatchTransactionsRequest { user_id: "example-user".into(), after_position: 0 };
+    let mut stream = client.watch_transactions(watch).await?.into_inner();
+    while let Some(response) = stream.message().await? {
+        let Some(entry) = response.entry else { continue };
+        last_seen = entry.position;
+        println!("entry {last_seen}: {:?}", entry.entry);
+        if last_seen == 2 {
+            break; // the transaction and the spend above
+        }
+    }
+    drop(stream);
+    let resume =
+        WatchTransactionsRequest { user_id: "example-user".into(), after_position: last_seen };
+    let _resumed = client.watch_transactions(resume).await?.into_inner();
+    println!("resumed after position {last_seen}");
     Ok(())
 }

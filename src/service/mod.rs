@@ -741,8 +741,19 @@ pub async fn log_call_summaries() {
 /// service's methods, or `unknown` (the path is the client's to choose, and
 /// labels must stay few).
 fn method_label(path: &str) -> &'static str {
-    const METHODS: [&str; 5] =
-        ["AddTransaction", "AddTransactions", "Spend", "GetBalances", "ListTransactions"];
+    const METHODS: [&str; 11] = [
+        "AddTransaction",
+        "AddTransactions",
+        "Spend",
+        "GetBalances",
+        "ListTransactions",
+        "HoldPoints",
+        "CaptureHold",
+        "ReleaseHold",
+        "RefundSpend",
+        "GetExpiringPoints",
+        "WatchTransactions",
+    ];
     let method = path.strip_prefix("/points.v1.PointsService/").unwrap_or_default();
     METHODS.into_iter().find(|known| *known == method).unwrap_or("unknown")
 }

@@ -54,8 +54,14 @@ fn json_matches(actual: &serde_json::Value, expected: &serde_json::Value) -> boo
 
 #[derive(Debug)]
 enum Expected {
-    Json(serde_json::Value),
+    /// One JSON value, or several: the messages of a stream, in order.
+    Json(Vec<serde_json::Value>),
     Text(String),
+}
+
+/// The JSON values of `text`, one after another.
+fn json_values(text: &str) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    serde_json::Deserializer::from_str(text).into_iter().collect()
 }
 
 /// Reads the fenced blocks of README.md: each ```sh block holding a grpcurl
@@ -90,7 +96,7 @@ fn readme_examples() -> Vec<Example> {
         let expected =
             blocks.get(index + 1).and_then(|(language, output)| match language.as_str() {
                 "json" => Some(Expected::Json(
-                    serde_json::from_str(output)
+                    json_values(output)
                         .unwrap_or_else(|error| panic!("README JSON {output}: {error}")),
                 )),
                 "text" => Some(Expected::Text(output.trim().to_owned())),
@@ -135,15 +141,27 @@ fn readme_grpcurl_examples_print_exactly_what_the_readme_shows() {
             Some(Expected::Json(expected)) => {
                 // A failed call (the README shows its status, with a code) is
                 // printed on stderr, and grpcurl exits with 64 + the gRPC code.
-                let code = expected.get("code").and_then(serde_json::Value::as_i64).unwrap_or(0);
-                let (printed, expected_exit) =
-                    if code == 0 { (&stdout, 0) } else { (&stderr, 64 + code as i32) };
-                let actual: serde_json::Value = serde_json::from_str(printed)
+                let code = match expected.as_slice() {
+                    [single] => single.get("code").and_then(serde_json::Value::as_i64),
+                    _ => None,
+                };
+                let (printed, mut expected_exit) = match code {
+                    Some(code) if code != 0 => (&stderr, 64 + code as i32),
+                    _ => (&stdout, 0),
+                };
+                // A stream that grpcurl's -max-time hangs up on ends with
+                // DEADLINE_EXCEEDED (4) after the messages it printed.
+                if example.command.contains("-max-time") {
+                    expected_exit = 64 + 4;
+                }
+                let actual = json_values(printed)
                     .unwrap_or_else(|error| panic!("output is not JSON ({error}): {context}"));
-                assert!(
-                    json_matches(&actual, expected),
-                    "{context}\nprinted: {actual:#}\nREADME: {expected:#}"
-                );
+                let matches = actual.len() == expected.len()
+                    && actual
+                        .iter()
+                        .zip(expected)
+                        .all(|(actual, expected)| json_matches(actual, expected));
+                assert!(matches, "{context}\nprinted: {actual:#?}\nREADME: {expected:#?}");
                 assert_eq!(output.status.code(), Some(expected_exit), "{context}");
             }
             Some(Expected::Text(expected)) => {

@@ -2,7 +2,8 @@
 //! the self-installing test virtualenv) runs examples A and B, decodes the
 //! error details with grpcio-status, checks health with
 //! grpcio-health-checking, and retries a spend with a request_id, against the
-//! real server. The copyable example client runs too.
+//! real server. The copyable example client runs too, following a user's
+//! history with WatchTransactions and resuming it.
 
 use crate::common;
 
@@ -36,4 +37,8 @@ fn python_client_generated_from_the_proto_interoperates() {
     let stdout = run_python(&format!("{root}/examples/python_client.py"), stubs.path(), &address);
     assert!(stdout.contains("refused: FAILED_PRECONDITION INSUFFICIENT_POINTS"), "{stdout}");
     assert!(stdout.contains("balances {'DANNON': 300}"), "{stdout}");
+    // It follows the history, and resumes after the last position it saw.
+    assert!(stdout.contains("entry 1 transaction\nentry 2 spend\n"), "{stdout}");
+    assert!(stdout.contains("resumed at 3"), "{stdout}");
+    assert!(stdout.contains("balances as of 1 {'DANNON': 500}"), "{stdout}");
 }

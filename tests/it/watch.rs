@@ -254,6 +254,25 @@ async fn watch_streams_are_bounded_and_outlive_the_call_duration_limit() {
     assert_eq!(next_positions(&mut first, 1).await, [1], "the stream outlived 300 ms");
 }
 
+/// WatchTransactions needs the read role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_needs_the_read_role() {
+    use crate::common::tokens::{token_client, tokens_file, with_token};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let clients =
+        [token_client("checkout", &["spend"], &[]), token_client("reporting", &["read"], &[])];
+    let tokens = tokens_file(dir.path(), &clients);
+    let server = ServerProcess::start(&["--tokens-file", tokens.to_str().expect("a path")]);
+    let mut client = server.client().await;
+    let request = || WatchTransactionsRequest::default();
+    let refused = client
+        .watch_transactions(with_token(request(), "checkout-token"))
+        .await
+        .expect_err("no read role");
+    assert_refusal(&refused, Code::PermissionDenied, "ROLE_MISSING");
+    client.watch_transactions(with_token(request(), "reporting-token")).await.expect("allowed");
+}
+
 /// A watcher that stops reading a long history does not make the server
 /// hold that history in memory: it reads at the client's pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
