@@ -159,6 +159,17 @@ impl PointsService {
     }
 }
 
+impl PointsService {
+    /// OUT_OF_RANGE for `field`'s `position` past the end of `user_id`'s
+    /// history (or why the history's length cannot be read).
+    async fn past_the_end(&self, user_id: UserId<'_>, field: &str, position: u64) -> Status {
+        match self.store.history_len(user_id).await {
+            Ok(length) => status::position_out_of_range(field, position, length),
+            Err(error) => status::store_error(&error),
+        }
+    }
+}
+
 /// PERMISSION_DENIED unless the caller may use `role` for `user_id`.
 fn authorize(principal: Option<&Principal>, role: Role, user_id: &str) -> Result<(), Status> {
     match principal {
@@ -205,16 +216,7 @@ impl PointsServiceApi for PointsService {
                 .await
                 .map_err(|error| status::store_error(&error))?;
             let Some(cursor) = cursor else {
-                let length = self
-                    .store
-                    .history_len(user_id)
-                    .await
-                    .map_err(|error| status::store_error(&error))?;
-                return Err(status::position_out_of_range(
-                    "after_position",
-                    after_position,
-                    length,
-                ));
+                return Err(self.past_the_end(user_id, "after_position", after_position).await);
             };
             // The stream keeps its client's share of calls, taken from the
             // admission layer (or admitted here without it), for as long as
@@ -335,16 +337,8 @@ impl PointsServiceApi for PointsService {
                 .await
                 .map_err(|error| status::store_error(&error))?;
             let Some(read) = read else {
-                let length = self
-                    .store
-                    .history_len(user_id)
-                    .await
-                    .map_err(|error| status::store_error(&error))?;
-                return Err(status::position_out_of_range(
-                    "as_of_position",
-                    request.get_ref().as_of_position,
-                    length,
-                ));
+                let position = request.get_ref().as_of_position;
+                return Err(self.past_the_end(user_id, "as_of_position", position).await);
             };
             Ok(Response::new(GetBalancesResponse {
                 balances: read.balances.into_iter().collect(),

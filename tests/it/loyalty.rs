@@ -67,6 +67,18 @@ async fn held(client: &mut Client, user_id: &str) -> HashMap<String, i64> {
     client.get_balances(request).await.expect("balances").into_inner().held
 }
 
+/// (hold id, timed out) of every release in the default user's history.
+async fn hold_releases(client: &mut Client) -> Vec<(u64, bool)> {
+    entries(client, "")
+        .await
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::HoldRelease(release) => Some((release.hold_id, release.timed_out)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The issue's hold example: hold 5000, spend 1000, capture 3000.
 async fn holds_are_captured_and_released_as_the_issue_shows(mut client: Client) {
     example_a(&mut client).await;
@@ -329,14 +341,7 @@ async fn hold_timeouts_survive_kill_9() {
     let server = ServerProcess::start_durable(dir.path(), &[]);
     let mut client = server.client().await;
     assert_eq!(held(&mut client, "").await, map(&[("MILLER COORS", 1000)]));
-    let releases: Vec<_> = entries(&mut client, "")
-        .await
-        .into_iter()
-        .filter_map(|entry| match entry {
-            Entry::HoldRelease(release) => Some((release.hold_id, release.timed_out)),
-            _ => None,
-        })
-        .collect();
+    let releases = hold_releases(&mut client).await;
     assert_eq!(releases, [(1, true)]);
 }
 
@@ -405,14 +410,7 @@ async fn a_new_replica_releases_timed_out_holds_of_users_nobody_calls() {
     assert_eq!((released, due), (chunks + 1, None), "one release, and nothing due any more");
     let mut client = second.client().await;
     assert_eq!(held(&mut client, "").await, HashMap::new());
-    let releases: Vec<_> = entries(&mut client, "")
-        .await
-        .into_iter()
-        .filter_map(|entry| match entry {
-            Entry::HoldRelease(release) => Some((release.hold_id, release.timed_out)),
-            _ => None,
-        })
-        .collect();
+    let releases = hold_releases(&mut client).await;
     assert_eq!(releases, [(hold.hold_id, true)]);
 }
 
