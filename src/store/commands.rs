@@ -165,17 +165,9 @@ impl Store {
         .map(|(_, executed)| executed)
     }
 
-    /// Every payer ever credited to `user_id` with its balance, and the
-    /// points in open holds, once every change they reflect is durable.
-    pub async fn balances_and_held(&self, user_id: UserId<'_>) -> Result<Balances, StoreError> {
-        self.balances_as_of(user_id, AsOf::Now).await?.ok_or_else(|| {
-            StoreError::Unavailable("the balances of now are always there".to_owned())
-        })
-    }
-
     /// `user_id`'s balances and held points now or as they were at `as_of`
-    /// (see [`Ledger::points_as_of`]); `None` for a position past the end
-    /// of the history.
+    /// (see [`Ledger::points_as_of`]), once every change they reflect is
+    /// durable; `None` for a position past the end of the history.
     pub async fn balances_as_of(
         &self,
         user_id: UserId<'_>,
