@@ -31,6 +31,9 @@ use super::{Ledger, PayerIndex};
 /// past position replays.
 pub(super) const ENTRIES_PER_BLOCK: u64 = 64;
 
+/// The most effects the indexing buffer keeps room for between entries.
+const SCRATCH_EFFECTS: usize = 64;
+
 /// A payer's points right after some entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct PayerPoints {
@@ -64,6 +67,9 @@ pub(super) struct AsOfIndex {
     /// Where block `b + 1` starts (after `(b + 1) * ENTRIES_PER_BLOCK`
     /// entries) in the three lists; block 0 starts at the beginning.
     block_starts: Vec<HistoryCursor>,
+    /// The effects of the entry being indexed, kept between entries so that
+    /// indexing one allocates nothing.
+    scratch: Vec<Effect>,
 }
 
 /// One entry's effect on one payer: (payer, balance change, held change).
@@ -135,7 +141,8 @@ impl Ledger {
             NextEntry::Spend => self.spends.len(),
             NextEntry::Event => self.events.len(),
         } - 1;
-        let mut effects = Vec::new();
+        let mut effects = std::mem::take(&mut self.as_of.scratch);
+        effects.clear();
         self.effects_of(kind, index, &mut effects);
         let after = HistoryCursor {
             transactions: self.transactions.len() as u64,
@@ -143,6 +150,11 @@ impl Ledger {
             events: self.events.len() as u64,
         };
         self.as_of.push(&effects, after);
+        // Kept only while small: a spend over thousands of payers must not
+        // leave every ledger holding room for as many.
+        if effects.capacity() <= SCRATCH_EFFECTS {
+            self.as_of.scratch = effects;
+        }
         debug_assert_eq!(self.as_of.entries(), self.history_len() as u64);
     }
 
