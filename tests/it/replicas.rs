@@ -358,7 +358,13 @@ async fn a_user_with_a_long_history_is_loaded_from_their_snapshot() {
     let another = ServerProcess::start_on_database(&url, &[]);
     let mut another_client = another.client().await;
     assert_eq!(balances_of(&mut another_client, "spare").await, spare_balances);
-    assert!(another.log().contains("loading the user from all their chunks"));
+    // The log is read from the process's stderr by another thread: the
+    // line may reach it just after the reply does.
+    eventually("the damaged snapshot logged", Duration::from_secs(5), || {
+        let logged = another.log().contains("loading the user from all their chunks");
+        std::future::ready(logged.then_some(()))
+    })
+    .await;
     let request = GetBalancesRequest { user_id: "long".to_owned(), ..Default::default() };
     let status = another_client.get_balances(request).await.expect_err("damaged");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
