@@ -107,6 +107,23 @@ async fn advance_due_users(store: Arc<crate::store::Store>) {
     }
 }
 
+/// How often a replica over a shared database looks for changes other
+/// replicas stored of the users its watch streams follow.
+const FOLLOWED_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// For a store shared with other replicas: wakes the watch streams of users
+/// another replica changed ([`Store::wake_followers`](crate::store::Store::wake_followers)),
+/// every [`FOLLOWED_POLL_INTERVAL`].
+async fn wake_followers(store: Arc<crate::store::Store>) {
+    let mut ticks = tokio::time::interval(FOLLOWED_POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        ticks.tick().await;
+        store.wake_followers(&mut seen).await;
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then stops
 /// accepting, reports NOT_SERVING on health, and gives in-flight calls
 /// `settings.shutdown_grace` to finish.
@@ -124,10 +141,13 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PointsServiceServer<PointsService>>().await;
 
+    // Tasks that run while the server does; dropping the set when `serve`
+    // returns (or fails) aborts them.
+    let mut background = tokio::task::JoinSet::new();
     // A failed journal means fail-stop: tell load balancers and probes.
     let store = std::sync::Arc::clone(service.store());
     let reporter = health_reporter.clone();
-    let failure_watch = tokio::spawn(async move {
+    background.spawn(async move {
         let reason = store.failed().await;
         tracing::error!(%reason, "store failed: health is NOT_SERVING");
         report_not_serving(&reporter).await;
@@ -135,10 +155,10 @@ pub async fn serve(
     // A backend whose readiness comes and goes (a database): health follows
     // it, until shutdown, after which it stays NOT_SERVING.
     let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let readiness_watch = service.store().serving().map(|mut serving| {
+    if let Some(mut serving) = service.store().serving() {
         let reporter = health_reporter.clone();
         let shutting_down = Arc::clone(&shutting_down);
-        tokio::spawn(async move {
+        background.spawn(async move {
             loop {
                 let ready = *serving.borrow_and_update();
                 if shutting_down.load(std::sync::atomic::Ordering::Acquire) {
@@ -154,10 +174,13 @@ pub async fn serve(
                     break;
                 }
             }
-        })
-    });
-    let call_summaries = tokio::spawn(crate::service::log_call_summaries());
-    let clock_ticks = tokio::spawn(advance_due_users(Arc::clone(service.store())));
+        });
+    }
+    background.spawn(crate::service::log_call_summaries());
+    background.spawn(advance_due_users(Arc::clone(service.store())));
+    if service.store().is_shared() {
+        background.spawn(wake_followers(Arc::clone(service.store())));
+    }
 
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -215,12 +238,7 @@ pub async fn serve(
             "grace period over: dropping connections that are still open"
         ),
     }
-    failure_watch.abort();
-    if let Some(readiness_watch) = readiness_watch {
-        readiness_watch.abort();
-    }
-    call_summaries.abort();
-    clock_ticks.abort();
+    background.abort_all();
     tracing::info!("server stopped");
     Ok(())
 }

@@ -5,14 +5,13 @@
 //! [`WATCH_PAGE_ENTRIES`] entries only when the client has taken the last
 //! one (HTTP/2 flow control and tonic's body pull it), so a slow client
 //! costs one page of memory however far behind it falls. Caught up, it
-//! waits for a change of the user to become durable (or, on replicas over a
-//! shared database, looks again every [`SHARED_POLL_INTERVAL`], since
-//! changes other replicas store wake nobody here), or for shutdown, which
-//! ends the stream with UNAVAILABLE so the client reconnects elsewhere from
-//! its last position.
+//! waits for a change of the user to become durable (on replicas over a
+//! shared database, also one another replica stored, which the server looks
+//! for once for all streams: [`Store::wake_followers`]), or for shutdown,
+//! which ends the stream with UNAVAILABLE so the client reconnects
+//! elsewhere from its last position.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -26,10 +25,6 @@ use crate::store::{Store, UserId};
 
 /// Entries read from the history at a time.
 const WATCH_PAGE_ENTRIES: usize = 64;
-
-/// How often a caught-up stream over a shared database looks for entries
-/// other replicas stored.
-const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What a stream keeps for as long as it is open: its share of its
 /// client's calls and its place among the server's watch streams.
@@ -74,10 +69,8 @@ pub(super) fn follow(
             };
             cursor = page.after;
             if page.entries.is_empty() {
-                let poll = store.is_shared().then_some(SHARED_POLL_INTERVAL);
                 tokio::select! {
                     () = changes.changed() => {}
-                    () = sleep_or_never(poll) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -95,13 +88,6 @@ fn shutting_down() -> Status {
         "the server is shutting down; reconnect (to another replica) with after_position set to \
          the last position received",
     )
-}
-
-async fn sleep_or_never(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Counts an open stream in `points_watch_streams` for as long as it lives.

@@ -109,6 +109,18 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// The place of the newest chunk stored for each of `user_ids` that has
+    /// any, for a [shared](Backend::is_shared) backend: a follower of a
+    /// user whose place moved has entries to read that another process
+    /// wrote. By default none: every change is this process's own, and
+    /// its followers are woken when it is durable.
+    fn latest_chunks<'a>(
+        &'a self,
+        _user_ids: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// The most users the store may keep in memory, for a backend that
     /// loads users lazily; `None`: every user stays (they cannot be loaded
     /// again).

@@ -38,6 +38,17 @@ impl Changes {
         ChangeSubscription { changes: Arc::clone(self), user_id, receiver }
     }
 
+    /// The users someone follows now (at most one per follower), sorted.
+    pub(crate) fn followed(&self) -> Vec<Arc<str>> {
+        if self.followers.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut followed: Vec<Arc<str>> =
+            self.senders.iter().map(|entry| Arc::clone(entry.key())).collect();
+        followed.sort_unstable();
+        followed
+    }
+
     /// A change of `user_id`'s is durable: wakes their followers.
     pub(crate) fn notify(&self, user_id: &str) {
         if self.followers.load(Ordering::Acquire) == 0 {

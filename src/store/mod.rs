@@ -35,7 +35,7 @@ mod postgres;
 mod sweeper;
 pub mod users;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -218,11 +218,46 @@ impl Store {
     }
 
     /// Follows `user_id`'s history: the subscription wakes once a change of
-    /// theirs written through this store is durable. Changes other replicas
-    /// store are not seen: a follower of a [shared](Store::is_shared) store
-    /// also looks again now and then.
+    /// theirs written through this store is durable, and, for a
+    /// [shared](Store::is_shared) store, when [`Store::wake_followers`]
+    /// finds one another replica stored.
     pub fn subscribe_changes(&self, user_id: UserId<'_>) -> ChangeSubscription {
         self.changes.subscribe(user_id.as_str())
+    }
+
+    /// For a [shared](Store::is_shared) store: looks up (in one query per
+    /// thousand users) where every followed user's stored history ends, and
+    /// wakes the followers of those whose end moved since `seen` (where this
+    /// call last found it; users first looked up wake too, as they may have
+    /// changed since their followers last read). The server runs this
+    /// four times a second, so that followers see what other replicas
+    /// write within a second, at one query per tick however many streams
+    /// are open (rather than one per stream).
+    ///
+    /// A follower never misses a change: it marks what it has seen before
+    /// reading, a read sees every chunk committed before it, and a chunk
+    /// committed after it is found here by a later look-up, which then
+    /// wakes it.
+    pub async fn wake_followers(&self, seen: &mut HashMap<Arc<str>, u64>) {
+        let followed = self.changes.followed();
+        seen.retain(|user_id, _| followed.binary_search(user_id).is_ok());
+        if followed.is_empty() || !self.backend.is_shared() {
+            return;
+        }
+        match self.backend.latest_chunks(&followed).await {
+            Ok(latest) => {
+                for (user_id, seq) in latest {
+                    let Ok(index) = followed.binary_search_by(|known| (**known).cmp(&*user_id))
+                    else {
+                        continue;
+                    };
+                    if seen.insert(Arc::clone(&followed[index]), seq) != Some(seq) {
+                        self.changes.notify(&user_id);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot look for changes of followed users"),
+        }
     }
 
     /// Whether other processes write the same users (replicas sharing a

@@ -173,19 +173,57 @@ crate::on_every_backend!(
     many_watchers_see_every_entry_once_in_order,
 );
 
-/// On replicas over PostgreSQL, a watch on one replica sees entries
-/// written through another within about a second.
+/// On replicas over PostgreSQL, watches on one replica see the entries
+/// written through every replica, each once and in position order, each
+/// within about a second of its write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_on_one_replica_sees_writes_through_another() {
+async fn watches_on_one_replica_see_writes_through_every_replica() {
+    const USERS: [&str; 3] = ["ann", "bob", "cy"];
+    const WRITES_PER_USER: u64 = 6;
     let replicas = crate::common::replicas::Replicas::start(2, &[]);
     let mut watcher = replicas.client_of(0).await;
-    let mut writer = replicas.client_of(1).await;
-    add(&mut writer, "DANNON", 1, "2024-01-01T00:00:00Z").await;
-    let mut stream = watch(&mut watcher, "", 0).await;
-    assert_eq!(next_positions(&mut stream, 1).await, [1]);
-    add(&mut writer, "DANNON", 2, "2024-01-02T00:00:00Z").await;
-    let live = tokio::time::timeout(Duration::from_secs(3), next_positions(&mut stream, 1)).await;
-    assert_eq!(live.expect("within about a second"), [2]);
+    let mut writers = [replicas.client_of(0).await, replicas.client_of(1).await];
+    add_for(&mut writers[1], USERS[0], 1).await;
+    let mut watchers = Vec::new();
+    for user_id in USERS {
+        for _ in 0..2 {
+            let mut stream = watch(&mut watcher, user_id, 0).await;
+            watchers.push(tokio::spawn(async move {
+                next_positions(&mut stream, WRITES_PER_USER as usize).await
+            }));
+        }
+    }
+    // Writes alternate between the replicas; the watched one sees each of
+    // another's soon after it is acknowledged.
+    for round in 0..WRITES_PER_USER {
+        for (index, user_id) in USERS.iter().enumerate() {
+            if (user_id, round) == (&USERS[0], 0) {
+                continue;
+            }
+            let writer = &mut writers[(round as usize + index) % 2];
+            add_for(writer, user_id, round + 1).await;
+        }
+    }
+    for watcher in watchers {
+        let positions = tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("every entry within seconds")
+            .expect("a watcher");
+        assert_eq!(positions, (1..=WRITES_PER_USER).collect::<Vec<u64>>());
+    }
+    let mut stream = watch(&mut watcher, USERS[1], WRITES_PER_USER).await;
+    let written = std::time::Instant::now();
+    add_for(&mut writers[1], USERS[1], 99).await;
+    assert_eq!(next_positions(&mut stream, 1).await, [WRITES_PER_USER + 1]);
+    let seen_after = written.elapsed();
+    assert!(seen_after < Duration::from_millis(1500), "seen {seen_after:?} after the write");
+}
+
+/// Adds `points` of DANNON to `user_id`.
+async fn add_for(client: &mut Client, user_id: &str, points: u64) {
+    let points = i64::try_from(points).expect("small");
+    let request = add_request(user_id, "", "DANNON", points, "2024-01-01T00:00:00Z");
+    try_add(client, request).await.expect("added");
 }
 
 /// A client resuming after the server was killed with -9 and restarted

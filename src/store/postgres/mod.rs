@@ -160,6 +160,10 @@ const MAX_QUEUED_BYTES: usize = 64 << 20;
 /// read however long a user's history is.
 const CHUNKS_PER_PAGE: usize = 512;
 
+/// Followed users whose newest chunk one statement looks up: bounds a
+/// statement's parameters and time however many streams are open.
+const LATEST_CHUNKS_PER_QUERY: usize = 1024;
+
 /// Fewest chunks stored after a user's snapshot before a new one is taken:
 /// loading a user replays at most about this many chunks past its snapshot
 /// (or [`SNAPSHOT_BYTES_PER_CHUNK`] of the snapshot's size, if more).
@@ -699,6 +703,41 @@ impl Backend for Postgres {
             )
             .await?;
             Ok(())
+        })
+    }
+
+    fn latest_chunks<'a>(
+        &'a self,
+        user_ids: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let mut latest = Vec::with_capacity(user_ids.len());
+            // Bounded statements: a few thousand index probes each.
+            for batch in user_ids.chunks(LATEST_CHUNKS_PER_QUERY) {
+                let batch: Vec<&str> = batch.iter().map(|user_id| &**user_id).collect();
+                let rows = self
+                    .query(
+                        &client,
+                        "SELECT followed.user_id, newest.seq \
+                         FROM unnest($1::text[]) AS followed(user_id) \
+                         CROSS JOIN LATERAL (SELECT seq FROM points_user_records \
+                             WHERE user_id = followed.user_id ORDER BY seq DESC LIMIT 1) AS newest",
+                        &[&batch],
+                    )
+                    .await?;
+                for row in rows {
+                    let user_id: String = row
+                        .try_get(0)
+                        .map_err(|error| self.unreachable(&database_error(&error)))?;
+                    let seq: i64 = row
+                        .try_get(1)
+                        .map_err(|error| self.unreachable(&database_error(&error)))?;
+                    // The table's CHECK keeps seq positive.
+                    latest.push((user_id, u64::try_from(seq).unwrap_or(0)));
+                }
+            }
+            Ok(latest)
         })
     }
 
