@@ -1,6 +1,7 @@
 //! The pure ledger core, single-threaded: add, negative add, spend touching 1
 //! and 100 lots, and balances, on ledgers of 1 thousand and 1 million lots;
 //! holds released or captured, refunds, and expiry, on the same ledgers;
+//! balances as of a position and the position at a time, on the same;
 //! plus resident memory per stored transaction at 1 million in one ledger
 //! and over many small ledgers. Run with
 //! `cargo bench --bench ledger`.
@@ -202,6 +203,56 @@ fn loyalty(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// Balances as of a position and the position at a time, on ledgers of 1
+/// thousand and 1 million entries over 100 payers, accepted a second apart:
+/// the cost must grow with the logarithm of the history, not with it.
+/// Positions follow a fixed pseudo-random walk over the whole history, so
+/// most land inside an index block and replay part of it.
+fn as_of(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("as_of");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    for lots in [1_000usize, 1_000_000] {
+        let ledger = accepted_a_second_apart(lots);
+        let history_len = ledger.history_len() as u64;
+        let mut walk = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next_position = move || {
+            walk = walk
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            1 + (walk >> 33) % history_len
+        };
+        group.bench_with_input(
+            BenchmarkId::new("balances_as_of_position", lots),
+            &lots,
+            |bench, _| {
+                bench.iter(|| black_box(ledger.points_as_of(next_position()).expect("in range")))
+            },
+        );
+        let first_ms = epoch().timestamp_millis();
+        let mut next_time_ms = move || first_ms + (next_position() as i64) * 1_000;
+        group.bench_with_input(BenchmarkId::new("position_at_time", lots), &lots, |bench, _| {
+            bench.iter(|| {
+                black_box(ledger.position_at_time(next_time_ms()).expect("every time known"))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// [`ledger_with`]'s lots, each accepted a second after the one before (at
+/// its own timestamp), so that accept times spread over the history.
+fn accepted_a_second_apart(lots: usize) -> Ledger {
+    let mut ledger = Ledger::new();
+    let names: Vec<String> = (0..PAYERS).map(|payer| format!("PAYER {payer:03}")).collect();
+    for lot in 0..lots {
+        let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+        ledger.advance(Clock { now_ms: timestamp.timestamp_millis(), points_validity_ms: None });
+        ledger.add_transaction(&names[lot % PAYERS], 1, timestamp).expect("valid");
+    }
+    assert_eq!(ledger.history_len(), lots);
+    ledger
+}
+
 /// Resident memory of this process, in bytes (Linux).
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -228,7 +279,9 @@ fn memory(_: &mut Criterion) {
             after.saturating_sub(before) as f64 / 1_000_000.0
         );
     }
-    drop(black_box(ledger));
+    // Kept until the end: memory it freed would be reused below and
+    // understate what the small ledgers take.
+    let big = black_box(ledger);
 
     // Many small users, each earning from a few payers in turn: per-payer
     // overheads show here, not in one big ledger.
@@ -255,6 +308,7 @@ fn memory(_: &mut Criterion) {
         );
     }
     drop(black_box(ledgers));
+    drop(big);
 }
 
 /// Times `iterations` of `step` on copies of `base` (which has `lots` lots),
@@ -339,5 +393,5 @@ fn adversarial(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, core, adversarial, loyalty);
+criterion_group!(benches, memory, core, adversarial, loyalty, as_of);
 criterion_main!(benches);

@@ -16,8 +16,12 @@
 //! checkpoint at or before k's block (a binary search), plus the effects of
 //! the at most `ENTRIES_PER_BLOCK - 1` entries from that block's start to
 //! k: O(log n) per payer and O(1) entries replayed. Memory: one checkpoint
-//! per payer per block it changed in (at most one per entry), and one
-//! place per block.
+//! (20 bytes) per payer per block it changed in, and one place per block:
+//! a user whose entries spread over many payers (at most one checkpoint
+//! per effect) costs about 8 bytes per entry with blocks of 256, where
+//! blocks of 64 cost as much as the rest of the history. Checkpoints keep
+//! their block numbers apart from their points, so that the binary search
+//! reads 16 blocks per cache line.
 //!
 //! The running totals the checkpoints are cut from are kept from the
 //! entries' effects alone, independently of the payers' own balances; the
@@ -29,7 +33,11 @@ use super::{Ledger, PayerIndex};
 
 /// Entries per block of the index: the most entries a question about a
 /// past position replays.
-pub(super) const ENTRIES_PER_BLOCK: u64 = 64;
+pub(super) const ENTRIES_PER_BLOCK: u64 = 256;
+
+/// The accept time of an entry whose accept time is unknown (kept before
+/// accept times were): the Unix epoch, before any real one.
+pub(super) const UNKNOWN_ACCEPT_TIME_MS: i64 = 0;
 
 /// The most effects the indexing buffer keeps room for between entries.
 const SCRATCH_EFFECTS: usize = 64;
@@ -41,12 +49,30 @@ pub(super) struct PayerPoints {
     pub(super) held: i64,
 }
 
-/// A payer's points at the end of a block it changed in.
-#[derive(Debug, Clone, Copy)]
-struct Checkpoint {
-    /// The block: its last entry is at position `block * ENTRIES_PER_BLOCK`.
-    block: u64,
-    points: PayerPoints,
+/// What the index keeps of one payer.
+#[derive(Debug, Clone, Default)]
+struct IndexedPayer {
+    /// Its points after every entry so far, from the effects.
+    totals: PayerPoints,
+    /// The position of its first entry (its first credit).
+    first_position: u64,
+    /// The blocks it changed in, ascending: block `b`'s last entry is at
+    /// position `b * ENTRIES_PER_BLOCK`.
+    blocks: Vec<u32>,
+    /// Its points at the end of each of `blocks`.
+    points: Vec<PayerPoints>,
+    /// Whether it is in [`AsOfIndex::changed`].
+    changed: bool,
+}
+
+impl IndexedPayer {
+    /// The payer's points at the end of `block`: those of its last
+    /// checkpoint at or before it.
+    fn at(&self, block: u64) -> PayerPoints {
+        debug_assert_eq!(self.blocks.len(), self.points.len());
+        let before = self.blocks.partition_point(|&at| u64::from(at) <= block);
+        before.checked_sub(1).map_or_else(PayerPoints::default, |at| self.points[at])
+    }
 }
 
 /// The index of balances by position; see the module documentation.
@@ -54,16 +80,10 @@ struct Checkpoint {
 pub(super) struct AsOfIndex {
     /// Entries indexed so far (the position of the last one).
     entries: u64,
-    /// Per payer: its points after every entry so far, from the effects.
-    totals: Vec<PayerPoints>,
-    /// Per payer: the position of its first entry (its first credit).
-    first_positions: Vec<u64>,
-    /// Per payer: its checkpoints, by block.
-    checkpoints: Vec<Vec<Checkpoint>>,
+    /// Per payer, in the order first credited.
+    payers: Vec<IndexedPayer>,
     /// Payers whose points changed in the block being filled.
     changed: Vec<PayerIndex>,
-    /// Per payer: whether it is in `changed`.
-    in_changed: Vec<bool>,
     /// Where block `b + 1` starts (after `(b + 1) * ENTRIES_PER_BLOCK`
     /// entries) in the three lists; block 0 starts at the beginning.
     block_starts: Vec<HistoryCursor>,
@@ -83,28 +103,29 @@ impl AsOfIndex {
         let position = self.entries;
         for &(payer, balance_change, held_change) in effects {
             let index = payer as usize;
-            if index >= self.totals.len() {
+            if index >= self.payers.len() {
                 // Payers are numbered in the order of their first entry.
-                assert_eq!(index, self.totals.len(), "a payer's first entry names it");
-                self.totals.push(PayerPoints::default());
-                self.first_positions.push(position);
-                self.checkpoints.push(Vec::new());
-                self.in_changed.push(false);
+                assert_eq!(index, self.payers.len(), "a payer's first entry names it");
+                self.payers
+                    .push(IndexedPayer { first_position: position, ..IndexedPayer::default() });
             }
-            let totals = &mut self.totals[index];
-            totals.balance += balance_change;
-            totals.held += held_change;
-            if !self.in_changed[index] {
-                self.in_changed[index] = true;
+            let indexed = &mut self.payers[index];
+            indexed.totals.balance += balance_change;
+            indexed.totals.held += held_change;
+            if !indexed.changed {
+                indexed.changed = true;
                 self.changed.push(payer);
             }
         }
         if position.is_multiple_of(ENTRIES_PER_BLOCK) {
             let block = position / ENTRIES_PER_BLOCK;
+            // A history of 2^32 blocks would take terabytes of memory.
+            let block_u32 = u32::try_from(block).expect("fewer than 2^32 blocks of entries");
             for payer in self.changed.drain(..) {
-                let index = payer as usize;
-                self.in_changed[index] = false;
-                self.checkpoints[index].push(Checkpoint { block, points: self.totals[index] });
+                let indexed = &mut self.payers[payer as usize];
+                indexed.changed = false;
+                indexed.blocks.push(block_u32);
+                indexed.points.push(indexed.totals);
             }
             self.block_starts.push(after);
             debug_assert_eq!(self.block_starts.len() as u64, block);
@@ -116,9 +137,14 @@ impl AsOfIndex {
         self.entries
     }
 
+    /// Payers indexed.
+    pub(super) fn payers(&self) -> usize {
+        self.payers.len()
+    }
+
     /// Each payer's points after every entry, from the effects.
-    pub(super) fn totals(&self) -> &[PayerPoints] {
-        &self.totals
+    pub(super) fn totals(&self) -> impl ExactSizeIterator<Item = PayerPoints> + '_ {
+        self.payers.iter().map(|payer| payer.totals)
     }
 
     /// Where the block holding position `position + 1` starts: its place in
@@ -183,7 +209,7 @@ impl Ledger {
             last_accepted_at_ms = accepted_at_ms;
             effects.clear();
             self.effects_of(kind, index, &mut effects);
-            if effects.iter().any(|&(payer, _, _)| payer as usize > self.as_of.totals().len()) {
+            if effects.iter().any(|&(payer, _, _)| payer as usize > self.as_of.payers()) {
                 return Err(format!(
                     "entry {} names a payer before its first credit",
                     self.as_of.entries() + 1
@@ -191,7 +217,7 @@ impl Ledger {
             }
             self.as_of.push(&effects, cursor);
         }
-        if self.as_of.totals().len() != self.payers.len() {
+        if self.as_of.payers() != self.payers.len() {
             return Err("a payer has no transaction".to_owned());
         }
         Ok(())
@@ -247,14 +273,9 @@ impl Ledger {
         let index = &self.as_of;
         let (start, start_position) = index.block_start(position);
         let block = start_position / ENTRIES_PER_BLOCK;
-        let payers = index.first_positions.partition_point(|&first| first <= position);
-        let mut points: Vec<PayerPoints> = index.checkpoints[..payers]
-            .iter()
-            .map(|checkpoints| {
-                let before = checkpoints.partition_point(|checkpoint| checkpoint.block <= block);
-                before.checked_sub(1).map_or_else(PayerPoints::default, |at| checkpoints[at].points)
-            })
-            .collect();
+        let payers = index.payers.partition_point(|payer| payer.first_position <= position);
+        let mut points: Vec<PayerPoints> =
+            index.payers[..payers].iter().map(|payer| payer.at(block)).collect();
         // The block's entries up to `position`: fewer than a block.
         let mut cursor = start;
         let mut effects = Vec::new();
@@ -282,7 +303,30 @@ impl Ledger {
     /// The position of the last entry accepted at or before `time_ms`
     /// (0: none was). Accept times never decrease along the history, so
     /// the entries accepted by then are a prefix of it. O(log n).
-    pub fn position_at_time(&self, time_ms: i64) -> u64 {
+    ///
+    /// Entries restored from a snapshot taken before accept times were
+    /// kept have none (0, before any real one): they are a prefix of the
+    /// history, accepted at some time before the first entry with a known
+    /// time (or, if none has one, by the ledger's time). A time after the
+    /// Unix epoch and before those falls somewhere among them: the answer
+    /// is then unknown, `Err` with how many entries have no accept time.
+    pub fn position_at_time(&self, time_ms: i64) -> Result<u64, u64> {
+        let position = self.accepted_by(time_ms);
+        let unknown = self.accepted_by(UNKNOWN_ACCEPT_TIME_MS);
+        // Every entry was accepted by the ledger's time, if it has one.
+        let all_accepted_by_ms = match self.clock.now_ms {
+            UNKNOWN_ACCEPT_TIME_MS => i64::MAX,
+            now_ms => now_ms,
+        };
+        let among_unknown = (UNKNOWN_ACCEPT_TIME_MS..all_accepted_by_ms).contains(&time_ms);
+        if unknown > 0 && position == unknown && among_unknown {
+            return Err(unknown);
+        }
+        Ok(position)
+    }
+
+    /// How many entries were accepted at or before `time_ms`.
+    fn accepted_by(&self, time_ms: i64) -> u64 {
         let transactions =
             self.transactions.partition_point(|record| record.accepted_at_ms <= time_ms);
         let spends = self.spends.partition_point(|record| record.accepted_at_ms <= time_ms);

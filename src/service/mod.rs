@@ -159,17 +159,6 @@ impl PointsService {
     }
 }
 
-impl PointsService {
-    /// OUT_OF_RANGE for `field`'s `position` past the end of `user_id`'s
-    /// history (or why the history's length cannot be read).
-    async fn past_the_end(&self, user_id: UserId<'_>, field: &str, position: u64) -> Status {
-        match self.store.history_len(user_id).await {
-            Ok(length) => status::position_out_of_range(field, position, length),
-            Err(error) => status::store_error(&error),
-        }
-    }
-}
-
 /// PERMISSION_DENIED unless the caller may use `role` for `user_id`.
 fn authorize(principal: Option<&Principal>, role: Role, user_id: &str) -> Result<(), Status> {
     match principal {
@@ -214,10 +203,10 @@ impl PointsServiceApi for PointsService {
                 .store
                 .cursor_after(user_id, after_position)
                 .await
-                .map_err(|error| status::store_error(&error))?;
-            let Some(cursor) = cursor else {
-                return Err(self.past_the_end(user_id, "after_position", after_position).await);
-            };
+                .map_err(|error| status::store_error(&error))?
+                .map_err(|refusal| {
+                    status::as_of_refusal(&refusal, "after_position", after_position)
+                })?;
             // The stream keeps its client's share of calls, taken from the
             // admission layer (or admitted here without it), for as long as
             // it is open; the server's call slot goes back now.
@@ -335,11 +324,11 @@ impl PointsServiceApi for PointsService {
                 .store
                 .balances_as_of(user_id, as_of)
                 .await
-                .map_err(|error| status::store_error(&error))?;
-            let Some(read) = read else {
-                let position = request.get_ref().as_of_position;
-                return Err(self.past_the_end(user_id, "as_of_position", position).await);
-            };
+                .map_err(|error| status::store_error(&error))?
+                .map_err(|refusal| {
+                    let position = request.get_ref().as_of_position;
+                    status::as_of_refusal(&refusal, "as_of_position", position)
+                })?;
             Ok(Response::new(GetBalancesResponse {
                 balances: read.balances.into_iter().collect(),
                 held: read.held.into_iter().collect(),

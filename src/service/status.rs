@@ -10,7 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::AccessError;
 use crate::ledger::{ErrorKind, LedgerError};
-use crate::store::StoreError;
+use crate::store::{AsOfRefusal, StoreError};
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "points.v1.PointsService";
@@ -98,9 +98,36 @@ pub fn access_refusal(error: &AccessError) -> Status {
     Status::with_error_details(code, error.to_string(), details)
 }
 
+/// Why there is nothing as of a place: OUT_OF_RANGE for `field`'s
+/// `position` past the end of the history, or FAILED_PRECONDITION
+/// (`ACCEPT_TIME_UNKNOWN`) for an as_of_time among entries kept before
+/// accept times were.
+pub fn as_of_refusal(refusal: &AsOfRefusal, field: &str, position: u64) -> Status {
+    match *refusal {
+        AsOfRefusal::PastTheEnd { history_len } => {
+            position_out_of_range(field, position, history_len)
+        }
+        AsOfRefusal::AcceptTimeUnknown { unknown } => {
+            let mut details = ErrorDetails::new();
+            let metadata = HashMap::from([
+                ("field".to_owned(), "as_of_time".to_owned()),
+                ("unknown_entries".to_owned(), unknown.to_string()),
+            ]);
+            details.set_error_info("ACCEPT_TIME_UNKNOWN", ERROR_DOMAIN, metadata);
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                format!(
+                    "as_of_time falls among the first {unknown} entries of the user's history,                      which were stored before accept times were kept; ask by as_of_position                      instead (their positions are 1 to {unknown})"
+                ),
+                details,
+            )
+        }
+    }
+}
+
 /// OUT_OF_RANGE (`POSITION_OUT_OF_RANGE`) for a history position past the
 /// end of a history of `length` entries.
-pub fn position_out_of_range(field: &str, position: u64, length: u64) -> Status {
+fn position_out_of_range(field: &str, position: u64, length: u64) -> Status {
     let mut details = ErrorDetails::new();
     let metadata = HashMap::from([
         ("field".to_owned(), field.to_owned()),

@@ -97,7 +97,7 @@ fn transaction_fields<'request>(
         violations.push(FieldViolation::from_ledger("points", &error));
         good = false;
     }
-    match timestamp(timestamp_field) {
+    match timestamp("timestamp", timestamp_field) {
         Ok(timestamp) if good => Some(NewTransaction { payer, points, timestamp }),
         Ok(_) => None,
         Err(violation) => {
@@ -322,25 +322,14 @@ pub fn balances(request: &GetBalancesRequest) -> Result<(UserId<'_>, AsOf), Vec<
     let as_of = match (request.as_of_position, &request.as_of_time) {
         (0, None) => AsOf::Now,
         (position, None) => AsOf::Position(position),
-        (0, Some(time)) => {
-            match u32::try_from(time.nanos).ok().filter(|&nanos| nanos < 1_000_000_000) {
-                // Any second is a time; one past every entry reads as now.
-                Some(nanos) => AsOf::Time(
-                    time.seconds.saturating_mul(1000).saturating_add(i64::from(nanos / 1_000_000)),
-                ),
-                None => {
-                    violations.push(FieldViolation {
-                        field: "as_of_time.nanos".to_owned(),
-                        reason: "TIMESTAMP_NANOS_OUT_OF_RANGE",
-                        description: format!(
-                            "as_of_time.nanos must be within 0..=999999999, got {}",
-                            time.nanos
-                        ),
-                    });
-                    AsOf::Now
-                }
+        // A time past every entry reads as now.
+        (0, Some(time)) => match timestamp("as_of_time", Some(time)) {
+            Ok(time) => AsOf::Time(time.timestamp_millis()),
+            Err(violation) => {
+                violations.push(violation);
+                AsOf::Now
             }
-        }
+        },
         (_, Some(_)) => {
             violations.push(FieldViolation {
                 field: "as_of_time".to_owned(),
@@ -396,22 +385,26 @@ pub fn invalid_page_token() -> FieldViolation {
     }
 }
 
-/// Converts a protobuf timestamp, refusing what RFC 3339 cannot express.
-fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, FieldViolation> {
+/// Converts the protobuf timestamp in `field`, refusing what RFC 3339
+/// cannot express.
+fn timestamp(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, FieldViolation> {
     let Some(timestamp) = timestamp else {
         return Err(FieldViolation {
-            field: "timestamp".to_owned(),
+            field: field.to_owned(),
             reason: "TIMESTAMP_MISSING",
-            description: "timestamp is required".to_owned(),
+            description: format!("{field} is required"),
         });
     };
     let nanos = u32::try_from(timestamp.nanos).ok().filter(|&nanos| nanos <= 999_999_999);
     let Some(nanos) = nanos else {
         return Err(FieldViolation {
-            field: "timestamp.nanos".to_owned(),
+            field: format!("{field}.nanos"),
             reason: "TIMESTAMP_NANOS_OUT_OF_RANGE",
             description: format!(
-                "timestamp.nanos must be within 0..=999999999, got {}",
+                "{field}.nanos must be within 0..=999999999, got {}",
                 timestamp.nanos
             ),
         });
@@ -420,10 +413,10 @@ fn timestamp(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>
     match DateTime::from_timestamp(timestamp.seconds, nanos).filter(|_| in_range) {
         Some(timestamp) => Ok(timestamp),
         None => Err(FieldViolation {
-            field: "timestamp.seconds".to_owned(),
+            field: format!("{field}.seconds"),
             reason: "TIMESTAMP_OUT_OF_RANGE",
             description: format!(
-                "timestamp must be within 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z, \
+                "{field} must be within 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z, \
                  got {} seconds since 1970-01-01",
                 timestamp.seconds
             ),

@@ -49,13 +49,32 @@ pub(super) fn follow(
         let mut changes = store.subscribe_changes(UserId::new(&user_id));
         let mut cursor = cursor;
         let limits = PageLimits { max_entries: WATCH_PAGE_ENTRIES, max_bytes: MAX_PAGE_BYTES };
+        // The first read brings the user up to what is stored; later ones
+        // read them as the store keeps them up to date for followers.
+        let mut first_read = true;
         loop {
-            if *shutdown.borrow_and_update() {
+            // Told to shut down, or the server that would tell it is gone.
+            if *shutdown.borrow() || shutdown.has_changed().is_err() {
                 yield Err(shutting_down());
                 break;
             }
             changes.mark_seen();
-            let page = match store.history_page(UserId::new(&user_id), cursor, limits).await {
+            let user = UserId::new(&user_id);
+            let read = async {
+                if first_read {
+                    store.history_page(user, cursor, limits).await
+                } else {
+                    store.followed_history_page(user, cursor, limits).await
+                }
+            };
+            // A read waiting on a database that does not answer must not
+            // hold the stream past shutdown.
+            let page = tokio::select! {
+                page = read => page,
+                _ = shutdown.wait_for(|down| *down) => continue,
+            };
+            first_read = false;
+            let page = match page {
                 Ok(Some(page)) => page,
                 Ok(None) => {
                     // The history never shrinks: a place in it stays valid.
@@ -71,7 +90,7 @@ pub(super) fn follow(
             if page.entries.is_empty() {
                 tokio::select! {
                     () = changes.changed() => {}
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.wait_for(|down| *down) => {}
                 }
                 continue;
             }

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-/// Per user followed, a signal that a change of theirs became durable. Only
+/// Per user followed, a signal that a change of theirs was taken (their
+/// followers' reads wait for it to be durable before showing it). Only
 /// users someone follows are listed, so its size is bounded by the
 /// followers; a write costs one atomic load when nobody follows anyone.
 #[derive(Debug, Default)]
@@ -16,13 +17,14 @@ pub(crate) struct Changes {
     followers: AtomicUsize,
 }
 
-/// A follower of one user: wakes when a change of theirs is durable.
+/// A follower of one user: wakes when a change of theirs is taken.
 /// Unsubscribes when dropped.
 #[derive(Debug)]
 pub struct ChangeSubscription {
     changes: Arc<Changes>,
     user_id: Arc<str>,
-    receiver: watch::Receiver<()>,
+    /// Taken only when dropped.
+    receiver: Option<watch::Receiver<()>>,
 }
 
 impl Changes {
@@ -35,7 +37,7 @@ impl Changes {
             .entry(Arc::clone(&user_id))
             .or_insert_with(|| watch::Sender::new(()))
             .subscribe();
-        ChangeSubscription { changes: Arc::clone(self), user_id, receiver }
+        ChangeSubscription { changes: Arc::clone(self), user_id, receiver: Some(receiver) }
     }
 
     /// The users someone follows now (at most one per follower), sorted.
@@ -49,7 +51,8 @@ impl Changes {
         followed
     }
 
-    /// A change of `user_id`'s is durable: wakes their followers.
+    /// A change of `user_id`'s was taken by the backend: wakes their
+    /// followers, whose reads then wait for it to be durable.
     pub(crate) fn notify(&self, user_id: &str) {
         if self.followers.load(Ordering::Acquire) == 0 {
             return;
@@ -62,15 +65,18 @@ impl Changes {
 
 impl ChangeSubscription {
     /// Marks every change so far as seen: call before reading the history,
-    /// so that a change durable after it wakes [`ChangeSubscription::changed`].
+    /// so that a change taken after it wakes [`ChangeSubscription::changed`].
     pub fn mark_seen(&mut self) {
-        self.receiver.borrow_and_update();
+        if let Some(receiver) = &mut self.receiver {
+            receiver.borrow_and_update();
+        }
     }
 
-    /// Completes once a change not yet seen is durable.
+    /// Completes once a change not yet seen is taken.
     pub async fn changed(&mut self) {
         // The sender lives in the map while this subscription does.
-        if self.receiver.changed().await.is_err() {
+        let Some(receiver) = &mut self.receiver else { return };
+        if receiver.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -80,7 +86,37 @@ impl Drop for ChangeSubscription {
     fn drop(&mut self) {
         self.changes.followers.fetch_sub(1, Ordering::AcqRel);
         // The last follower of a user takes the user's entry with it. Its
-        // own receiver still counts until this drop ends, hence `<= 1`.
-        self.changes.senders.remove_if(&self.user_id, |_, sender| sender.receiver_count() <= 1);
+        // own receiver goes first, so that of two followers dropped at once
+        // the second to look finds none left (the map's shard lock orders
+        // the looks; a subscribe holds it while adding its receiver).
+        drop(self.receiver.take());
+        self.changes.senders.remove_if(&self.user_id, |_, sender| sender.receiver_count() == 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Followers of one user dropped at once leave nothing behind: the last
+    /// to go takes the user's entry, whichever it is.
+    #[test]
+    fn followers_dropped_at_once_leave_no_entry_behind() {
+        let changes = Arc::new(Changes::default());
+        for _ in 0..2_000 {
+            let first = changes.subscribe("alice");
+            let second = changes.subscribe("alice");
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let other = Arc::clone(&barrier);
+            let dropper = std::thread::spawn(move || {
+                other.wait();
+                drop(second);
+            });
+            barrier.wait();
+            drop(first);
+            dropper.join().expect("the other dropper");
+            assert!(changes.senders.is_empty(), "a dead entry was left behind");
+        }
+        assert_eq!(changes.followers.load(Ordering::Acquire), 0);
     }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::embedded::records::{
     AddTransactionRecord, AddTransactionsRecord, Command, SpendRecord, command_of,
 };
-use super::{HEAVY_BATCH_ENTRIES, PayerName, RequestId, Store, StoreError, UserId};
+use super::{HEAVY_BATCH_ENTRIES, PayerName, ReadFrom, RequestId, Store, StoreError, UserId};
 use crate::ledger::{
     Executed, ExpiringPoints, HistoryCursor, HistoryPage, NewTransaction, Outcome, PageLimits,
     RequestParams, Spend, Transaction,
@@ -24,6 +24,17 @@ pub struct Balances {
     pub held: Vec<(String, i64)>,
     /// The history position they reflect: that of the last entry included.
     pub position: u64,
+}
+
+/// Why there is nothing as of a place in a user's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOfRefusal {
+    /// The position is past the end of the history, which has
+    /// `history_len` entries.
+    PastTheEnd { history_len: u64 },
+    /// The time falls among the first `unknown` entries, kept before accept
+    /// times were (see [`Ledger::position_at_time`]).
+    AcceptTimeUnknown { unknown: u64 },
 }
 
 /// When balances are read as of.
@@ -167,27 +178,31 @@ impl Store {
 
     /// `user_id`'s balances and held points now or as they were at `as_of`
     /// (see [`Ledger::points_as_of`]), once every change they reflect is
-    /// durable; `None` for a position past the end of the history.
+    /// durable, or why there are none for `as_of`.
     pub async fn balances_as_of(
         &self,
         user_id: UserId<'_>,
         as_of: AsOf,
-    ) -> Result<Option<Balances>, StoreError> {
+    ) -> Result<Result<Balances, AsOfRefusal>, StoreError> {
         self.read(user_id, |ledger| {
             let owned = |(payer, points): (&str, i64)| (payer.to_owned(), points);
+            let history_len = ledger.history_len() as u64;
             let position = match as_of {
                 AsOf::Now => {
-                    return Some(Balances {
+                    return Ok(Balances {
                         balances: ledger.balances().map(owned).collect(),
                         held: ledger.held().map(owned).collect(),
-                        position: ledger.history_len() as u64,
+                        position: history_len,
                     });
                 }
                 AsOf::Position(position) => position,
-                AsOf::Time(time_ms) => ledger.position_at_time(time_ms),
+                AsOf::Time(time_ms) => ledger
+                    .position_at_time(time_ms)
+                    .map_err(|unknown| AsOfRefusal::AcceptTimeUnknown { unknown })?,
             };
-            let points = ledger.points_as_of(position)?;
-            Some(Balances {
+            let points =
+                ledger.points_as_of(position).ok_or(AsOfRefusal::PastTheEnd { history_len })?;
+            Ok(Balances {
                 balances: points
                     .iter()
                     .map(|&(payer, balance, _)| owned((payer, balance)))
@@ -204,18 +219,18 @@ impl Store {
     }
 
     /// The place in `user_id`'s history lists right after the entry at
-    /// `position`; `None` past its end. See [`Ledger::cursor_after`].
+    /// `position`, or the length of the history it is past the end of. See
+    /// [`Ledger::cursor_after`].
     pub async fn cursor_after(
         &self,
         user_id: UserId<'_>,
         position: u64,
-    ) -> Result<Option<HistoryCursor>, StoreError> {
-        self.read(user_id, |ledger| ledger.cursor_after(position)).await
-    }
-
-    /// The number of entries in `user_id`'s history (0 for an unknown user).
-    pub async fn history_len(&self, user_id: UserId<'_>) -> Result<u64, StoreError> {
-        self.read(user_id, |ledger| ledger.history_len() as u64).await
+    ) -> Result<Result<HistoryCursor, AsOfRefusal>, StoreError> {
+        self.read(user_id, |ledger| {
+            let history_len = ledger.history_len() as u64;
+            ledger.cursor_after(position).ok_or(AsOfRefusal::PastTheEnd { history_len })
+        })
+        .await
     }
 
     /// Per payer, `user_id`'s points that expire within `within_ms` from
@@ -250,5 +265,22 @@ impl Store {
         limits: PageLimits,
     ) -> Result<Option<HistoryPage>, StoreError> {
         self.read(user_id, |ledger| ledger.history_page_within(cursor, limits)).await
+    }
+
+    /// [`Store::history_page`] for a follower that has read the history
+    /// once since it subscribed: on a shared store, the cached ledger as it
+    /// is, which [`Store::wake_followers`] brings up to date before waking
+    /// the follower (one catch-up per change rather than one per follower
+    /// and page). What it shows is durable, as with any read.
+    pub async fn followed_history_page(
+        &self,
+        user_id: UserId<'_>,
+        cursor: HistoryCursor,
+        limits: PageLimits,
+    ) -> Result<Option<HistoryPage>, StoreError> {
+        self.read_from(user_id, ReadFrom::Cached, |ledger| {
+            ledger.history_page_within(cursor, limits)
+        })
+        .await
     }
 }

@@ -52,7 +52,7 @@ use self::postgres::Postgres;
 use self::sweeper::Sweeper;
 use self::users::{UserLedger, Users, collect_users, off_runtime, read_lock, write_lock};
 use crate::ledger::{Clock, Ledger, LedgerError, Outcome, Request};
-pub use commands::{AsOf, Balances};
+pub use commands::{AsOf, AsOfRefusal, Balances};
 pub use embedded::wal::FsyncPolicy;
 #[cfg(any(test, feature = "testing"))]
 pub use embedded::{journal_records_bytes, read_journal};
@@ -101,6 +101,16 @@ enum CloseState {
     /// A close gave up at its deadline (a stalled disk); a later close tries
     /// again, a drop does not wait again.
     GaveUp,
+}
+
+/// Where a read of a [shared](Store::is_shared) store's user starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    /// What is stored: a cached user is first brought up to it.
+    Stored,
+    /// The cached user as it is (loaded if missing or stale), for a
+    /// follower whose user [`Store::wake_followers`] brings up to date.
+    Cached,
 }
 
 /// How long dropping a store that nobody closed waits for it to close: a
@@ -218,7 +228,8 @@ impl Store {
     }
 
     /// Follows `user_id`'s history: the subscription wakes once a change of
-    /// theirs written through this store is durable, and, for a
+    /// theirs written through this store is taken (a read then waits for it
+    /// to be durable), and, for a
     /// [shared](Store::is_shared) store, when [`Store::wake_followers`]
     /// finds one another replica stored.
     pub fn subscribe_changes(&self, user_id: UserId<'_>) -> ChangeSubscription {
@@ -226,37 +237,64 @@ impl Store {
     }
 
     /// For a [shared](Store::is_shared) store: looks up (in one query per
-    /// thousand users) where every followed user's stored history ends, and
-    /// wakes the followers of those whose end moved since `seen` (where this
-    /// call last found it; users first looked up wake too, as they may have
-    /// changed since their followers last read). The server runs this
-    /// four times a second, so that followers see what other replicas
-    /// write within a second, at one query per tick however many streams
-    /// are open (rather than one per stream).
+    /// thousand users) where every followed user's stored history ends;
+    /// for each whose end moved since `seen` (where this call last found
+    /// it; users first looked up count as moved, as they may have changed
+    /// since their followers last read), brings their cached ledger up to
+    /// it once and wakes their followers, who then read it as cached
+    /// ([`Store::followed_history_page`]). The server runs this four times
+    /// a second, so that followers see what other replicas write within a
+    /// second, at one look-up per tick and one catch-up per changed user,
+    /// however many streams follow them.
     ///
     /// A follower never misses a change: it marks what it has seen before
-    /// reading, a read sees every chunk committed before it, and a chunk
-    /// committed after it is found here by a later look-up, which then
-    /// wakes it.
-    pub async fn wake_followers(&self, seen: &mut HashMap<Arc<str>, u64>) {
+    /// reading, its first read sees every chunk committed before it, and a
+    /// chunk committed after that is found here by a later look-up, caught
+    /// up and then woken for. A user whose catch-up fails is looked up again
+    /// at the next tick.
+    pub async fn wake_followers(self: &Arc<Self>, seen: &mut HashMap<Arc<str>, u64>) {
         let followed = self.changes.followed();
         seen.retain(|user_id, _| followed.binary_search(user_id).is_ok());
         if followed.is_empty() || !self.backend.is_shared() {
             return;
         }
-        match self.backend.latest_chunks(&followed).await {
-            Ok(latest) => {
-                for (user_id, seq) in latest {
-                    let Ok(index) = followed.binary_search_by(|known| (**known).cmp(&*user_id))
-                    else {
-                        continue;
-                    };
-                    if seen.insert(Arc::clone(&followed[index]), seq) != Some(seq) {
-                        self.changes.notify(&user_id);
-                    }
+        let latest = match self.backend.latest_chunks(&followed).await {
+            Ok(latest) => latest,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for changes of followed users");
+                return;
+            }
+        };
+        let mut running = tokio::task::JoinSet::new();
+        for (user_id, seq) in latest {
+            let Ok(index) = followed.binary_search_by(|known| (**known).cmp(&*user_id)) else {
+                continue;
+            };
+            if seen.get(&followed[index]) == Some(&seq) {
+                continue;
+            }
+            while running.len() >= DUE_USERS_AT_ONCE {
+                if let Some(Ok(Some((user_id, seq)))) = running.join_next().await {
+                    seen.insert(user_id, seq);
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot look for changes of followed users"),
+            let (store, user_id) = (Arc::clone(self), Arc::clone(&followed[index]));
+            running.spawn(async move {
+                let cached = store.users.get(&*user_id).map(|user| Arc::clone(user.value()));
+                if let Some(user) = cached
+                    && let Err(error) = store.backend.refresh(&user_id, &user).await
+                {
+                    tracing::warn!(%user_id, %error, "cannot catch up a followed user");
+                    return None;
+                }
+                store.changes.notify(&user_id);
+                Some((user_id, seq))
+            });
+        }
+        while let Some(caught_up) = running.join_next().await {
+            if let Ok(Some((user_id, seq))) = caught_up {
+                seen.insert(user_id, seq);
+            }
         }
     }
 
@@ -347,6 +385,16 @@ impl Store {
         user_id: UserId<'_>,
         read: impl Fn(&Ledger) -> T,
     ) -> Result<T, StoreError> {
+        self.read_from(user_id, ReadFrom::Stored, read).await
+    }
+
+    /// [`Store::read`], from where `from` says.
+    async fn read_from<T>(
+        &self,
+        user_id: UserId<'_>,
+        from: ReadFrom,
+        read: impl Fn(&Ledger) -> T,
+    ) -> Result<T, StoreError> {
         // After a backend failure the in-memory state may hold changes that a
         // restart would not have: serve nothing rather than contradict it.
         self.backend.check_healthy()?;
@@ -355,7 +403,7 @@ impl Store {
             let Some(Cached { user, loaded }) = self.user(user_id).await? else {
                 return Ok(read(&Ledger::new()));
             };
-            if shared && !loaded {
+            if shared && !loaded && from == ReadFrom::Stored {
                 let freshness = self.backend.refresh(user_id.as_str(), &user).await?;
                 if freshness == Freshness::Stale {
                     continue;
@@ -595,7 +643,6 @@ impl Store {
                     }
                     stored => {
                         stored?;
-                        self.changes.notify(user_id.as_str());
                         if let Some(user) = decided_on.filter(|_| self.backend.is_shared()) {
                             self.backend.stored(user_id.as_str(), &user);
                         }
@@ -699,6 +746,11 @@ impl Store {
         });
         assert!(sequence > user.last_sequence, "a user's records are in sequence order");
         user.last_sequence = sequence;
+        // Followers are woken here, with the record taken, not once it is
+        // durable: the writer's call may be cancelled before that, and
+        // nobody would wake them. Their read waits for what it shows to be
+        // durable (and reads again if it never is).
+        self.changes.notify(step.user_id.as_str());
         (decided.into_result(), Durability::Receipt(receipt), true)
     }
 

@@ -122,3 +122,32 @@ async fn the_ledgers_time_moves_only_with_kept_records_and_recovery_rebuilds_it(
     assert_eq!(recovery.records_replayed, 2);
     assert_eq!(state(&store), served, "recovery rebuilds the ledger that served");
 }
+
+/// A follower is woken by a write whose caller went away before it was
+/// durable (a cancelled call): the write still becomes durable, and the
+/// follower must not wait for the user's next one to see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_wakes_for_a_write_whose_caller_went_away() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let options = StoreOptions::durable(directory.path(), FsyncPolicy::Always, u64::MAX);
+    let (store, _) = Store::open(&options).expect("open");
+    let mut follower = store.subscribe_changes(ALICE);
+    follower.mark_seen();
+    {
+        let write = store.add_transaction(ALICE, None, PayerName::new("A"), 7, at(1));
+        let mut write = std::pin::pin!(write);
+        // One poll takes the record; the call is then dropped, as tonic
+        // drops a handler whose client cancelled.
+        let polled = std::future::poll_fn(|context| {
+            std::task::Poll::Ready(write.as_mut().poll(context).is_ready())
+        })
+        .await;
+        if polled {
+            eprintln!("the write was durable at its first poll: nothing was cancelled");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), follower.changed())
+        .await
+        .expect("the follower is woken");
+    assert_eq!(store.balances(ALICE).await.expect("read"), vec![("A".to_owned(), 7)]);
+}

@@ -118,6 +118,10 @@ async fn balances_as_of_a_position_are_the_issues(mut client: Client) {
     let both = GetBalancesRequest { as_of_time: Some(before_everything), ..at(1) };
     let refused = balances_as_of(&mut client, both).await.expect_err("both");
     assert_refusal(&refused, Code::InvalidArgument, "AS_OF_CONFLICT");
+    let year_10000 = prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 };
+    let request = GetBalancesRequest { as_of_time: Some(year_10000), ..at(0) };
+    let refused = balances_as_of(&mut client, request).await.expect_err("no such time");
+    assert_refusal(&refused, Code::InvalidArgument, "TIMESTAMP_OUT_OF_RANGE");
 }
 
 /// A watch from position 0 sends the history, then each new entry; a

@@ -73,3 +73,33 @@ fn restore_refuses_impossible_states() {
         assert_eq!(Ledger::restore(state).is_ok(), case == "fine", "{case}");
     }
 }
+
+/// Entries restored from a snapshot taken before accept times were kept
+/// have none: a time that falls among them has no answer, while times
+/// before the epoch, or at or after a known accept time (or the ledger's
+/// time), still do.
+#[test]
+fn a_time_among_entries_without_accept_times_has_no_position() {
+    const DAY_MS: i64 = 86_400_000;
+    let t1_ms = 1_700_000_000_000;
+    let clock = |now_ms| Clock { now_ms, points_validity_ms: None };
+    let mut ledger = Ledger::new();
+    ledger.advance(clock(t1_ms));
+    add(&mut ledger, "P", 10, "2024-01-01T00:00:00Z");
+    add(&mut ledger, "Q", 10, "2024-01-02T00:00:00Z");
+    let mut state = ledger.state();
+    for transaction in &mut state.transactions {
+        transaction.accepted_at_ms = 0;
+    }
+    let mut restored = Ledger::restore(state).expect("restores");
+    assert_eq!(restored.position_at_time(t1_ms - 365 * DAY_MS), Err(2));
+    assert_eq!(restored.position_at_time(t1_ms - 1), Err(2));
+    assert_eq!(restored.position_at_time(-1), Ok(0));
+    assert_eq!(restored.position_at_time(t1_ms), Ok(2), "all accepted by the ledger's time");
+    let t2_ms = t1_ms + DAY_MS;
+    restored.advance(clock(t2_ms));
+    add(&mut restored, "P", 5, "2024-01-03T00:00:00Z");
+    assert_eq!(restored.position_at_time(t1_ms), Err(2), "before the first known time");
+    assert_eq!(restored.position_at_time(t2_ms), Ok(3));
+    assert_eq!(restored.position_at_time(t2_ms + DAY_MS), Ok(3));
+}
