@@ -253,6 +253,12 @@ pub struct Config {
     #[arg(long, env = "POINTS_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Export the spans of calls (and of the storage work inside them) to
+    /// this OTLP/gRPC collector, e.g. http://localhost:4317 (off unless set;
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is read too).
+    #[arg(long, env = "POINTS_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log line format: text for people, json for log pipelines. RUST_LOG filters.
     #[arg(long, env = "POINTS_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -389,6 +395,15 @@ impl clap::ValueEnum for FsyncPolicy {
 }
 
 impl Config {
+    /// Where spans are exported: `--otlp-endpoint` (or POINTS_OTLP_ENDPOINT),
+    /// else the standard OTEL_EXPORTER_OTLP_ENDPOINT; `None`: not exported.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|endpoint| !endpoint.is_empty())
+    }
+
     /// Where and how the ledger is stored.
     pub fn store_options(&self) -> StoreOptions {
         let storage = if let Some(url) = &self.database_url {

@@ -4,7 +4,8 @@
 //! crates use is re-exported below):
 //! - `config`: every option of the server, as flags and environment
 //!   variables ([`Config`]); the only module that knows clap.
-//! - `telemetry`: log set-up (text or JSON) and the Prometheus exporter.
+//! - `telemetry`: log set-up (text or JSON), the caller's W3C trace context,
+//!   span export over OTLP, and the Prometheus exporter.
 //! - `server`: assembles the tonic server (the points service, health,
 //!   reflection; transport limits) on a given listener, with a bounded
 //!   graceful shutdown ([`serve`]).
@@ -56,7 +57,9 @@ pub use store::{
     MigrateSummary, OpenError, PayerName, Recovery, RequestId, SnapshotFailed, Storage, Store,
     StoreError, StoreOptions, UserId, migrate,
 };
-pub use telemetry::{LogFormat, MetricsError, init as init_logging, install_metrics};
+pub use telemetry::{
+    LogFormat, MetricsError, Telemetry, TelemetryError, init as init_telemetry, install_metrics,
+};
 
 /// Internals for the integration tests and benchmarks: reading and writing
 /// the embedded store's files directly. Not a stable API.

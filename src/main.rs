@@ -23,8 +23,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    // Held to the end of main: dropping it writes out queued log lines.
-    let _log_writer = points::init_logging(config.log_format);
+    // Held to the end of main: dropping it writes out queued log lines and
+    // lets the span exporter finish.
+    let _telemetry =
+        match points::init_telemetry(config.log_format, config.otlp_endpoint().as_deref()) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("points-server: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     if let Some(command) = &config.command {
         return run(command).await;
     }

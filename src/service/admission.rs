@@ -189,7 +189,6 @@ impl Admission {
                 let principal = authenticator
                     .authenticate_headers(headers, &identities, chrono::Utc::now())
                     .map_err(|error| status::access_refusal(&error))?;
-                tracing::Span::current().record("client", principal.name.as_str());
                 Ok(Some(Arc::clone(principal)))
             }
         }
@@ -325,12 +324,13 @@ where
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
         let started = Instant::now();
         let method = super::method_label(request.uri().path());
-        let span = super::rpc_span(method);
-        let admitted = span.in_scope(|| {
-            self.admission.admit(request.headers(), request.extensions().get::<ConnectionInfo>())
-        });
+        let admitted =
+            self.admission.admit(request.headers(), request.extensions().get::<ConnectionInfo>());
         match admitted {
             Err(refusal) => {
+                // Only a refused call has its span here: an admitted one
+                // gets it from its handler, once.
+                let span = super::rpc_span(method, request.headers());
                 // The body is never polled: hyper discards what the client
                 // still sends and resets the stream after the reply.
                 super::record_outcome(method, &span, started.elapsed(), Err(&refusal));

@@ -183,7 +183,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::WatchTransactionsRequest>,
     ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
-        observed("WatchTransactions", async {
+        observed("WatchTransactions", request.metadata().as_ref(), async {
             let (admitted, (user_id, after_position)) = self.admit_request(
                 &request,
                 Role::Read,
@@ -233,7 +233,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<AddTransactionRequest>,
     ) -> Result<Response<AddTransactionResponse>, Status> {
-        observed("AddTransaction", async {
+        observed("AddTransaction", request.metadata().as_ref(), async {
             let (_call, transaction) = self.admit_request(
                 &request,
                 Role::Earn,
@@ -263,7 +263,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<AddTransactionsRequest>,
     ) -> Result<Response<AddTransactionsResponse>, Status> {
-        observed("AddTransactions", async {
+        observed("AddTransactions", request.metadata().as_ref(), async {
             let (_call, batch) = self.admit_request(
                 &request,
                 Role::Earn,
@@ -287,7 +287,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<SpendRequest>,
     ) -> Result<Response<SpendResponse>, Status> {
-        observed("Spend", async {
+        observed("Spend", request.metadata().as_ref(), async {
             let (_call, spend) = self.admit_request(
                 &request,
                 Role::Spend,
@@ -312,7 +312,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<GetBalancesRequest>,
     ) -> Result<Response<GetBalancesResponse>, Status> {
-        observed("GetBalances", async {
+        observed("GetBalances", request.metadata().as_ref(), async {
             let (_call, (user_id, as_of)) = self.admit_request(
                 &request,
                 Role::Read,
@@ -342,7 +342,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<ListTransactionsRequest>,
     ) -> Result<Response<ListTransactionsResponse>, Status> {
-        observed("ListTransactions", async {
+        observed("ListTransactions", request.metadata().as_ref(), async {
             let (_call, page) = self.admit_request(
                 &request,
                 Role::Read,
@@ -374,7 +374,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::HoldPointsRequest>,
     ) -> Result<Response<v1::HoldPointsResponse>, Status> {
-        observed("HoldPoints", async {
+        observed("HoldPoints", request.metadata().as_ref(), async {
             let (_call, command) = self.admit_request(
                 &request,
                 Role::Spend,
@@ -398,7 +398,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::CaptureHoldRequest>,
     ) -> Result<Response<v1::CaptureHoldResponse>, Status> {
-        observed("CaptureHold", async {
+        observed("CaptureHold", request.metadata().as_ref(), async {
             let (_call, command) = self.admit_request(
                 &request,
                 Role::Spend,
@@ -422,7 +422,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::ReleaseHoldRequest>,
     ) -> Result<Response<v1::ReleaseHoldResponse>, Status> {
-        observed("ReleaseHold", async {
+        observed("ReleaseHold", request.metadata().as_ref(), async {
             let (_call, command) = self.admit_request(
                 &request,
                 Role::Spend,
@@ -442,7 +442,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::RefundSpendRequest>,
     ) -> Result<Response<v1::RefundSpendResponse>, Status> {
-        observed("RefundSpend", async {
+        observed("RefundSpend", request.metadata().as_ref(), async {
             let (_call, command) = self.admit_request(
                 &request,
                 Role::Refund,
@@ -465,7 +465,7 @@ impl PointsServiceApi for PointsService {
         &self,
         request: Request<v1::GetExpiringPointsRequest>,
     ) -> Result<Response<v1::GetExpiringPointsResponse>, Status> {
-        observed("GetExpiringPoints", async {
+        observed("GetExpiringPoints", request.metadata().as_ref(), async {
             let (_call, (user_id, within_ms)) = self.admit_request(
                 &request,
                 Role::Read,
@@ -604,9 +604,10 @@ impl Drop for InFlight {
 /// outcome code and the latency (see [`record_outcome`]).
 async fn observed<T>(
     method: &'static str,
+    headers: &http::HeaderMap,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    let span = rpc_span(method);
+    let span = rpc_span(method, headers);
     let started = Instant::now();
     let in_flight = InFlight::enter();
     let result = call.instrument(span.clone()).await;
@@ -616,16 +617,47 @@ async fn observed<T>(
 }
 
 /// The span of one PointsService call; its fields are filled in as they
-/// become known. At DEBUG, like the call's own line: at the default level
-/// neither costs anything (see [`log_call_summaries`]).
-fn rpc_span(method: &'static str) -> tracing::Span {
-    tracing::debug_span!(
+/// become known. At DEBUG, like the call's own line, so that at the default
+/// level neither costs anything (see [`log_call_summaries`]); at INFO for a
+/// call that is traced (spans are exported, or the caller sent a W3C
+/// `traceparent`), so that its log lines carry its `trace_id`. The caller's
+/// trace context becomes the span's parent.
+fn rpc_span(method: &'static str, headers: &http::HeaderMap) -> tracing::Span {
+    use tracing::field::Empty;
+    let incoming = crate::telemetry::incoming_trace(headers);
+    if incoming.is_none() && !crate::telemetry::exporting() {
+        return tracing::debug_span!("rpc", method, client = Empty, user = Empty, code = Empty);
+    }
+    let span = tracing::info_span!(
         "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = "points.v1.PointsService",
         method,
-        client = tracing::field::Empty,
-        user = tracing::field::Empty,
-        code = tracing::field::Empty
-    )
+        client = Empty,
+        user = Empty,
+        code = Empty,
+        trace_id = Empty,
+    );
+    let trace_id = match incoming {
+        Some((parent, trace_id)) => {
+            // Refused only when spans are not exported: then the caller's
+            // trace id still goes in the log lines.
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+            trace_id
+        }
+        None => {
+            use opentelemetry::trace::TraceContextExt as _;
+            let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
+            context.span().span_context().trace_id()
+        }
+    };
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
 }
 
 /// Counts a finished call in the metrics and in the periodic INFO summary,
@@ -675,6 +707,7 @@ fn record_outcome(
             }
             _ => {
                 CALL_TALLY.failed.fetch_add(1, Ordering::Relaxed);
+                span.record("otel.status_code", "ERROR");
                 // The span is off at the default level: name the call here.
                 tracing::error!(method, code, latency_us, error = status.message(), "rpc failed")
             }

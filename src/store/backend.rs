@@ -191,15 +191,23 @@ pub(crate) enum Receipt {
 
 impl Receipt {
     /// Completes once the record is durable, or with why it never will be.
+    /// The wait is a span of its own (`journal_wait`, `database_commit`),
+    /// a child of the call's when spans are exported.
     pub(crate) async fn wait(self) -> Result<(), StoreError> {
+        use tracing::Instrument as _;
         match self {
             Receipt::Durable => Ok(()),
-            Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt).await?),
-            Receipt::Database(receipt) => receipt.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the database committer stopped before storing the change".to_owned(),
-                ))
-            }),
+            Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt)
+                .instrument(tracing::debug_span!("journal_wait"))
+                .await?),
+            Receipt::Database(receipt) => receipt
+                .instrument(tracing::debug_span!("database_commit"))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the database committer stopped before storing the change".to_owned(),
+                    ))
+                }),
         }
     }
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dashmap::DashMap;
+use tracing::Instrument as _;
 
 use self::backend::{Backend, Freshness, InMemory, Receipt};
 pub use self::changes::ChangeSubscription;
@@ -577,7 +578,8 @@ impl Store {
     /// Completes once every record up to `sequence` is durable.
     async fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         if !self.backend.is_durable(sequence)? {
-            self.backend.wait_durable(sequence).await?;
+            let span = tracing::debug_span!("durable_wait", sequence);
+            self.backend.wait_durable(sequence).instrument(span).await?;
         }
         Ok(())
     }

@@ -1,12 +1,24 @@
 //! Log and trace set-up, in one function so the binary and tests configure it
-//! the same way.
+//! the same way: log lines to stderr, spans to an OTLP collector when one is
+//! given (`export`), the caller's trace context read from each call
+//! (`context`), and the Prometheus metrics.
+
+mod context;
+mod export;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-use tracing_subscriber::EnvFilter;
+pub use context::incoming as incoming_trace;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,29 +32,114 @@ pub enum LogFormat {
 /// Log lines waiting for the writer thread past which new ones are dropped.
 const MAX_BUFFERED_LOG_LINES: usize = 65_536;
 
-/// Logs to stderr in `format`, filtered by RUST_LOG (default `info`). Colours
-/// only for text on a terminal.
+/// Whether spans are exported (an OTLP endpoint was given): every call then
+/// gets a span, where otherwise only calls that carry a trace context do.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported to an OTLP collector.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// What [`init`] set up; keep it until exit. Dropping it writes out queued
+/// log lines and lets the span exporter send what is queued.
+#[derive(Debug)]
+pub struct Telemetry {
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take() {
+            // Nothing to report at exit if the collector is gone.
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP endpoint is not a URL the exporter can use.
+    #[error(
+        "cannot export traces to {endpoint:?}: {reason}; give --otlp-endpoint as \
+         http://host:port (OTLP over gRPC, usually port 4317)"
+    )]
+    OtlpEndpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Logs to stderr in `format`, filtered by RUST_LOG (default `info`), and,
+/// with `otlp_endpoint`, exports the spans of calls and of the storage work
+/// inside them over OTLP/gRPC. Colours only for text on a terminal. Must run
+/// inside the Tokio runtime when exporting.
 ///
-/// Lines are handed to a writer thread through a bounded queue, so that a
-/// call never waits for stderr (a slow terminal or log collector would
-/// otherwise set the server's pace: one line per call at INFO cost a third of
-/// Spend's throughput at the ceiling). If the writer falls
+/// Log lines are handed to a writer thread through a bounded queue, so that
+/// a call never waits for stderr (a slow terminal or log collector would
+/// otherwise set the server's pace: one line per call at INFO cost a third
+/// of Spend's throughput at the ceiling). If the writer falls
 /// `MAX_BUFFERED_LOG_LINES` behind, new lines are dropped rather than
-/// queued without bound. Keep the returned guard until exit: dropping it
-/// writes out what is queued.
-pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// queued without bound. Spans go through the bounded queue of
+/// [`export`](self::export) the same way. A call's log lines carry its
+/// `trace_id` whenever it has one.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
+    let tracer_provider = otlp_endpoint.map(tracer_provider).transpose()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(MAX_BUFFERED_LOG_LINES)
         .lossy(true)
         .thread_name("points-log")
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let logs = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
+    };
+    // Spans of this crate only (calls and the storage work inside them), at
+    // any level; events stay in the logs.
+    let spans = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("points")).with_filter(
+            tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.is_span() && metadata.target().starts_with("points")
+            }),
+        )
+    });
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    EXPORTING.store(tracer_provider.is_some(), Ordering::Relaxed);
+    Ok(Telemetry { _log_writer: guard, tracer_provider })
+}
+
+/// The tracer provider exporting to `endpoint`: service name and version as
+/// resource attributes, spans through [`export::BoundedExport`]. The
+/// connection is made on first export, so a collector that is not up yet
+/// delays nothing.
+fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let refused =
+        |reason: String| TelemetryError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
+    let uri: http::Uri = endpoint.parse().map_err(|error| refused(format!("{error}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(refused("it is not an http:// or https:// URL".to_owned()));
     }
-    guard
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("points")
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(export::EXPORT_TIMEOUT)
+        .build()
+        .map_err(|error| refused(error.to_string()))?;
+    opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(export::BoundedExport::start(exporter))
+        .with_resource(resource)
+        .build())
 }
 
 /// Latency buckets in seconds: 50 µs to 10 s.
@@ -113,6 +210,10 @@ pub fn install_metrics(address: SocketAddr) -> Result<(), MetricsError> {
         "points_journal_fsync_seconds",
         Unit::Seconds,
         "Journal fdatasync latency."
+    );
+    describe_counter!(
+        "points_trace_spans_dropped_total",
+        "Finished spans not exported: the export queue was full or the collector failed."
     );
     describe_histogram!(
         "points_snapshot_duration_seconds",

@@ -45,5 +45,6 @@ mod sim_disk;
 mod spending;
 mod store_model;
 mod tls;
+mod tracing;
 mod users;
 mod watch;

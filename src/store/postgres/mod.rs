@@ -281,6 +281,9 @@ impl Postgres {
             let statement = client.prepare_cached(sql).await?;
             client.query(&statement, params).await
         };
+        let span =
+            tracing::debug_span!("postgres_query", db.system = "postgresql", db.statement = sql);
+        let run = tracing::Instrument::instrument(run, span);
         match tokio::time::timeout(self.shared.operation_timeout, run).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => Err(self.unreachable(&database_error(&error))),

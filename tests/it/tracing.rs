@@ -1,0 +1,234 @@
+//! Distributed traces over real gRPC: a call made with a W3C `traceparent`
+//! reaches a test OTLP collector (the OTLP trace service, served by tonic in
+//! the test) as a child of the caller's span, with its method, outcome,
+//! user and client (never the token) and the storage work inside it as
+//! child spans; its log lines carry the trace id. With the collector gone,
+//! calls do not wait for it and the dropped spans are counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tonic::{Request, Response, Status};
+
+use crate::common::ServerProcess;
+use crate::common::client::add_request;
+use crate::common::metrics::{free_port, scrape_async};
+use crate::common::tokens::{token_client, tokens_file, with_token};
+
+/// The trace and the caller's span every traced call here names.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// A span received, with its resource's attributes.
+type Received = (Vec<KeyValue>, Span);
+
+/// The test collector: keeps every span exported to it.
+#[derive(Debug, Clone, Default)]
+struct Collector {
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut received = self.received.lock().expect("the collector's spans");
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.map(|resource| resource.attributes);
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push((resource.clone().unwrap_or_default(), span));
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    /// Serves the collector on a free port; returns its URL and what stops
+    /// it (its connections closed, as a collector that went away).
+    async fn start(&self) -> (String, Stop) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let service = TraceServiceServer::new(self.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        (url, Stop { stop, serving })
+    }
+
+    /// The spans of the trace [`TRACE_ID`] once one named `name` arrived
+    /// (failing the test after 20 s).
+    async fn wait_for(&self, name: &str) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans: Vec<Received> = self
+                .received
+                .lock()
+                .expect("the collector's spans")
+                .iter()
+                .filter(|(_, span)| hex::encode(&span.trace_id) == TRACE_ID)
+                .cloned()
+                .collect();
+            if spans.iter().any(|(_, span)| span.name == name) {
+                return spans;
+            }
+            assert!(Instant::now() < deadline, "no span {name:?} of the trace; got {spans:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops a test collector.
+struct Stop {
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Stop {
+    /// Stops the collector and waits until it is gone.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.expect("the collector stops");
+    }
+}
+
+/// The string value of attribute `key`.
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attributes.iter().find(|attribute| attribute.key == key).and_then(|attribute| match &attribute
+        .value
+    {
+        Some(AnyValue { value: Some(any_value::Value::StringValue(value)) }) => {
+            Some(value.as_str())
+        }
+        _ => None,
+    })
+}
+
+/// `request` carrying the trace context of the caller's span, and the
+/// client's token.
+fn traced<T>(message: T) -> Request<T> {
+    let mut request = with_token(message, "checkout-token");
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    request.metadata_mut().insert("tracestate", "vendor=abc".parse().expect("ascii"));
+    request
+}
+
+/// A call made with a `traceparent` is exported as a child of the caller's
+/// span, carrying the method, the outcome, the user and the client name,
+/// with the journal wait inside it as a child span; the service's name and
+/// version are resource attributes, and the call's log lines carry the
+/// trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_call_is_exported_as_a_child_of_the_callers_span() {
+    let collector = Collector::default();
+    let (url, _serving) = collector.start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = tokens_file(dir.path(), &[token_client("checkout", &["earn"], &[])]);
+    let tokens = tokens.to_str().expect("utf-8 path");
+    let mut command = ServerProcess::durable(
+        &dir.path().join("data"),
+        &["--otlp-endpoint", &url, "--tokens-file", tokens],
+    );
+    command.env("RUST_LOG", "info,points=debug");
+    let server = ServerProcess::spawn(command);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
+    client.add_transaction(traced(earn)).await.expect("accepted");
+
+    let spans = collector.wait_for("AddTransaction").await;
+    let (resource, call) =
+        spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
+    assert_eq!(
+        hex::encode(&call.parent_span_id),
+        PARENT_SPAN_ID,
+        "the caller's span is its parent"
+    );
+    assert_eq!(call.kind, 2, "a server span");
+    for (key, value) in
+        [("method", "AddTransaction"), ("code", "OK"), ("user", "alice"), ("client", "checkout")]
+    {
+        assert_eq!(attribute(&call.attributes, key), Some(value), "{key} in {call:#?}");
+    }
+    assert_eq!(attribute(resource, "service.name"), Some("points"));
+    assert_eq!(attribute(resource, "service.version"), Some(env!("CARGO_PKG_VERSION")));
+    let spans_debug = format!("{spans:?}");
+    assert!(!spans_debug.contains("checkout-token"), "a token was exported: {spans_debug}");
+    // The storage work inside the call: the wait for the journal.
+    let journal = collector.wait_for("journal_wait").await;
+    let (_, journal_wait) =
+        journal.iter().find(|(_, span)| span.name == "journal_wait").expect("the journal wait");
+    assert_eq!(journal_wait.parent_span_id, call.span_id, "a child of the call's span");
+    assert!(journal_wait.end_time_unix_nano >= journal_wait.start_time_unix_nano);
+    assert!(journal_wait.start_time_unix_nano >= call.start_time_unix_nano);
+    assert!(journal_wait.end_time_unix_nano <= call.end_time_unix_nano);
+    // The call's own log line names the trace.
+    crate::common::wait::eventually("a log line with the trace id", Duration::from_secs(5), || {
+        let log = server.log();
+        let logged =
+            log.lines().any(|line| line.contains("rpc completed") && line.contains(TRACE_ID));
+        std::future::ready(logged.then_some(()))
+    })
+    .await;
+}
+
+/// With the collector gone, calls do not wait for it, and the spans that
+/// cannot be exported are counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
+    let collector = Collector::default();
+    let (url, serving) = collector.start().await;
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = ServerProcess::start(&["--otlp-endpoint", &url, "--metrics-listen", &metrics]);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
+    client.add_transaction(traced(earn.clone())).await.expect("accepted");
+    collector.wait_for("AddTransaction").await;
+    serving.stop().await;
+
+    let mut slowest = Duration::ZERO;
+    for _ in 0..200 {
+        let started = Instant::now();
+        client.add_transaction(traced(earn.clone())).await.expect("accepted");
+        slowest = slowest.max(started.elapsed());
+    }
+    // An export waits up to 5 s for the collector; no call does.
+    assert!(slowest < Duration::from_secs(2), "a call took {slowest:?} with the collector gone");
+    crate::common::wait::eventually("dropped spans counted", Duration::from_secs(20), || async {
+        let scraped = scrape_async(port).await;
+        let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
+        dropped.filter(|&dropped| dropped >= 1.0)
+    })
+    .await;
+}
+
+/// A malformed OTLP endpoint stops start-up with what to give instead.
+#[test]
+fn a_bad_otlp_endpoint_stops_start_up_with_what_to_give() {
+    let exited = ServerProcess::run_to_exit(ServerProcess::in_memory(&[
+        "--otlp-endpoint",
+        "collector:4317",
+    ]));
+    assert!(!exited.status.success());
+    assert!(exited.log.contains("--otlp-endpoint as http://host:port"), "{}", exited.log);
+}
