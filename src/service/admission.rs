@@ -330,10 +330,11 @@ where
             Err(refusal) => {
                 // Only a refused call has its span here: an admitted one
                 // gets it from its handler, once.
-                let span = super::rpc_span(method, request.headers());
+                let (span, trace_id) = super::rpc_span(method, request.headers());
                 // The body is never polled: hyper discards what the client
                 // still sends and resets the stream after the reply.
-                super::record_outcome(method, &span, started.elapsed(), Err(&refusal));
+                let elapsed = started.elapsed();
+                super::record_outcome(method, (&span, trace_id), elapsed, Err(&refusal));
                 Box::pin(std::future::ready(Ok(refusal.into_http())))
             }
             Ok(admitted) => {

@@ -607,28 +607,29 @@ async fn observed<T>(
     headers: &http::HeaderMap,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    let span = rpc_span(method, headers);
+    let (span, trace_id) = rpc_span(method, headers);
     let started = Instant::now();
     let in_flight = InFlight::enter();
     let result = call.instrument(span.clone()).await;
     drop(in_flight);
-    record_outcome(method, &span, started.elapsed(), result.as_ref().map(drop));
+    let outcome = result.as_ref().map(drop);
+    record_outcome(method, (&span, trace_id), started.elapsed(), outcome);
     result
 }
 
-/// The span of one PointsService call; its fields are filled in as they
-/// become known. At DEBUG, like the call's own line, so that at the default
-/// level neither costs anything (see [`log_call_summaries`]); at INFO for a
-/// call that is traced (spans are exported, or the caller sent a W3C
-/// `traceparent`), so that its log lines carry its `trace_id`. The caller's
-/// trace context becomes the span's parent.
-fn rpc_span(method: &'static str, headers: &http::HeaderMap) -> tracing::Span {
+/// The span of one PointsService call, and the id of the trace it is part
+/// of, if any; its fields are filled in as they become known. At DEBUG,
+/// like the call's own line: at the default level the log lines cost
+/// nothing per call (see [`log_call_summaries`]), and when spans are
+/// exported only the exporter records it. The caller's W3C trace context
+/// (`traceparent`) becomes the span's parent; the trace id goes in the
+/// call's log lines, also when spans are not exported.
+fn rpc_span(
+    method: &'static str,
+    headers: &http::HeaderMap,
+) -> (tracing::Span, Option<opentelemetry::trace::TraceId>) {
     use tracing::field::Empty;
-    let incoming = crate::telemetry::incoming_trace(headers);
-    if incoming.is_none() && !crate::telemetry::exporting() {
-        return tracing::debug_span!("rpc", method, client = Empty, user = Empty, code = Empty);
-    }
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "rpc",
         otel.name = method,
         otel.kind = "server",
@@ -641,10 +642,13 @@ fn rpc_span(method: &'static str, headers: &http::HeaderMap) -> tracing::Span {
         code = Empty,
         trace_id = Empty,
     );
+    let incoming = crate::telemetry::incoming_trace(headers);
+    if incoming.is_none() && span.is_disabled() {
+        return (span, None);
+    }
     let trace_id = match incoming {
         Some((parent, trace_id)) => {
-            // Refused only when spans are not exported: then the caller's
-            // trace id still goes in the log lines.
+            // Refused only when spans are not exported.
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
             trace_id
         }
@@ -654,18 +658,20 @@ fn rpc_span(method: &'static str, headers: &http::HeaderMap) -> tracing::Span {
             context.span().span_context().trace_id()
         }
     };
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
+    let trace_id = (trace_id != opentelemetry::trace::TraceId::INVALID).then_some(trace_id);
+    if let Some(trace_id) = trace_id {
         span.record("trace_id", tracing::field::display(trace_id));
     }
-    span
+    (span, trace_id)
 }
 
 /// Counts a finished call in the metrics and in the periodic INFO summary,
 /// and logs its one line in `span` at DEBUG. Refusals are the caller's
-/// business; only faults of the server itself are logged at ERROR, each one.
+/// business; only faults of the server itself are logged at ERROR, each one,
+/// with the call's trace id if it has one.
 fn record_outcome(
     method: &'static str,
-    span: &tracing::Span,
+    (span, trace_id): (&tracing::Span, Option<opentelemetry::trace::TraceId>),
     elapsed: Duration,
     outcome: Result<(), &Status>,
 ) {
@@ -709,7 +715,15 @@ fn record_outcome(
                 CALL_TALLY.failed.fetch_add(1, Ordering::Relaxed);
                 span.record("otel.status_code", "ERROR");
                 // The span is off at the default level: name the call here.
-                tracing::error!(method, code, latency_us, error = status.message(), "rpc failed")
+                let trace_id = trace_id.map(tracing::field::display);
+                tracing::error!(
+                    method,
+                    code,
+                    trace_id,
+                    latency_us,
+                    error = status.message(),
+                    "rpc failed"
+                )
             }
         },
     }

@@ -8,7 +8,6 @@ mod export;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
@@ -31,15 +30,6 @@ pub enum LogFormat {
 
 /// Log lines waiting for the writer thread past which new ones are dropped.
 const MAX_BUFFERED_LOG_LINES: usize = 65_536;
-
-/// Whether spans are exported (an OTLP endpoint was given): every call then
-/// gets a span, where otherwise only calls that carry a trace context do.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
-/// Whether spans are exported to an OTLP collector.
-pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
-}
 
 /// What [`init`] set up; keep it until exit. Dropping it writes out queued
 /// log lines and lets the span exporter send what is queued.
@@ -101,16 +91,24 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
     };
     // Spans of this crate only (calls and the storage work inside them), at
-    // any level; events stay in the logs.
+    // any level; events stay in the logs. Each span carries its own fields
+    // only: source locations, threads, targets and busy/idle times would
+    // double what every call costs to trace and export, and nothing else
+    // here reads an OpenTelemetry context entered with a span.
     let spans = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("points")).with_filter(
-            tracing_subscriber::filter::filter_fn(|metadata| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("points"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_level(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
                 metadata.is_span() && metadata.target().starts_with("points")
-            }),
-        )
+            }))
     });
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
-    EXPORTING.store(tracer_provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { _log_writer: guard, tracer_provider })
 }
 
