@@ -191,17 +191,17 @@ pub(crate) enum Receipt {
 
 impl Receipt {
     /// Completes once the record is durable, or with why it never will be.
-    /// The wait is a span of its own (`journal_wait`, `database_commit`),
-    /// a child of the call's when spans are exported.
+    /// Inside a call, the wait is a child span of the call's
+    /// (`journal_wait`, `database_commit`).
     pub(crate) async fn wait(self) -> Result<(), StoreError> {
         use tracing::Instrument as _;
         match self {
             Receipt::Durable => Ok(()),
             Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt)
-                .instrument(tracing::debug_span!("journal_wait"))
+                .instrument(crate::telemetry::call_child_span!("journal_wait"))
                 .await?),
             Receipt::Database(receipt) => receipt
-                .instrument(tracing::debug_span!("database_commit"))
+                .instrument(crate::telemetry::call_child_span!("database_commit"))
                 .await
                 .unwrap_or_else(|_| {
                     Err(StoreError::Unavailable(

@@ -578,7 +578,7 @@ impl Store {
     /// Completes once every record up to `sequence` is durable.
     async fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         if !self.backend.is_durable(sequence)? {
-            let span = tracing::debug_span!("durable_wait", sequence);
+            let span = crate::telemetry::call_child_span!("durable_wait", sequence);
             self.backend.wait_durable(sequence).instrument(span).await?;
         }
         Ok(())

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::mpsc;
 
@@ -31,19 +31,31 @@ pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// that a trickle of calls is sent in batches rather than one by one.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 
-/// The span processor: see the module documentation. Dropping it (with its
-/// tracer provider) ends the export task once the queue is empty.
+/// The span processor: see the module documentation. Shutting it down
+/// (with its tracer provider) lets the export task send what is queued and
+/// waits for that, up to the timeout given.
 #[derive(Debug)]
 pub(crate) struct BoundedExport {
-    queue: mpsc::Sender<SpanData>,
+    /// `None` once shut down.
+    queue: std::sync::Mutex<Option<mpsc::Sender<SpanData>>>,
+    /// Told when the export task has sent everything and ended.
+    finished: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl BoundedExport {
     /// Starts exporting through `exporter` on the current Tokio runtime.
     pub(crate) fn start<E: SpanExporter + 'static>(exporter: E) -> Self {
         let (sender, receiver) = mpsc::channel(MAX_QUEUED_SPANS);
-        tokio::spawn(export_all(exporter, receiver));
-        Self { queue: sender }
+        let (finish, finished) = std::sync::mpsc::sync_channel(1);
+        tokio::spawn(async move {
+            export_all(exporter, receiver).await;
+            // Nobody waits if the processor is gone.
+            let _ = finish.send(());
+        });
+        Self {
+            queue: std::sync::Mutex::new(Some(sender)),
+            finished: std::sync::Mutex::new(finished),
+        }
     }
 }
 
@@ -59,7 +71,7 @@ async fn export_all<E: SpanExporter>(exporter: E, mut queue: mpsc::Receiver<Span
         if queue.recv_many(&mut batch, MAX_SPANS_PER_EXPORT).await == 0 {
             break;
         }
-        if batch.len() < MAX_SPANS_PER_EXPORT {
+        if batch.len() < MAX_SPANS_PER_EXPORT && !queue.is_closed() {
             tokio::time::sleep(BATCH_DELAY).await;
             // Bounded: at most a batch's worth.
             while batch.len() < MAX_SPANS_PER_EXPORT
@@ -92,7 +104,8 @@ impl SpanProcessor for BoundedExport {
         if !span.span_context.is_sampled() {
             return;
         }
-        if self.queue.try_send(span).is_err() {
+        let queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queue.as_ref().is_none_or(|queue| queue.try_send(span).is_err()) {
             dropped(1);
         }
     }
@@ -101,9 +114,17 @@ impl SpanProcessor for BoundedExport {
         Ok(())
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        // The task sends what is queued and ends once the processor is
-        // dropped with its provider; nothing to wait for here.
-        Ok(())
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        // Closing the queue lets the task send what is in it, then end.
+        let queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if queue.is_none() {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        drop(queue);
+        let finished = self.finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match finished.recv_timeout(timeout) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
+        }
     }
 }

@@ -19,6 +19,21 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 
 pub use context::incoming as incoming_trace;
 
+/// A DEBUG span for storage work inside the call in progress (a child of
+/// its span, so exported with it); none outside a call, so that background
+/// work (clock ticks, followers' look-ups, streams' reads) makes no traces
+/// of its own.
+macro_rules! call_child_span {
+    ($name:literal $(, $($field:tt)*)?) => {
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!($name $(, $($field)*)?)
+        }
+    };
+}
+pub(crate) use call_child_span;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -53,8 +68,9 @@ impl Drop for Telemetry {
 pub enum TelemetryError {
     /// The OTLP endpoint is not a URL the exporter can use.
     #[error(
-        "cannot export traces to {endpoint:?}: {reason}; give --otlp-endpoint as \
-         http://host:port (OTLP over gRPC, usually port 4317)"
+        "cannot export traces to {endpoint:?}: {reason}; give --otlp-endpoint (or \
+         POINTS_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT) as http://host:port (OTLP over \
+         gRPC, usually port 4317)"
     )]
     OtlpEndpoint {
         /// The endpoint given.
@@ -120,8 +136,15 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
     let refused =
         |reason: String| TelemetryError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
     let uri: http::Uri = endpoint.parse().map_err(|error| refused(format!("{error}")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(refused("it is not an http:// or https:// URL".to_owned()));
+    if uri.scheme_str() == Some("https") {
+        return Err(refused(
+            "spans are exported in plaintext only; reach a TLS collector through a local \
+             agent or sidecar"
+                .to_owned(),
+        ));
+    }
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(refused("it is not an http:// URL".to_owned()));
     }
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name("points")

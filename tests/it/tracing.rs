@@ -230,5 +230,24 @@ fn a_bad_otlp_endpoint_stops_start_up_with_what_to_give() {
         "collector:4317",
     ]));
     assert!(!exited.status.success());
-    assert!(exited.log.contains("--otlp-endpoint as http://host:port"), "{}", exited.log);
+    assert!(exited.log.contains("give --otlp-endpoint"), "{}", exited.log);
+    assert!(exited.log.contains("as http://host:port"), "{}", exited.log);
+}
+
+/// A server stopped with SIGTERM sends the spans it still has queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_shutdown_are_sent() {
+    let collector = Collector::default();
+    let (url, _serving) = collector.start().await;
+    let mut server = ServerProcess::start(&["--otlp-endpoint", &url]);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
+    let mut request = Request::new(earn);
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    client.add_transaction(request).await.expect("accepted");
+    // At once: the span is still in the queue, waiting for its batch.
+    server.terminate();
+    let spans = collector.wait_for("AddTransaction").await;
+    assert!(spans.iter().any(|(_, span)| hex::encode(&span.parent_span_id) == PARENT_SPAN_ID));
 }

@@ -281,8 +281,11 @@ impl Postgres {
             let statement = client.prepare_cached(sql).await?;
             client.query(&statement, params).await
         };
-        let span =
-            tracing::debug_span!("postgres_query", db.system = "postgresql", db.statement = sql);
+        let span = crate::telemetry::call_child_span!(
+            "postgres_query",
+            db.system = "postgresql",
+            db.statement = sql
+        );
         let run = tracing::Instrument::instrument(run, span);
         match tokio::time::timeout(self.shared.operation_timeout, run).await {
             Ok(Ok(rows)) => Ok(rows),
