@@ -646,23 +646,33 @@ fn rpc_span(
     if incoming.is_none() && span.is_disabled() {
         return (span, None);
     }
+    // The id of a trace this call starts is looked up only for a log line
+    // that shows it: the call's DEBUG line here, a fault's ERROR line later.
+    let logged = tracing::enabled!(tracing::Level::DEBUG);
     let trace_id = match incoming {
         Some((parent, trace_id)) => {
             // Refused only when spans are not exported.
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-            trace_id
+            Some(trace_id)
         }
-        None => {
-            use opentelemetry::trace::TraceContextExt as _;
-            let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
-            context.span().span_context().trace_id()
-        }
+        None if logged => trace_id_of(&span),
+        None => None,
     };
-    let trace_id = (trace_id != opentelemetry::trace::TraceId::INVALID).then_some(trace_id);
-    if let Some(trace_id) = trace_id {
+    if let Some(trace_id) = trace_id.filter(|_| logged) {
         span.record("trace_id", tracing::field::display(trace_id));
     }
     (span, trace_id)
+}
+
+/// The id of the trace `span` is exported in, if it is.
+fn trace_id_of(span: &tracing::Span) -> Option<opentelemetry::trace::TraceId> {
+    use opentelemetry::trace::TraceContextExt as _;
+    if span.is_disabled() {
+        return None;
+    }
+    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
+    let trace_id = context.span().span_context().trace_id();
+    (trace_id != opentelemetry::trace::TraceId::INVALID).then_some(trace_id)
 }
 
 /// Counts a finished call in the metrics and in the periodic INFO summary,
@@ -715,7 +725,7 @@ fn record_outcome(
                 CALL_TALLY.failed.fetch_add(1, Ordering::Relaxed);
                 span.record("otel.status_code", "ERROR");
                 // The span is off at the default level: name the call here.
-                let trace_id = trace_id.map(tracing::field::display);
+                let trace_id = trace_id.or_else(|| trace_id_of(span)).map(tracing::field::display);
                 tracing::error!(
                     method,
                     code,
