@@ -67,6 +67,9 @@ fn dropped(spans: usize) {
 /// Exports what arrives on `queue` until every sender is gone.
 async fn export_all<E: SpanExporter>(exporter: E, mut queue: mpsc::Receiver<SpanData>) {
     let mut batch = Vec::with_capacity(MAX_SPANS_PER_EXPORT);
+    // Whether the last export failed: a failure is logged when exports
+    // start failing, and a recovery when they work again, not each time.
+    let mut failing = false;
     loop {
         if queue.recv_many(&mut batch, MAX_SPANS_PER_EXPORT).await == 0 {
             break;
@@ -83,15 +86,28 @@ async fn export_all<E: SpanExporter>(exporter: E, mut queue: mpsc::Receiver<Span
         debug_assert!(batch.len() <= MAX_SPANS_PER_EXPORT);
         let spans = batch.len();
         let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_SPANS_PER_EXPORT));
-        match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(sent)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                dropped(spans);
-                tracing::debug!(%error, spans, "cannot export spans");
+        let error = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(sent)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {EXPORT_TIMEOUT:?}")),
+        };
+        match error {
+            None if failing => {
+                failing = false;
+                tracing::info!("exporting spans again");
             }
-            Err(_) => {
+            None => {}
+            Some(error) => {
                 dropped(spans);
-                tracing::debug!(spans, "exporting spans timed out");
+                if !failing {
+                    failing = true;
+                    tracing::warn!(
+                        %error,
+                        spans,
+                        "cannot export spans; dropping them until the collector answers \
+                         (counted in points_trace_spans_dropped_total)"
+                    );
+                }
             }
         }
     }

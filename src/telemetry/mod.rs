@@ -125,6 +125,9 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
             }))
     });
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    if let Some(endpoint) = otlp_endpoint {
+        tracing::info!(endpoint, "exporting spans over OTLP/gRPC");
+    }
     Ok(Telemetry { _log_writer: guard, tracer_provider })
 }
 

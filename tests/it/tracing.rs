@@ -214,6 +214,12 @@ async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
     }
     // An export waits up to 5 s for the collector; no call does.
     assert!(slowest < Duration::from_secs(2), "a call took {slowest:?} with the collector gone");
+    crate::common::wait::eventually(
+        "a warning that spans are dropped",
+        Duration::from_secs(20),
+        || std::future::ready(server.log().contains("cannot export spans").then_some(())),
+    )
+    .await;
     crate::common::wait::eventually("dropped spans counted", Duration::from_secs(20), || async {
         let scraped = scrape_async(port).await;
         let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
