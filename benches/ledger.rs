@@ -19,14 +19,33 @@ fn epoch() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).expect("valid")
 }
 
-/// A ledger of `lots` one-point lots over 100 payers, in timestamp order.
+/// A ledger of `lots` one-point lots over 100 payers, in timestamp order,
+/// all accepted at the ledger's starting time.
 fn ledger_with(lots: usize) -> Ledger {
+    build_ledger(lots, false)
+}
+
+/// [`ledger_with`]'s lots, each accepted a second after the one before (at
+/// its own timestamp), so that accept times spread over the history.
+fn accepted_a_second_apart(lots: usize) -> Ledger {
+    build_ledger(lots, true)
+}
+
+/// `lots` one-point lots over 100 payers, in timestamp order; with
+/// `advance_clock`, the ledger's time moves to each lot's timestamp before
+/// it is accepted.
+fn build_ledger(lots: usize, advance_clock: bool) -> Ledger {
     let mut ledger = Ledger::new();
     let names: Vec<String> = (0..PAYERS).map(|payer| format!("PAYER {payer:03}")).collect();
     for lot in 0..lots {
         let timestamp = epoch() + TimeDelta::seconds(lot as i64);
+        if advance_clock {
+            let now_ms = timestamp.timestamp_millis();
+            ledger.advance(Clock { now_ms, points_validity_ms: None });
+        }
         ledger.add_transaction(&names[lot % PAYERS], 1, timestamp).expect("valid");
     }
+    assert_eq!(ledger.history_len(), lots);
     ledger
 }
 
@@ -237,20 +256,6 @@ fn as_of(criterion: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// [`ledger_with`]'s lots, each accepted a second after the one before (at
-/// its own timestamp), so that accept times spread over the history.
-fn accepted_a_second_apart(lots: usize) -> Ledger {
-    let mut ledger = Ledger::new();
-    let names: Vec<String> = (0..PAYERS).map(|payer| format!("PAYER {payer:03}")).collect();
-    for lot in 0..lots {
-        let timestamp = epoch() + TimeDelta::seconds(lot as i64);
-        ledger.advance(Clock { now_ms: timestamp.timestamp_millis(), points_validity_ms: None });
-        ledger.add_transaction(&names[lot % PAYERS], 1, timestamp).expect("valid");
-    }
-    assert_eq!(ledger.history_len(), lots);
-    ledger
 }
 
 /// Resident memory of this process, in bytes (Linux).
