@@ -330,11 +330,11 @@ where
             Err(refusal) => {
                 // Only a refused call has its span here: an admitted one
                 // gets it from its handler, once.
-                let (span, trace_id) = super::rpc_span(method, request.headers());
+                let (span, trace) = super::rpc_span(method, request.headers());
                 // The body is never polled: hyper discards what the client
                 // still sends and resets the stream after the reply.
                 let elapsed = started.elapsed();
-                super::record_outcome(method, (&span, trace_id), elapsed, Err(&refusal));
+                super::record_outcome(method, (&span, trace), elapsed, Err(&refusal));
                 Box::pin(std::future::ready(Ok(refusal.into_http())))
             }
             Ok(admitted) => {

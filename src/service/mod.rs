@@ -49,6 +49,7 @@ use crate::proto::v1::{
     TransactionEntry,
 };
 use crate::store::{Store, UserId};
+use crate::telemetry::CallTrace;
 
 /// The most bytes of history entries one ListTransactions reply carries:
 /// 4 MiB (the default largest message of gRPC clients) less room for the
@@ -143,12 +144,12 @@ impl PointsService {
             }
         };
         if let Some(principal) = &principal {
-            tracing::Span::current().record("client", principal.name.as_str());
+            record_on_call("client", principal.name.as_str());
         }
         let valid = validate(request.get_ref()).map_err(|bad| status::invalid_argument(&bad))?;
         let user_id = user_of(&valid).as_str();
         authorize(principal.as_deref(), role, user_id)?;
-        tracing::Span::current().record("user", user_id);
+        record_on_call("user", user_id);
         if let Some(principal) = &principal {
             // A batch with one payer the client may not touch is refused whole.
             principal
@@ -600,88 +601,59 @@ impl Drop for InFlight {
     }
 }
 
-/// Runs one RPC inside its own span and logs one line with the method, the
-/// outcome code and the latency (see [`record_outcome`]).
+/// Runs one RPC inside its own spans (its trace and its log span) and logs
+/// one line with the method, the outcome code and the latency (see
+/// [`record_outcome`]).
 async fn observed<T>(
     method: &'static str,
     headers: &http::HeaderMap,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {
-    let (span, trace_id) = rpc_span(method, headers);
+    let (span, trace) = rpc_span(method, headers);
     let started = Instant::now();
     let in_flight = InFlight::enter();
-    let result = call.instrument(span.clone()).await;
+    let result = trace.run(call.instrument(span.clone())).await;
     drop(in_flight);
     let outcome = result.as_ref().map(drop);
-    record_outcome(method, (&span, trace_id), started.elapsed(), outcome);
+    record_outcome(method, (&span, trace), started.elapsed(), outcome);
     result
 }
 
-/// The span of one PointsService call, and the id of the trace it is part
-/// of, if any; its fields are filled in as they become known. At DEBUG,
-/// like the call's own line: at the default level the log lines cost
-/// nothing per call (see [`log_call_summaries`]), and when spans are
-/// exported only the exporter records it. The caller's W3C trace context
-/// (`traceparent`) becomes the span's parent; the trace id goes in the
-/// call's log lines, also when spans are not exported.
-fn rpc_span(
-    method: &'static str,
-    headers: &http::HeaderMap,
-) -> (tracing::Span, Option<opentelemetry::trace::TraceId>) {
+/// The log span of one PointsService call and its trace (exported when
+/// spans are; a child of the caller's span when the call came with a W3C
+/// `traceparent`). The span's fields are filled in as they become known. At
+/// DEBUG, like the call's own line: at the default level the log lines cost
+/// nothing per call (see [`log_call_summaries`]). The trace id goes in the
+/// call's log lines whenever there is one, also when spans are not
+/// exported.
+fn rpc_span(method: &'static str, headers: &http::HeaderMap) -> (tracing::Span, CallTrace) {
     use tracing::field::Empty;
+    let trace = CallTrace::start(method, headers);
     let span = tracing::debug_span!(
         "rpc",
-        otel.name = method,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = "points.v1.PointsService",
         method,
         client = Empty,
         user = Empty,
         code = Empty,
-        trace_id = Empty,
+        trace_id = trace.trace_id().map(tracing::field::display),
     );
-    let incoming = crate::telemetry::incoming_trace(headers);
-    if incoming.is_none() && span.is_disabled() {
-        return (span, None);
-    }
-    // The id of a trace this call starts is looked up only for a log line
-    // that shows it: the call's DEBUG line here, a fault's ERROR line later.
-    let logged = tracing::enabled!(tracing::Level::DEBUG);
-    let trace_id = match incoming {
-        Some((parent, trace_id)) => {
-            // Refused only when spans are not exported.
-            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-            Some(trace_id)
-        }
-        None if logged => trace_id_of(&span),
-        None => None,
-    };
-    if let Some(trace_id) = trace_id.filter(|_| logged) {
-        span.record("trace_id", tracing::field::display(trace_id));
-    }
-    (span, trace_id)
+    (span, trace)
 }
 
-/// The id of the trace `span` is exported in, if it is.
-fn trace_id_of(span: &tracing::Span) -> Option<opentelemetry::trace::TraceId> {
-    use opentelemetry::trace::TraceContextExt as _;
-    if span.is_disabled() {
-        return None;
-    }
-    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
-    let trace_id = context.span().span_context().trace_id();
-    (trace_id != opentelemetry::trace::TraceId::INVALID).then_some(trace_id)
+/// Records the calling client's name (`key` "client") or the user the call
+/// is about ("user") on the call's log span and exported span.
+fn record_on_call(key: &'static str, value: &str) {
+    tracing::Span::current().record(key, value);
+    crate::telemetry::record_on_call(key, value);
 }
 
 /// Counts a finished call in the metrics and in the periodic INFO summary,
-/// and logs its one line in `span` at DEBUG. Refusals are the caller's
+/// ends its trace, and logs its one line in `span` at DEBUG. Refusals are the caller's
 /// business; only faults of the server itself are logged at ERROR, each one,
 /// with the call's trace id if it has one.
 fn record_outcome(
     method: &'static str,
-    (span, trace_id): (&tracing::Span, Option<opentelemetry::trace::TraceId>),
+    (span, trace): (&tracing::Span, CallTrace),
     elapsed: Duration,
     outcome: Result<(), &Status>,
 ) {
@@ -700,6 +672,8 @@ fn record_outcome(
         metrics::counter!("points_rpc_refusals_total", "method" => method, "reason" => reason)
             .increment(1);
     }
+    let trace_id = trace.trace_id().map(tracing::field::display);
+    trace.finish(code, outcome.is_err_and(|status| !is_refusal(status.code())));
     let _entered = span.enter();
     span.record("code", code);
     match outcome {
@@ -707,8 +681,32 @@ fn record_outcome(
             CALL_TALLY.completed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(latency_us, "rpc completed")
         }
-        Err(status) => match status.code() {
-            Code::InvalidArgument
+        Err(status) if is_refusal(status.code()) => {
+            CALL_TALLY.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(latency_us, error = status.message(), "rpc refused")
+        }
+        Err(status) => {
+            CALL_TALLY.failed.fetch_add(1, Ordering::Relaxed);
+            // The log span is off at the default level: name the call here.
+            tracing::error!(
+                method,
+                code,
+                trace_id,
+                latency_us,
+                error = status.message(),
+                "rpc failed"
+            )
+        }
+    }
+}
+
+/// Whether `code` answers a call the caller got wrong (or gave up on),
+/// rather than a fault of the server: refusals are the caller's business
+/// and are not logged above DEBUG.
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::OutOfRange
             | Code::NotFound
@@ -717,26 +715,8 @@ fn record_outcome(
             | Code::Unauthenticated
             | Code::ResourceExhausted
             | Code::Cancelled
-            | Code::DeadlineExceeded => {
-                CALL_TALLY.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(latency_us, error = status.message(), "rpc refused")
-            }
-            _ => {
-                CALL_TALLY.failed.fetch_add(1, Ordering::Relaxed);
-                span.record("otel.status_code", "ERROR");
-                // The span is off at the default level: name the call here.
-                let trace_id = trace_id.or_else(|| trace_id_of(span)).map(tracing::field::display);
-                tracing::error!(
-                    method,
-                    code,
-                    trace_id,
-                    latency_us,
-                    error = status.message(),
-                    "rpc failed"
-                )
-            }
-        },
-    }
+            | Code::DeadlineExceeded
+    )
 }
 
 /// Calls finished since the last summary line, by outcome.

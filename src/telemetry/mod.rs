@@ -3,6 +3,7 @@
 //! given (`export`), the caller's trace context read from each call
 //! (`context`), and the Prometheus metrics.
 
+mod call;
 mod context;
 mod export;
 
@@ -11,24 +12,23 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-pub use context::incoming as incoming_trace;
+pub(crate) use call::{CallTrace, in_sampled_call, record_on_call};
 
-/// A DEBUG span for storage work inside the call in progress (a child of
-/// its span, so exported with it); none outside a call, so that background
-/// work (clock ticks, followers' look-ups, streams' reads) makes no traces
-/// of its own.
+/// A DEBUG span for storage work inside the call in progress: a child of
+/// its exported span (the only spans tracing-opentelemetry exports), and of
+/// its log span. None outside a call, so that background work (clock
+/// ticks, followers' look-ups, streams' reads) makes no traces of its own.
 macro_rules! call_child_span {
     ($name:literal $(, $($field:tt)*)?) => {
-        if tracing::Span::current().is_none() {
+        if tracing::Span::current().is_none() && !$crate::telemetry::in_sampled_call() {
             tracing::Span::none()
         } else {
-            tracing::debug_span!($name $(, $($field)*)?)
+            tracing::debug_span!(target: "points::trace", $name $(, $($field)*)?)
         }
     };
 }
@@ -106,12 +106,14 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
     };
-    // Spans of this crate only (calls and the storage work inside them), at
-    // any level; events stay in the logs. Each span carries its own fields
-    // only: source locations, threads, targets and busy/idle times would
-    // double what every call costs to trace and export, and nothing else
-    // here reads an OpenTelemetry context entered with a span.
+    // Calls' own spans are made by `call`; the storage work inside them
+    // (`call_child_span!`) is exported from its tracing spans, at any level;
+    // events stay in the logs. Each span carries its own fields only:
+    // source locations, threads, targets and busy/idle times would double
+    // what every call costs to trace and export, and nothing else here
+    // reads an OpenTelemetry context entered with a span.
     let spans = tracer_provider.as_ref().map(|provider| {
+        call::export_with(provider.tracer("points"));
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("points"))
             .with_location(false)
@@ -121,7 +123,7 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
             .with_tracked_inactivity(false)
             .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.is_span() && metadata.target().starts_with("points")
+                metadata.is_span() && metadata.target() == "points::trace"
             }))
     });
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
@@ -153,15 +155,15 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         .with_service_name("points")
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(export::EXPORT_TIMEOUT)
-        .build()
-        .map_err(|error| refused(error.to_string()))?;
-    opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+    let channel = tonic::transport::Endpoint::from(uri)
+        .connect_timeout(export::EXPORT_TIMEOUT)
+        .connect_lazy();
+    let collector = export::Collector {
+        client: opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel),
+        resource: (&resource).into(),
+    };
     Ok(SdkTracerProvider::builder()
-        .with_span_processor(export::BoundedExport::start(exporter))
+        .with_span_processor(export::BoundedExport::start(collector))
         .with_resource(resource)
         .build())
 }

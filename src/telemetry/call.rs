@@ -1,0 +1,114 @@
+//! The trace of one call: its span, made with the OpenTelemetry SDK when
+//! spans are exported, as a child of the caller's span when the call came
+//! with a W3C trace context.
+//!
+//! A call's own span is made with the SDK directly, not through a tracing
+//! span and tracing-opentelemetry: its attributes are known up front (and
+//! mostly `'static`), so the SDK span costs about half as much per call, and
+//! exporting is the one thing that makes it. The storage work inside the
+//! call is traced with tracing spans ([`call_child_span!`](super::call_child_span)),
+//! which tracing-opentelemetry exports as children of the call's span: the
+//! call's OpenTelemetry context is current whenever its future is polled.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _};
+use opentelemetry_sdk::trace::SdkTracer;
+
+/// The tracer of exported spans; set once, when exporting starts.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Makes calls' spans with `tracer` from now on (the first one given stays).
+pub(super) fn export_with(tracer: SdkTracer) {
+    // Set once per process, by `init`; a second one would be a second
+    // `init`, which fails before getting here.
+    let _ = TRACER.set(tracer);
+}
+
+/// The gRPC service every call's span names (`rpc.service`).
+const RPC_SERVICE: &str = "points.v1.PointsService";
+
+/// The trace of one call in progress: see the module documentation.
+#[derive(Debug)]
+pub struct CallTrace {
+    /// The call's exported span, in its context; `None` when spans are not
+    /// exported.
+    context: Option<opentelemetry::Context>,
+    /// The trace the call is part of: the caller's, the one its exported
+    /// span starts, or none.
+    trace_id: Option<TraceId>,
+}
+
+impl CallTrace {
+    /// Starts the trace of a call to `method` with these `headers`: a child
+    /// of the caller's span if they carry a valid `traceparent`.
+    pub fn start(method: &'static str, headers: &http::HeaderMap) -> Self {
+        let incoming = super::context::incoming(headers);
+        let Some(tracer) = TRACER.get() else {
+            return Self { context: None, trace_id: incoming.map(|(_, trace_id)| trace_id) };
+        };
+        let parent = incoming.map(|(parent, _)| parent).unwrap_or_default();
+        let span = tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", RPC_SERVICE),
+                KeyValue::new("method", method),
+            ])
+            .start_with_context(tracer, &parent);
+        let context = parent.with_span(span);
+        let trace_id = context.span().span_context().trace_id();
+        Self { context: Some(context), trace_id: Some(trace_id) }
+    }
+
+    /// The id of the trace the call is part of, if any: for its log lines.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace_id
+    }
+
+    /// Runs `call` with this trace current, so that the storage spans made
+    /// inside it become children of the call's span.
+    pub async fn run<F: Future>(&self, call: F) -> F::Output {
+        match &self.context {
+            Some(context) => call.with_context(context.clone()).await,
+            None => call.await,
+        }
+    }
+
+    /// Ends the call's span with its outcome: `code` (a gRPC code's name),
+    /// and an error status when the server itself `failed`.
+    pub fn finish(self, code: &'static str, failed: bool) {
+        let Some(context) = self.context else {
+            return;
+        };
+        let span = context.span();
+        span.set_attribute(KeyValue::new("code", code));
+        if failed {
+            span.set_status(Status::error(code));
+        }
+        span.end();
+    }
+}
+
+/// Whether a call's trace is current and sampled: storage spans are made
+/// only then (see [`call_child_span!`](super::call_child_span)).
+pub fn in_sampled_call() -> bool {
+    opentelemetry::Context::map_current(|context| {
+        context.has_active_span() && context.span().span_context().is_sampled()
+    })
+}
+
+/// Records `key` = `value` on the span of the call in progress, if it is
+/// exported: the client's name and the user, learnt after the call began.
+pub fn record_on_call(key: &'static str, value: &str) {
+    opentelemetry::Context::map_current(|context| {
+        let span = context.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(key, value.to_owned()));
+        }
+    });
+}
