@@ -255,7 +255,8 @@ pub struct Config {
 
     /// Export the spans of calls (and of the storage work inside them) to
     /// this OTLP/gRPC collector, e.g. http://localhost:4317 (off unless set;
-    /// OTEL_EXPORTER_OTLP_ENDPOINT is read too).
+    /// the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT
+    /// and OTEL_SDK_DISABLED are read too).
     #[arg(long, env = "POINTS_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
@@ -362,6 +363,16 @@ pub enum ConfigError {
         /// The address asked for.
         listen: SocketAddr,
     },
+    /// The OTLP protocol asked for is not OTLP/gRPC.
+    #[error(
+        "cannot export spans over OTLP protocol {protocol:?}: only \"grpc\" is spoken. Give the \
+         collector's OTLP/gRPC endpoint (usually port 4317, not OTLP/HTTP's 4318) and unset \
+         OTEL_EXPORTER_OTLP_PROTOCOL and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, or set them to grpc"
+    )]
+    OtlpProtocol {
+        /// The protocol asked for.
+        protocol: String,
+    },
     /// Bearer tokens on a non-loopback address without TLS.
     #[error(
         "refusing to accept bearer tokens in plaintext on {listen}: anyone on the network path \
@@ -395,13 +406,31 @@ impl clap::ValueEnum for FsyncPolicy {
 }
 
 impl Config {
-    /// Where spans are exported: `--otlp-endpoint` (or POINTS_OTLP_ENDPOINT),
-    /// else the standard OTEL_EXPORTER_OTLP_ENDPOINT; `None`: not exported.
-    pub fn otlp_endpoint(&self) -> Option<String> {
-        self.otlp_endpoint
+    /// Where spans are exported, if anywhere: `--otlp-endpoint` (or
+    /// POINTS_OTLP_ENDPOINT), else the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    /// else OTEL_EXPORTER_OTLP_ENDPOINT; nowhere when OTEL_SDK_DISABLED is
+    /// `true`. Refused when the standard protocol variables ask for a
+    /// protocol other than OTLP/gRPC, the only one spoken here: sending gRPC
+    /// to an OTLP/HTTP port would fail on every export.
+    pub fn otlp_endpoint(&self) -> Result<Option<String>, ConfigError> {
+        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        if variable("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let endpoint = self
+            .otlp_endpoint
             .clone()
-            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
             .filter(|endpoint| !endpoint.is_empty())
+            .or_else(|| variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| variable("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let protocol = variable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| variable("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        match protocol {
+            Some(protocol) if endpoint.is_some() && protocol != "grpc" => {
+                Err(ConfigError::OtlpProtocol { protocol })
+            }
+            _ => Ok(endpoint),
+        }
     }
 
     /// Where and how the ledger is stored.

@@ -25,14 +25,20 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     // Held to the end of main: dropping it writes out queued log lines and
     // lets the span exporter finish.
-    let _telemetry =
-        match points::init_telemetry(config.log_format, config.otlp_endpoint().as_deref()) {
-            Ok(telemetry) => telemetry,
-            Err(error) => {
-                eprintln!("points-server: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let otlp_endpoint = match config.otlp_endpoint() {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            eprintln!("points-server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = match points::init_telemetry(config.log_format, otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("points-server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(command) = &config.command {
         return run(command).await;
     }

@@ -129,11 +129,11 @@ fn readme_grpcurl_examples_print_exactly_what_the_readme_shows() {
             server = ServerProcess::start(&args);
         }
         let command = example.command.replace("localhost:50051", &server.address.to_string());
-        let output = Command::new("sh")
-            .args(["-c", &command])
-            .env("PATH", &path)
-            .output()
-            .expect("run grpcurl");
+        let output = tools::output_within(
+            Command::new("sh").args(["-c", &command]).env("PATH", &path),
+            std::time::Duration::from_secs(60),
+            &example.command,
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         let context = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", example.command);

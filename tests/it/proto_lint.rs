@@ -8,11 +8,11 @@ use std::process::Command;
 #[test]
 fn proto_passes_buf_lint_standard() {
     let buf = common::tools::buf();
-    let output = Command::new(buf)
-        .arg("lint")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/proto"))
-        .output()
-        .expect("run buf lint");
+    let output = common::tools::output_within(
+        Command::new(buf).arg("lint").current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/proto")),
+        std::time::Duration::from_secs(120),
+        "buf lint",
+    );
     assert!(
         output.status.success(),
         "buf lint failed:\n{}{}",

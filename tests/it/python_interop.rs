@@ -12,12 +12,11 @@ use std::process::Command;
 use common::{ServerProcess, tools};
 
 fn run_python(script: &str, stubs: &std::path::Path, address: &str) -> String {
-    let output = Command::new(tools::python())
-        .arg(script)
-        .arg(address)
-        .env("PYTHONPATH", stubs)
-        .output()
-        .expect("run python");
+    let output = tools::output_within(
+        Command::new(tools::python()).arg(script).arg(address).env("PYTHONPATH", stubs),
+        std::time::Duration::from_secs(120),
+        script,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");

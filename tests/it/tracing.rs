@@ -191,6 +191,43 @@ async fn a_traced_call_is_exported_as_a_child_of_the_callers_span() {
     .await;
 }
 
+/// On a replica over PostgreSQL, a call's span holds the statements it ran
+/// (with the SQL) and its wait for the database's commit, as children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
+    let collector = Collector::default();
+    let (url, _serving) = collector.start().await;
+    let database = crate::common::postgres::TestDatabase::create();
+    let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
+    let mut request = Request::new(earn);
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    client.add_transaction(request).await.expect("accepted");
+
+    // Children end, and so are exported, before their parent.
+    let spans = collector.wait_for("AddTransaction").await;
+    let (_, call) =
+        spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
+    let children: Vec<&Span> = spans
+        .iter()
+        .map(|(_, span)| span)
+        .filter(|span| span.parent_span_id == call.span_id)
+        .collect();
+    let commit = children.iter().find(|span| span.name == "database_commit");
+    assert!(commit.is_some(), "no database_commit child in {spans:#?}");
+    let query = children.iter().find(|span| span.name == "postgres_query");
+    let query = query.unwrap_or_else(|| panic!("no postgres_query child in {spans:#?}"));
+    assert_eq!(attribute(&query.attributes, "db.system"), Some("postgresql"));
+    let statement = attribute(&query.attributes, "db.statement").unwrap_or_default();
+    assert!(statement.contains("SELECT"), "the statement's SQL: {statement:?}");
+    for child in &children {
+        assert!(child.start_time_unix_nano >= call.start_time_unix_nano, "{child:#?}");
+        assert!(child.end_time_unix_nano <= call.end_time_unix_nano, "{child:#?}");
+    }
+}
+
 /// With the collector gone, calls do not wait for it, and the spans that
 /// cannot be exported are counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +263,52 @@ async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
         dropped.filter(|&dropped| dropped >= 1.0)
     })
     .await;
+}
+
+/// The standard OpenTelemetry variables work without the flag, at the
+/// default log level: the traces endpoint exports; a call whose caller did
+/// not sample its trace (flags 00) is not exported, nor is its storage work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
+    const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    let collector = Collector::default();
+    let (url, _serving) = collector.start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut command = ServerProcess::durable(&dir.path().join("data"), &[]);
+    command.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url).env("RUST_LOG", "info");
+    let server = ServerProcess::spawn(command);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
+    let mut unsampled = Request::new(earn.clone());
+    let traceparent = format!("00-{UNSAMPLED_TRACE_ID}-{PARENT_SPAN_ID}-00");
+    unsampled.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    client.add_transaction(unsampled).await.expect("accepted");
+    let mut sampled = Request::new(earn);
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    sampled.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    client.add_transaction(sampled).await.expect("accepted");
+    // Spans are exported in the order they end: once the sampled call's
+    // span is in, its storage span and the unsampled call's would be too.
+    let spans = collector.wait_for("AddTransaction").await;
+    assert!(spans.iter().any(|(_, span)| span.name == "journal_wait"), "{spans:#?}");
+    let received = collector.received.lock().expect("the collector's spans");
+    let unsampled: Vec<_> = received
+        .iter()
+        .filter(|(_, span)| hex::encode(&span.trace_id) == UNSAMPLED_TRACE_ID)
+        .collect();
+    assert!(unsampled.is_empty(), "an unsampled trace was exported: {unsampled:#?}");
+}
+
+/// An OTLP protocol other than gRPC (an OTLP/HTTP collector's) stops
+/// start-up with what to do, rather than failing every export.
+#[test]
+fn an_otlp_protocol_other_than_grpc_stops_start_up() {
+    let mut command = ServerProcess::in_memory(&["--otlp-endpoint", "http://127.0.0.1:4318"]);
+    command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let exited = ServerProcess::run_to_exit(command);
+    assert!(!exited.status.success());
+    assert!(exited.log.contains("only \"grpc\" is spoken"), "{}", exited.log);
+    assert!(exited.log.contains("port 4317"), "{}", exited.log);
 }
 
 /// A malformed OTLP endpoint stops start-up with what to give instead.

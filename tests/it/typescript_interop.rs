@@ -22,12 +22,11 @@ fn typescript_client_generated_from_the_proto_interoperates() {
     );
 
     let server = ServerProcess::start(&[]);
-    let output = example
-        .command("tsx")
-        .arg("client.ts")
-        .arg(server.address.to_string())
-        .output()
-        .expect("run the TypeScript client with tsx");
+    let output = tools::output_within(
+        example.command("tsx").arg("client.ts").arg(server.address.to_string()),
+        std::time::Duration::from_secs(120),
+        "the TypeScript client",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the TypeScript client failed:\n{stdout}\n{stderr}");

@@ -147,9 +147,12 @@ impl ServerProcess {
     /// Spawns `command` and waits until the server logs the address it
     /// listens on, or until it exits (its status and log).
     pub fn try_spawn(mut command: Command) -> Result<Self, Exited> {
+        // Per-call lines are at DEBUG; tests read them, unless the test
+        // chose its own filter.
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info,points::service=debug");
+        }
         let mut child = command
-            // Per-call lines are at DEBUG; tests read them.
-            .env("RUST_LOG", "info,points::service=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -6,8 +6,10 @@
 //! a reason to skip.
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Pinned PyPI packages of the test virtualenv.
 const PYTHON_PACKAGES: &[&str] = &[
@@ -26,10 +28,59 @@ fn tools_dir() -> PathBuf {
     dir
 }
 
-/// Runs `command`, panicking with its output if it fails.
+/// How long an install or a code generation may take before the test
+/// gives up on it (npm and pip retry stalled downloads well within it).
+const TOOL_TIME_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs `command` to its end and returns its output, killing it and failing
+/// the test (with what it printed so far) if it runs longer than `limit`:
+/// a hung tool fails the test rather than stalling the whole run.
+pub fn output_within(command: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}"));
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            // A read error ends the output; what was read is kept.
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the tool") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // Already gone if it exited meanwhile.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    match status {
+        Some(status) => Output { status, stdout, stderr },
+        None => panic!(
+            "{what} did not finish within {limit:?}; killed.\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Runs `command` (within [`TOOL_TIME_LIMIT`]), panicking with its output
+/// if it fails.
 pub fn run(command: &mut Command, what: &str) {
-    let output =
-        command.output().unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}"));
+    let output = output_within(command, TOOL_TIME_LIMIT, what);
     assert!(
         output.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
