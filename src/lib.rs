@@ -4,8 +4,9 @@
 //! crates use is re-exported below):
 //! - `config`: every option of the server, as flags and environment
 //!   variables ([`Config`]); the only module that knows clap.
-//! - `telemetry`: log set-up (text or JSON), the caller's W3C trace context,
-//!   span export over OTLP, and the Prometheus exporter.
+//! - `telemetry`: log set-up (text or JSON), calls' traces (the caller's W3C
+//!   trace context, each call's span, its export over OTLP), and the
+//!   Prometheus exporter.
 //! - `server`: assembles the tonic server (the points service, health,
 //!   reflection; transport limits) on a given listener, with a bounded
 //!   graceful shutdown ([`serve`]).

@@ -81,8 +81,8 @@ impl CallTrace {
 
     /// Ends the call's span with its outcome: `code` (a gRPC code's name),
     /// and an error status when the server itself `failed`.
-    pub fn finish(self, code: &'static str, failed: bool) {
-        let Some(context) = self.context else {
+    pub fn finish(mut self, code: &'static str, failed: bool) {
+        let Some(context) = self.context.take() else {
             return;
         };
         let span = context.span();
@@ -91,6 +91,18 @@ impl CallTrace {
             span.set_status(Status::error(code));
         }
         span.end();
+    }
+}
+
+impl Drop for CallTrace {
+    /// A call dropped before it finished was cancelled (its client went
+    /// away, or its deadline passed): its span ends so, not without a code.
+    fn drop(&mut self) {
+        if let Some(context) = self.context.take() {
+            let span = context.span();
+            span.set_attribute(KeyValue::new("code", "CANCELLED"));
+            span.end();
+        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! or growing memory without bound.
 //!
 //! A finished span is handed to a bounded queue with `try_send`: a call
-//! never waits for the collector. One task on the runtime takes up to
+//! never waits for the collector. One thread of its own takes up to
 //! [`MAX_SPANS_PER_EXPORT`] spans at a time from it and exports them, giving
 //! up on an export after [`EXPORT_TIMEOUT`]. Spans that find the queue full
-//! (a slow or absent collector), and those of an export that failed, are
+//! (a slow or absent collector), those of an export that failed, and those
+//! taken within [`RETRY_INTERVAL`] of a failure (not even converted) are
 //! dropped and counted in `points_trace_spans_dropped_total`.
 //!
 //! The SDK's own batch processor drops spans the same way but only says so
@@ -41,11 +42,11 @@ pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where spans go: an OTLP/gRPC collector, and the resource (service name
 /// and version) every batch is sent with.
 #[derive(Debug)]
-pub(crate) struct Collector {
+struct Collector {
     /// Connects on first use, and again after a failure.
-    pub(crate) client: TraceServiceClient<Channel>,
+    client: TraceServiceClient<Channel>,
     /// The resource attributes, converted once.
-    pub(crate) resource: ResourceAttributesWithSchema,
+    resource: ResourceAttributesWithSchema,
 }
 
 impl Collector {
@@ -61,6 +62,10 @@ impl Collector {
         }
     }
 }
+
+/// After an export failed, how long batches are dropped before the next
+/// one is tried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the task waits for more spans after the first of a batch, so
 /// that a trickle of calls is sent in batches rather than one by one.
@@ -78,19 +83,31 @@ pub(crate) struct BoundedExport {
 }
 
 impl BoundedExport {
-    /// Starts exporting to `collector` on the current Tokio runtime.
-    pub(crate) fn start(collector: Collector) -> Self {
+    /// Starts exporting to the OTLP/gRPC collector at `endpoint`, each batch
+    /// with `resource`, on a thread of its own: converting and encoding a
+    /// batch takes a while, and on the runtime's workers it would hold up
+    /// the calls queued behind it.
+    pub(crate) fn start(
+        endpoint: tonic::transport::Endpoint,
+        resource: ResourceAttributesWithSchema,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel(MAX_QUEUED_SPANS);
         let (finish, finished) = std::sync::mpsc::sync_channel(1);
-        tokio::spawn(async move {
-            export_all(collector, receiver).await;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("points-spans".to_owned()).spawn(move || {
+            runtime.block_on(async move {
+                // Connects on first export, and again after a failure.
+                let channel = endpoint.connect_timeout(EXPORT_TIMEOUT).connect_lazy();
+                let collector = Collector { client: TraceServiceClient::new(channel), resource };
+                export_all(collector, receiver).await;
+            });
             // Nobody waits if the processor is gone.
             let _ = finish.send(());
-        });
-        Self {
+        })?;
+        Ok(Self {
             queue: std::sync::Mutex::new(Some(sender)),
             finished: std::sync::Mutex::new(finished),
-        }
+        })
     }
 }
 
@@ -105,6 +122,10 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
     // Whether the last export failed: a failure is logged when exports
     // start failing, and a recovery when they work again, not each time.
     let mut failing = false;
+    // While failing: when the next export is tried. Batches before then are
+    // dropped unconverted, so that an absent collector costs no CPU beyond
+    // making the spans.
+    let mut retry_at = tokio::time::Instant::now();
     loop {
         if queue.recv_many(&mut batch, MAX_SPANS_PER_EXPORT).await == 0 {
             break;
@@ -120,6 +141,11 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
         }
         debug_assert!(batch.len() <= MAX_SPANS_PER_EXPORT);
         let spans = batch.len();
+        if failing && tokio::time::Instant::now() < retry_at {
+            dropped(spans);
+            batch.clear();
+            continue;
+        }
         let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_SPANS_PER_EXPORT));
         match collector.export(sent).await {
             Ok(()) if failing => {
@@ -129,6 +155,7 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
             Ok(()) => {}
             Err(error) => {
                 dropped(spans);
+                retry_at = tokio::time::Instant::now() + RETRY_INTERVAL;
                 if !failing {
                     failing = true;
                     tracing::warn!(

@@ -1,7 +1,7 @@
 //! Log and trace set-up, in one function so the binary and tests configure it
-//! the same way: log lines to stderr, spans to an OTLP collector when one is
-//! given (`export`), the caller's trace context read from each call
-//! (`context`), and the Prometheus metrics.
+//! the same way: log lines to stderr; each call's trace (`call`), a child of
+//! the caller's trace context (`context`); spans to an OTLP collector when
+//! one is given (`export`); and the Prometheus metrics.
 
 mod call;
 mod context;
@@ -82,8 +82,7 @@ pub enum TelemetryError {
 
 /// Logs to stderr in `format`, filtered by RUST_LOG (default `info`), and,
 /// with `otlp_endpoint`, exports the spans of calls and of the storage work
-/// inside them over OTLP/gRPC. Colours only for text on a terminal. Must run
-/// inside the Tokio runtime when exporting.
+/// inside them over OTLP/gRPC. Colours only for text on a terminal.
 ///
 /// Log lines are handed to a writer thread through a bounded queue, so that
 /// a call never waits for stderr (a slow terminal or log collector would
@@ -155,17 +154,9 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         .with_service_name("points")
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let channel = tonic::transport::Endpoint::from(uri)
-        .connect_timeout(export::EXPORT_TIMEOUT)
-        .connect_lazy();
-    let collector = export::Collector {
-        client: opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel),
-        resource: (&resource).into(),
-    };
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(export::BoundedExport::start(collector))
-        .with_resource(resource)
-        .build())
+    let export = export::BoundedExport::start(tonic::transport::Endpoint::from(uri), (&resource).into())
+        .map_err(|error| refused(format!("cannot start the exporting thread: {error}")))?;
+    Ok(SdkTracerProvider::builder().with_span_processor(export).with_resource(resource).build())
 }
 
 /// Latency buckets in seconds: 50 µs to 10 s.
