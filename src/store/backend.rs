@@ -194,20 +194,20 @@ impl Receipt {
     /// Inside a call, the wait is a child span of the call's
     /// (`journal_wait`, `database_commit`).
     pub(crate) async fn wait(self) -> Result<(), StoreError> {
-        use tracing::Instrument as _;
         match self {
             Receipt::Durable => Ok(()),
-            Receipt::Journal(receipt) => Ok(Journal::wait_receipt(receipt)
-                .instrument(crate::telemetry::call_child_span!("journal_wait"))
-                .await?),
-            Receipt::Database(receipt) => receipt
-                .instrument(crate::telemetry::call_child_span!("database_commit"))
-                .await
-                .unwrap_or_else(|_| {
+            Receipt::Journal(receipt) => {
+                let span = crate::telemetry::call_child_span!("journal_wait");
+                Ok(crate::telemetry::spanning(span, Journal::wait_receipt(receipt)).await?)
+            }
+            Receipt::Database(receipt) => {
+                let span = crate::telemetry::call_child_span!("database_commit");
+                crate::telemetry::spanning(span, receipt).await.unwrap_or_else(|_| {
                     Err(StoreError::Unavailable(
                         "the database committer stopped before storing the change".to_owned(),
                     ))
-                }),
+                })
+            }
         }
     }
 }

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dashmap::DashMap;
-use tracing::Instrument as _;
 
 use self::backend::{Backend, Freshness, InMemory, Receipt};
 pub use self::changes::ChangeSubscription;
@@ -579,7 +578,7 @@ impl Store {
     async fn wait_durable(&self, sequence: u64) -> Result<(), StoreError> {
         if !self.backend.is_durable(sequence)? {
             let span = crate::telemetry::call_child_span!("durable_wait", sequence);
-            self.backend.wait_durable(sequence).instrument(span).await?;
+            crate::telemetry::spanning(span, self.backend.wait_durable(sequence)).await?;
         }
         Ok(())
     }

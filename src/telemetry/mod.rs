@@ -34,6 +34,17 @@ macro_rules! call_child_span {
 }
 pub(crate) use call_child_span;
 
+/// Awaits `work` with `span` (a [`call_child_span!`]) open around it, without
+/// entering it: the storage work these spans time makes no spans or log
+/// lines of its own, so entering the span at every poll would only cost (a
+/// clock read and a lock each time). The span ends when `work` does, or is
+/// dropped.
+pub(crate) async fn spanning<F: std::future::Future>(span: tracing::Span, work: F) -> F::Output {
+    let output = work.await;
+    drop(span);
+    output
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -78,6 +89,9 @@ pub enum TelemetryError {
         /// Why it was refused.
         reason: String,
     },
+    /// The thread that exports spans could not be started.
+    #[error("cannot start the thread that exports spans: {0}")]
+    ExportThread(#[source] std::io::Error),
 }
 
 /// Logs to stderr in `format`, filtered by RUST_LOG (default `info`), and,
@@ -154,8 +168,9 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         .with_service_name("points")
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let export = export::BoundedExport::start(tonic::transport::Endpoint::from(uri), (&resource).into())
-        .map_err(|error| refused(format!("cannot start the exporting thread: {error}")))?;
+    let export =
+        export::BoundedExport::start(tonic::transport::Endpoint::from(uri), (&resource).into())
+            .map_err(TelemetryError::ExportThread)?;
     Ok(SdkTracerProvider::builder().with_span_processor(export).with_resource(resource).build())
 }
 

@@ -286,7 +286,7 @@ impl Postgres {
             db.system = "postgresql",
             db.statement = sql
         );
-        let run = tracing::Instrument::instrument(run, span);
+        let run = crate::telemetry::spanning(span, run);
         match tokio::time::timeout(self.shared.operation_timeout, run).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => Err(self.unreachable(&database_error(&error))),
