@@ -274,6 +274,37 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+/// Where spans are exported, if anywhere: `flag` (`--otlp-endpoint` or
+/// POINTS_OTLP_ENDPOINT) if given; else the standard
+/// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, both
+/// ignored when OTEL_SDK_DISABLED is `true`. A standard endpoint is refused
+/// when OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (or OTEL_EXPORTER_OTLP_PROTOCOL)
+/// asks for a protocol other than OTLP/gRPC, the only one spoken here:
+/// sending gRPC to an OTLP/HTTP port would fail on every export. `variable`
+/// reads the environment (a parameter, for tests).
+fn otlp_endpoint_from(
+    flag: Option<&str>,
+    variable: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let variable = |name: &str| variable(name).filter(|value| !value.is_empty());
+    if let Some(endpoint) = flag.filter(|endpoint| !endpoint.is_empty()) {
+        return Ok(Some(endpoint.to_owned()));
+    }
+    if variable("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let endpoint = variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| variable("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let protocol = variable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| variable("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    match protocol {
+        Some(protocol) if endpoint.is_some() && protocol != "grpc" => {
+            Err(ConfigError::OtlpProtocol { protocol })
+        }
+        _ => Ok(endpoint),
+    }
+}
+
 /// A database connection URL, which may hold a password: shown redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(pub String);
@@ -366,8 +397,9 @@ pub enum ConfigError {
     /// The OTLP protocol asked for is not OTLP/gRPC.
     #[error(
         "cannot export spans over OTLP protocol {protocol:?}: only \"grpc\" is spoken. Give the \
-         collector's OTLP/gRPC endpoint (usually port 4317, not OTLP/HTTP's 4318) and unset \
-         OTEL_EXPORTER_OTLP_PROTOCOL and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, or set them to grpc"
+         collector's OTLP/gRPC endpoint (usually port 4317, not OTLP/HTTP's 4318), with \
+         --otlp-endpoint or with OTEL_EXPORTER_OTLP_PROTOCOL and \
+         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL unset or set to grpc"
     )]
     OtlpProtocol {
         /// The protocol asked for.
@@ -406,31 +438,10 @@ impl clap::ValueEnum for FsyncPolicy {
 }
 
 impl Config {
-    /// Where spans are exported, if anywhere: `--otlp-endpoint` (or
-    /// POINTS_OTLP_ENDPOINT), else the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-    /// else OTEL_EXPORTER_OTLP_ENDPOINT; nowhere when OTEL_SDK_DISABLED is
-    /// `true`. Refused when the standard protocol variables ask for a
-    /// protocol other than OTLP/gRPC, the only one spoken here: sending gRPC
-    /// to an OTLP/HTTP port would fail on every export.
+    /// Where spans are exported, if anywhere: see [`otlp_endpoint_from`],
+    /// with the process's environment.
     pub fn otlp_endpoint(&self) -> Result<Option<String>, ConfigError> {
-        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        if variable("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
-            return Ok(None);
-        }
-        let endpoint = self
-            .otlp_endpoint
-            .clone()
-            .filter(|endpoint| !endpoint.is_empty())
-            .or_else(|| variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-            .or_else(|| variable("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let protocol = variable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| variable("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        match protocol {
-            Some(protocol) if endpoint.is_some() && protocol != "grpc" => {
-                Err(ConfigError::OtlpProtocol { protocol })
-            }
-            _ => Ok(endpoint),
-        }
+        otlp_endpoint_from(self.otlp_endpoint.as_deref(), |name| std::env::var(name).ok())
     }
 
     /// Where and how the ledger is stored.
@@ -563,4 +574,57 @@ fn parse_retention(value: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".to_owned());
     }
     Ok(retention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConfigError, otlp_endpoint_from};
+
+    /// The endpoint chosen from `flag` and the variables `set`.
+    fn chosen(flag: Option<&str>, set: &[(&str, &str)]) -> Result<Option<String>, ConfigError> {
+        otlp_endpoint_from(flag, |name| {
+            set.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn the_flag_wins_then_the_traces_endpoint_then_the_generic_one() {
+        let both = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+        ];
+        let flag = Some("http://flag:4317");
+        assert_eq!(chosen(flag, &both).ok().flatten().as_deref(), Some("http://flag:4317"));
+        assert_eq!(chosen(None, &both).ok().flatten().as_deref(), Some("http://traces:4317"));
+        assert_eq!(chosen(None, &both[1..]).ok().flatten().as_deref(), Some("http://generic:4317"));
+        assert_eq!(chosen(Some(""), &[]).ok().flatten(), None, "an empty flag is no flag");
+        assert_eq!(chosen(None, &[]).ok().flatten(), None, "off by default");
+    }
+
+    #[test]
+    fn sdk_disabled_turns_off_the_standard_endpoints_but_not_the_flag() {
+        let disabled =
+            [("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317")];
+        assert_eq!(chosen(None, &disabled).ok().flatten(), None);
+        let flag = Some("http://flag:4317");
+        assert_eq!(chosen(flag, &disabled).ok().flatten().as_deref(), Some("http://flag:4317"));
+        let not_disabled = [("OTEL_SDK_DISABLED", "false"), disabled[1]];
+        assert!(chosen(None, &not_disabled).ok().flatten().is_some());
+    }
+
+    #[test]
+    fn a_protocol_other_than_grpc_refuses_a_standard_endpoint_only() {
+        let http = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ];
+        assert!(matches!(
+            chosen(None, &http),
+            Err(ConfigError::OtlpProtocol { protocol }) if protocol == "http/protobuf"
+        ));
+        assert!(chosen(None, &http[..2]).is_ok_and(|endpoint| endpoint.is_some()), "grpc is fine");
+        assert!(chosen(Some("http://flag:4317"), &http).is_ok(), "the flag is OTLP/gRPC");
+        assert!(chosen(None, &http[1..]).is_ok_and(|endpoint| endpoint.is_none()), "no endpoint");
+    }
 }

@@ -23,8 +23,7 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Makes calls' spans with `tracer` from now on (the first one given stays).
 pub(super) fn export_with(tracer: SdkTracer) {
-    // Set once per process, by `init`; a second one would be a second
-    // `init`, which fails before getting here.
+    // Set once per process, by the one `init` that succeeds.
     let _ = TRACER.set(tracer);
 }
 
@@ -109,14 +108,18 @@ impl Drop for CallTrace {
 /// Whether a call's trace is current and sampled: storage spans are made
 /// only then (see [`call_child_span!`](super::call_child_span)).
 pub fn in_sampled_call() -> bool {
-    opentelemetry::Context::map_current(|context| {
-        context.has_active_span() && context.span().span_context().is_sampled()
-    })
+    TRACER.get().is_some()
+        && opentelemetry::Context::map_current(|context| {
+            context.has_active_span() && context.span().span_context().is_sampled()
+        })
 }
 
 /// Records `key` = `value` on the span of the call in progress, if it is
 /// exported: the client's name and the user, learnt after the call began.
 pub fn record_on_call(key: &'static str, value: &str) {
+    if TRACER.get().is_none() {
+        return;
+    }
     opentelemetry::Context::map_current(|context| {
         let span = context.span();
         if span.is_recording() {

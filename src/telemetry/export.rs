@@ -67,18 +67,18 @@ impl Collector {
 /// one is tried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the task waits for more spans after the first of a batch, so
+/// How long the thread waits for more spans after the first of a batch, so
 /// that a trickle of calls is sent in batches rather than one by one.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 
 /// The span processor: see the module documentation. Shutting it down
-/// (with its tracer provider) lets the export task send what is queued and
+/// (with its tracer provider) lets the export thread send what is queued and
 /// waits for that, up to the timeout given.
 #[derive(Debug)]
 pub(crate) struct BoundedExport {
     /// `None` once shut down.
     queue: std::sync::Mutex<Option<mpsc::Sender<SpanData>>>,
-    /// Told when the export task has sent everything and ended.
+    /// Told when the export thread has sent everything and ended.
     finished: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
@@ -93,8 +93,19 @@ impl BoundedExport {
     ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel(MAX_QUEUED_SPANS);
         let (finish, finished) = std::sync::mpsc::sync_channel(1);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // The runtime is built on the thread (one dropped on the caller's,
+        // inside its runtime, would panic); whether it could be is sent back.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new().name("points-spans".to_owned()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    // The caller waits for this answer.
+                    let _ = started.send(Err(error));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
             runtime.block_on(async move {
                 // Connects on first export, and again after a failure.
                 let channel = endpoint.connect_timeout(EXPORT_TIMEOUT).connect_lazy();
@@ -103,6 +114,9 @@ impl BoundedExport {
             });
             // Nobody waits if the processor is gone.
             let _ = finish.send(());
+        })?;
+        start.recv().unwrap_or_else(|_| {
+            Err(std::io::Error::other("the thread ended before its runtime was built"))
         })?;
         Ok(Self {
             queue: std::sync::Mutex::new(Some(sender)),
@@ -188,7 +202,7 @@ impl SpanProcessor for BoundedExport {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        // Closing the queue lets the task send what is in it, then end.
+        // Closing the queue lets the thread send what is in it, then end.
         let queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if queue.is_none() {
             return Err(OTelSdkError::AlreadyShutdown);

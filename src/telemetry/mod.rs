@@ -80,8 +80,8 @@ pub enum TelemetryError {
     /// The OTLP endpoint is not a URL the exporter can use.
     #[error(
         "cannot export traces to {endpoint:?}: {reason}; give --otlp-endpoint (or \
-         POINTS_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT) as http://host:port (OTLP over \
-         gRPC, usually port 4317)"
+         POINTS_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT) \
+         as http://host:port (OTLP over gRPC, usually port 4317)"
     )]
     OtlpEndpoint {
         /// The endpoint given.
@@ -89,6 +89,9 @@ pub enum TelemetryError {
         /// Why it was refused.
         reason: String,
     },
+    /// Telemetry was set up already in this process.
+    #[error("logging and tracing are already set up in this process")]
+    AlreadySet,
     /// The thread that exports spans could not be started.
     #[error("cannot start the thread that exports spans: {0}")]
     ExportThread(#[source] std::io::Error),
@@ -126,7 +129,6 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
     // what every call costs to trace and export, and nothing else here
     // reads an OpenTelemetry context entered with a span.
     let spans = tracer_provider.as_ref().map(|provider| {
-        call::export_with(provider.tracer("points"));
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("points"))
             .with_location(false)
@@ -139,7 +141,14 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
                 metadata.is_span() && metadata.target() == "points::trace"
             }))
     });
-    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadySet)?;
+    if let Some(provider) = &tracer_provider {
+        call::export_with(provider.tracer("points"));
+    }
     if let Some(endpoint) = otlp_endpoint {
         tracing::info!(endpoint, "exporting spans over OTLP/gRPC");
     }

@@ -274,7 +274,10 @@ async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
     let collector = Collector::default();
     let (url, _serving) = collector.start().await;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut command = ServerProcess::durable(&dir.path().join("data"), &[]);
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut command =
+        ServerProcess::durable(&dir.path().join("data"), &["--metrics-listen", &metrics]);
     command.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url).env("RUST_LOG", "info");
     let server = ServerProcess::spawn(command);
     let mut client = server.client().await;
@@ -291,20 +294,32 @@ async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
     // span is in, its storage span and the unsampled call's would be too.
     let spans = collector.wait_for("AddTransaction").await;
     assert!(spans.iter().any(|(_, span)| span.name == "journal_wait"), "{spans:#?}");
-    let received = collector.received.lock().expect("the collector's spans");
-    let unsampled: Vec<_> = received
+    // Nothing else was exported (not the unsampled call as a trace of its
+    // own either), and nothing was dropped that could have hidden it.
+    let others: Vec<Received> = collector
+        .received
+        .lock()
+        .expect("the collector's spans")
         .iter()
-        .filter(|(_, span)| hex::encode(&span.trace_id) == UNSAMPLED_TRACE_ID)
+        .filter(|(_, span)| hex::encode(&span.trace_id) != TRACE_ID)
+        .cloned()
         .collect();
-    assert!(unsampled.is_empty(), "an unsampled trace was exported: {unsampled:#?}");
+    assert!(others.is_empty(), "an unsampled call was exported: {others:#?}");
+    let calls = spans.iter().filter(|(_, span)| span.name == "AddTransaction").count();
+    assert_eq!(calls, 1, "{spans:#?}");
+    let scraped = scrape_async(port).await;
+    let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
+    assert_eq!(dropped.unwrap_or(0.0), 0.0, "spans were dropped");
 }
 
 /// An OTLP protocol other than gRPC (an OTLP/HTTP collector's) stops
 /// start-up with what to do, rather than failing every export.
 #[test]
 fn an_otlp_protocol_other_than_grpc_stops_start_up() {
-    let mut command = ServerProcess::in_memory(&["--otlp-endpoint", "http://127.0.0.1:4318"]);
-    command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let mut command = ServerProcess::in_memory(&[]);
+    command
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
     let exited = ServerProcess::run_to_exit(command);
     assert!(!exited.status.success());
     assert!(exited.log.contains("only \"grpc\" is spoken"), "{}", exited.log);

@@ -102,7 +102,15 @@ impl ServerProcess {
 
     /// A command for the binary, for tests that set its flags or environment themselves.
     pub fn command() -> Command {
-        Command::new(env!("CARGO_BIN_EXE_points-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_points-server"));
+        // The standard OpenTelemetry variables of the test's own environment
+        // would export every server's spans, or stop it starting.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|name| name.starts_with("OTEL_")) {
+                command.env_remove(name);
+            }
+        }
+        command
     }
 
     /// The binary in memory on an ephemeral loopback port, with `args`.
