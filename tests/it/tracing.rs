@@ -123,12 +123,19 @@ fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     })
 }
 
+/// `request` with a `traceparent` naming the caller's span
+/// [`PARENT_SPAN_ID`] in trace `trace_id`, `sampled` or not.
+fn with_traceparent<T>(mut request: Request<T>, trace_id: &str, sampled: bool) -> Request<T> {
+    let flags = if sampled { "01" } else { "00" };
+    let traceparent = format!("00-{trace_id}-{PARENT_SPAN_ID}-{flags}");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    request
+}
+
 /// `request` carrying the trace context of the caller's span, and the
 /// client's token.
 fn traced<T>(message: T) -> Request<T> {
-    let mut request = with_token(message, "checkout-token");
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
-    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let mut request = with_traceparent(with_token(message, "checkout-token"), TRACE_ID, true);
     request.metadata_mut().insert("tracestate", "vendor=abc".parse().expect("ascii"));
     request
 }
@@ -201,9 +208,7 @@ async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
     let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
-    let mut request = Request::new(earn);
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
-    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let request = with_traceparent(Request::new(earn), TRACE_ID, true);
     client.add_transaction(request).await.expect("accepted");
 
     // Children end, and so are exported, before their parent.
@@ -282,13 +287,9 @@ async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
     let server = ServerProcess::spawn(command);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
-    let mut unsampled = Request::new(earn.clone());
-    let traceparent = format!("00-{UNSAMPLED_TRACE_ID}-{PARENT_SPAN_ID}-00");
-    unsampled.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let unsampled = with_traceparent(Request::new(earn.clone()), UNSAMPLED_TRACE_ID, false);
     client.add_transaction(unsampled).await.expect("accepted");
-    let mut sampled = Request::new(earn);
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
-    sampled.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let sampled = with_traceparent(Request::new(earn), TRACE_ID, true);
     client.add_transaction(sampled).await.expect("accepted");
     // Spans are exported in the order they end: once the sampled call's
     // span is in, its storage span and the unsampled call's would be too.
@@ -346,9 +347,7 @@ async fn spans_queued_at_shutdown_are_sent() {
     let mut server = ServerProcess::start(&["--otlp-endpoint", &url]);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
-    let mut request = Request::new(earn);
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
-    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let request = with_traceparent(Request::new(earn), TRACE_ID, true);
     client.add_transaction(request).await.expect("accepted");
     // At once: the span is still in the queue, waiting for its batch.
     server.terminate();
