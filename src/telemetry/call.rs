@@ -33,8 +33,9 @@ const RPC_SERVICE: &str = "points.v1.PointsService";
 /// The trace of one call in progress: see the module documentation.
 #[derive(Debug)]
 pub struct CallTrace {
-    /// The call's exported span, in its context; `None` when spans are not
-    /// exported.
+    /// The call's exported span, in its context; when spans are not
+    /// exported, the caller's trace context, for log lines to name it;
+    /// `None` when there is neither.
     context: Option<opentelemetry::Context>,
     /// The trace the call is part of: the caller's, the one its exported
     /// span starts, or none.
@@ -47,7 +48,12 @@ impl CallTrace {
     pub fn start(method: &'static str, headers: &http::HeaderMap) -> Self {
         let incoming = super::context::incoming(headers);
         let Some(tracer) = TRACER.get() else {
-            return Self { context: None, trace_id: incoming.map(|(_, trace_id)| trace_id) };
+            return match incoming {
+                Some((parent, trace_id)) => {
+                    Self { context: Some(parent), trace_id: Some(trace_id) }
+                }
+                None => Self { context: None, trace_id: None },
+            };
         };
         let parent = incoming.map(|(parent, _)| parent).unwrap_or_default();
         let span = tracer
@@ -70,7 +76,8 @@ impl CallTrace {
     }
 
     /// Runs `call` with this trace current, so that the storage spans made
-    /// inside it become children of the call's span.
+    /// inside it become children of the call's span, and its log lines
+    /// name the trace.
     pub async fn run<F: Future>(&self, call: F) -> F::Output {
         match &self.context {
             Some(context) => call.with_context(context.clone()).await,

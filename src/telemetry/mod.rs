@@ -6,6 +6,7 @@
 mod call;
 mod context;
 mod export;
+mod trace_id;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -107,8 +108,8 @@ pub enum TelemetryError {
 /// of Spend's throughput at the ceiling). If the writer falls
 /// `MAX_BUFFERED_LOG_LINES` behind, new lines are dropped rather than
 /// queued without bound. Spans go through the bounded queue of
-/// [`export`](self::export) the same way. A call's log lines carry its
-/// `trace_id` whenever it has one.
+/// [`export`](self::export) the same way. Log lines written inside a call
+/// carry its `trace_id` whenever it has one ([`trace_id`](self::trace_id)).
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
     let tracer_provider = otlp_endpoint.map(tracer_provider).transpose()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -119,8 +120,20 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         .finish(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let logs = match format {
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
-        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal();
+            let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
+            fmt.with_ansi(ansi).event_format(trace_id::WithTraceId { inner, json: false }).boxed()
+        }
+        LogFormat::Json => {
+            let inner = tracing_subscriber::fmt::format()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false);
+            fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(trace_id::WithTraceId { inner, json: true })
+                .boxed()
+        }
     };
     // Calls' own spans are made by `call`; the storage work inside them
     // (`call_child_span!`) is exported from its tracing spans, at any level;
