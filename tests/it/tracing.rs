@@ -233,6 +233,43 @@ async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
     }
 }
 
+/// A call given up on before it finishes (here its deadline passes while
+/// the database holds its write back) is exported all the same, with the
+/// code CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_on_is_exported_as_cancelled() {
+    let collector = Collector::default();
+    let (url, _serving) = collector.start().await;
+    let database = crate::common::postgres::TestDatabase::create();
+    let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
+    client.add_transaction(earn.clone()).await.expect("accepted");
+    // Another session locks the table every write goes to, until dropped.
+    let (locker, connection) =
+        tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.expect("connect");
+    let connection = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE points_user_records IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the table");
+    let mut request = with_traceparent(Request::new(earn), TRACE_ID, true);
+    request.set_timeout(Duration::from_millis(500));
+    let status = client.add_transaction(request).await.expect_err("the deadline passes");
+    assert!(
+        matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{status:?}"
+    );
+    drop(locker);
+    let _ = connection.await;
+
+    let spans = collector.wait_for("AddTransaction").await;
+    let (_, call) =
+        spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
+    assert_eq!(attribute(&call.attributes, "code"), Some("CANCELLED"), "{call:#?}");
+    assert_eq!(hex::encode(&call.parent_span_id), PARENT_SPAN_ID);
+}
+
 /// With the collector gone, calls do not wait for it, and the spans that
 /// cannot be exported are counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
