@@ -260,10 +260,12 @@ async fn a_call_given_up_on_is_exported_as_cancelled() {
         matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
         "{status:?}"
     );
+    // The lock is held until the call's span arrives: its write cannot end
+    // meanwhile, so the call can only have been given up on (the client's
+    // copy of the deadline may pass first; the server's is the one tested).
+    let spans = collector.wait_for("AddTransaction").await;
     drop(locker);
     let _ = connection.await;
-
-    let spans = collector.wait_for("AddTransaction").await;
     let (_, call) =
         spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
     assert_eq!(attribute(&call.attributes, "code"), Some("CANCELLED"), "{call:#?}");
