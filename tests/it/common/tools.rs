@@ -9,7 +9,9 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::wait::poll_until_blocking;
 
 /// Pinned PyPI packages of the test virtualenv.
 const PYTHON_PACKAGES: &[&str] = &[
@@ -52,19 +54,12 @@ pub fn output_within(command: &mut Command, limit: Duration, what: &str) -> Outp
     };
     let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
     let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the tool") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            // Already gone if it exited meanwhile.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = poll_until_blocking(limit, || child.try_wait().expect("wait for the tool"));
+    if status.is_none() {
+        // Already gone if it exited meanwhile.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let stdout = stdout.join().expect("stdout reader");
     let stderr = stderr.join().expect("stderr reader");
     match status {
