@@ -37,9 +37,6 @@ pub struct CallTrace {
     /// exported, the caller's trace context, for log lines to name it;
     /// `None` when there is neither.
     context: Option<opentelemetry::Context>,
-    /// The trace the call is part of: the caller's, the one its exported
-    /// span starts, or none.
-    trace_id: Option<TraceId>,
 }
 
 impl CallTrace {
@@ -48,14 +45,9 @@ impl CallTrace {
     pub fn start(method: &'static str, headers: &http::HeaderMap) -> Self {
         let incoming = super::context::incoming(headers);
         let Some(tracer) = TRACER.get() else {
-            return match incoming {
-                Some((parent, trace_id)) => {
-                    Self { context: Some(parent), trace_id: Some(trace_id) }
-                }
-                None => Self { context: None, trace_id: None },
-            };
+            return Self { context: incoming };
         };
-        let parent = incoming.map(|(parent, _)| parent).unwrap_or_default();
+        let parent = incoming.unwrap_or_default();
         let span = tracer
             .span_builder(method)
             .with_kind(SpanKind::Server)
@@ -65,14 +57,13 @@ impl CallTrace {
                 KeyValue::new("method", method),
             ])
             .start_with_context(tracer, &parent);
-        let context = parent.with_span(span);
-        let trace_id = context.span().span_context().trace_id();
-        Self { context: Some(context), trace_id: Some(trace_id) }
+        Self { context: Some(parent.with_span(span)) }
     }
 
-    /// The id of the trace the call is part of, if any: for its log lines.
+    /// The id of the trace the call is part of (the caller's, or the one
+    /// its exported span starts), if any: for its log lines.
     pub fn trace_id(&self) -> Option<TraceId> {
-        self.trace_id
+        self.context.as_ref().map(|context| context.span().span_context().trace_id())
     }
 
     /// Runs `call` with this trace current, so that the storage spans made
@@ -88,6 +79,11 @@ impl CallTrace {
     /// Ends the call's span with its outcome: `code` (a gRPC code's name),
     /// and an error status when the server itself `failed`.
     pub fn finish(mut self, code: &'static str, failed: bool) {
+        self.end(code, failed);
+    }
+
+    /// Ends the span, once: later calls find it gone.
+    fn end(&mut self, code: &'static str, failed: bool) {
         let Some(context) = self.context.take() else {
             return;
         };
@@ -104,11 +100,7 @@ impl Drop for CallTrace {
     /// A call dropped before it finished was cancelled (its client went
     /// away, or its deadline passed): its span ends so, not without a code.
     fn drop(&mut self) {
-        if let Some(context) = self.context.take() {
-            let span = context.span();
-            span.set_attribute(KeyValue::new("code", "CANCELLED"));
-            span.end();
-        }
+        self.end("CANCELLED", false);
     }
 }
 

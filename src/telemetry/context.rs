@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 /// A call's headers (its metadata), read by the propagator.
@@ -27,10 +27,10 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// The caller's trace context and its trace id, if the call came with a
-/// valid `traceparent`; a missing or malformed one starts no trace of the
+/// The caller's trace context, if the call came with a valid
+/// `traceparent`; a missing or malformed one starts no trace of the
 /// caller's (the call is served the same).
-pub fn incoming(headers: &HeaderMap) -> Option<(opentelemetry::Context, TraceId)> {
+pub fn incoming(headers: &HeaderMap) -> Option<opentelemetry::Context> {
     // Most calls carry none: no parsing for them. More than one, or one
     // that is not exactly version 00's form, is ignored, as W3C asks (the
     // propagator alone would take `00-1-1-01`).
@@ -42,8 +42,7 @@ pub fn incoming(headers: &HeaderMap) -> Option<(opentelemetry::Context, TraceId)
         return None;
     }
     let context = TraceContextPropagator::new().extract(&Headers(headers));
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| (context, span_context.trace_id()))
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// Whether `traceparent` is `00-` 32 hex digits `-` 16 hex digits `-` 2 hex
@@ -78,7 +77,8 @@ mod tests {
     #[test]
     fn only_a_well_formed_traceparent_names_a_parent() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (_, trace_id) = incoming(&headers(&[good])).expect("a parent");
+        let parent = incoming(&headers(&[good])).expect("a parent");
+        let trace_id = parent.span().span_context().trace_id();
         assert_eq!(trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
             "00-1-1-01",
