@@ -648,9 +648,9 @@ fn record_on_call(key: &'static str, value: &str) {
 }
 
 /// Counts a finished call in the metrics and in the periodic INFO summary,
-/// ends its trace, and logs its one line in `span` at DEBUG. Refusals are the caller's
-/// business; only faults of the server itself are logged at ERROR, each one,
-/// with the call's trace id if it has one.
+/// ends its trace, and logs its one line in `span` at DEBUG. Refusals are
+/// the caller's business; only faults of the server itself are logged at
+/// ERROR, each one, with the call's trace id if it has one.
 fn record_outcome(
     method: &'static str,
     (span, trace): (&tracing::Span, CallTrace),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::common::ServerProcess;
 use crate::common::client::add_request;
 use crate::common::metrics::{free_port, scrape_async};
+use crate::common::postgres::TestDatabase;
 use crate::common::tokens::{token_client, tokens_file, with_token};
 
 /// The trace and the caller's span every traced call here names.
@@ -198,14 +199,21 @@ async fn a_traced_call_is_exported_as_a_child_of_the_callers_span() {
     .await;
 }
 
+/// A test collector, and a replica over a database of its own exporting
+/// to it (dropped in reverse order: the server before its database).
+async fn traced_replica() -> (Collector, Stop, TestDatabase, ServerProcess) {
+    let collector = Collector::default();
+    let (url, serving) = collector.start().await;
+    let database = TestDatabase::create();
+    let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
+    (collector, serving, database, server)
+}
+
 /// On a replica over PostgreSQL, a call's span holds the statements it ran
 /// (with the SQL) and its wait for the database's commit, as children.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
-    let collector = Collector::default();
-    let (url, _serving) = collector.start().await;
-    let database = crate::common::postgres::TestDatabase::create();
-    let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
+    let (collector, _serving, _database, server) = traced_replica().await;
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
     let request = with_traceparent(Request::new(earn), TRACE_ID, true);
@@ -238,10 +246,7 @@ async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
 /// code CANCELLED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_given_up_on_is_exported_as_cancelled() {
-    let collector = Collector::default();
-    let (url, _serving) = collector.start().await;
-    let database = crate::common::postgres::TestDatabase::create();
-    let server = ServerProcess::start_on_database(&database.url, &["--otlp-endpoint", &url]);
+    let (collector, _serving, database, server) = traced_replica().await;
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
     client.add_transaction(earn.clone()).await.expect("accepted");
