@@ -42,13 +42,16 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        // A line that names the trace already: the call's own lines, in its
-        // log span or with the field.
-        let named = event.fields().any(|field| field.name() == "trace_id")
-            || context.event_scope().is_some_and(|mut scope| {
-                scope.any(|span| span.fields().field("trace_id").is_some())
-            });
-        let Some(trace_id) = current_trace_id().filter(|_| !named) else {
+        // Outside a traced call, or on a line that names the trace already
+        // (the call's own lines, in its log span or with the field), the
+        // line is written as it is.
+        let named = || {
+            event.fields().any(|field| field.name() == "trace_id")
+                || context.event_scope().is_some_and(|mut scope| {
+                    scope.any(|span| span.fields().field("trace_id").is_some())
+                })
+        };
+        let Some(trace_id) = current_trace_id().filter(|_| !named()) else {
             return self.inner.format_event(context, writer, event);
         };
         let mut line = String::new();
