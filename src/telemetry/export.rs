@@ -71,6 +71,50 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// that a trickle of calls is sent in batches rather than one by one.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 
+/// How often the thread takes what has queued while it gathers a batch. It
+/// sleeps in between rather than waiting on the queue, so that the calls
+/// finishing spans do not each wake it; the queue fills in no less than
+/// this only past [`MAX_QUEUED_SPANS`] spans per interval (400,000 a
+/// second), far beyond what the server can serve.
+const GATHER_INTERVAL: Duration = Duration::from_millis(10);
+
+// A batch is gathered in a bounded number of intervals, and the queue holds
+// several batches.
+const _: () = assert!(BATCH_DELAY.as_millis() / GATHER_INTERVAL.as_millis() <= 100);
+const _: () = assert!(MAX_QUEUED_SPANS >= 4 * MAX_SPANS_PER_EXPORT);
+
+/// Fills `batch` (empty) with the next spans from `queue`: waits for the
+/// first, then takes what arrives until the batch is full, [`BATCH_DELAY`]
+/// has passed or the queue is closed. False once the queue is closed and
+/// empty.
+///
+/// The queue is emptied at least every [`GATHER_INTERVAL`] while a batch
+/// is gathered, so that a busy server does not fill it (one sleep of the
+/// whole delay would let 200 ms of spans queue up, which dropped most of
+/// them past 20,000 spans a second).
+async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) -> bool {
+    debug_assert!(batch.is_empty());
+    if queue.recv_many(batch, MAX_SPANS_PER_EXPORT).await == 0 {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+    // Bounded: by the deadline, at most BATCH_DELAY / GATHER_INTERVAL turns.
+    while batch.len() < MAX_SPANS_PER_EXPORT
+        && !queue.is_closed()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(GATHER_INTERVAL).await;
+        // Bounded: at most a batch's worth.
+        while batch.len() < MAX_SPANS_PER_EXPORT
+            && let Ok(span) = queue.try_recv()
+        {
+            batch.push(span);
+        }
+    }
+    debug_assert!(!batch.is_empty() && batch.len() <= MAX_SPANS_PER_EXPORT);
+    true
+}
+
 /// The span processor: see the module documentation. Shutting it down
 /// (with its tracer provider) lets the export thread send what is queued and
 /// waits for that, up to the timeout given.
@@ -140,20 +184,7 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
     // dropped unconverted, so that an absent collector costs no CPU beyond
     // making the spans.
     let mut retry_at = tokio::time::Instant::now();
-    loop {
-        if queue.recv_many(&mut batch, MAX_SPANS_PER_EXPORT).await == 0 {
-            break;
-        }
-        if batch.len() < MAX_SPANS_PER_EXPORT && !queue.is_closed() {
-            tokio::time::sleep(BATCH_DELAY).await;
-            // Bounded: at most a batch's worth.
-            while batch.len() < MAX_SPANS_PER_EXPORT
-                && let Ok(span) = queue.try_recv()
-            {
-                batch.push(span);
-            }
-        }
-        debug_assert!(batch.len() <= MAX_SPANS_PER_EXPORT);
+    while next_batch(&mut queue, &mut batch).await {
         let spans = batch.len();
         if failing && tokio::time::Instant::now() < retry_at {
             dropped(spans);
@@ -213,5 +244,85 @@ impl SpanProcessor for BoundedExport {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(()),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spans finished at 100,000 a second for two seconds (simulated time)
+    /// all fit the queue, and leave it in full batches.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_server_fills_batches_without_filling_the_queue() {
+        const MILLISECONDS: u32 = 2_000;
+        const SPANS_PER_MILLISECOND: u32 = 100;
+        let (sender, mut queue) = mpsc::channel(MAX_QUEUED_SPANS);
+        let producer = tokio::spawn(async move {
+            let mut refused = 0;
+            for millisecond in 0..MILLISECONDS {
+                for span in 0..SPANS_PER_MILLISECOND {
+                    if sender.try_send(millisecond * SPANS_PER_MILLISECOND + span).is_err() {
+                        refused += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            refused
+        });
+        let (mut batch, mut received, mut batches) = (Vec::new(), Vec::new(), 0);
+        while next_batch(&mut queue, &mut batch).await {
+            assert!(batch.len() <= MAX_SPANS_PER_EXPORT);
+            batches += 1;
+            received.append(&mut batch);
+        }
+        assert_eq!(
+            producer.await.expect("the producer finishes"),
+            0,
+            "spans refused by a full queue"
+        );
+        let sent: Vec<u32> = (0..MILLISECONDS * SPANS_PER_MILLISECOND).collect();
+        assert_eq!(received, sent, "every span, in order");
+        // Full batches, but for the first (gathered from the first spans) and
+        // the last.
+        let full_batches = sent.len().div_ceil(MAX_SPANS_PER_EXPORT);
+        assert!(batches <= full_batches + 2, "{batches} batches for {full_batches} full ones");
+    }
+
+    /// A lone span waits for company for the batch delay, no longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_is_sent_after_the_batch_delay() {
+        let (sender, mut queue) = mpsc::channel(MAX_QUEUED_SPANS);
+        sender.try_send(1).expect("room in the queue");
+        let started = tokio::time::Instant::now();
+        let mut batch = Vec::new();
+        assert!(next_batch(&mut queue, &mut batch).await);
+        assert_eq!(batch, [1]);
+        let waited = started.elapsed();
+        assert!(
+            (BATCH_DELAY..BATCH_DELAY + GATHER_INTERVAL).contains(&waited),
+            "waited {waited:?}"
+        );
+        drop(sender);
+        batch.clear();
+        assert!(!next_batch(&mut queue, &mut batch).await, "closed and empty");
+    }
+
+    /// When the queue closes (the server shuts down), what is in it is
+    /// taken at once rather than after the batch delay.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_queue_is_emptied_without_waiting() {
+        let (sender, mut queue) = mpsc::channel(MAX_QUEUED_SPANS);
+        for span in 0..3 {
+            sender.try_send(span).expect("room in the queue");
+        }
+        drop(sender);
+        let started = tokio::time::Instant::now();
+        let mut batch = Vec::new();
+        assert!(next_batch(&mut queue, &mut batch).await);
+        assert_eq!(batch, [0, 1, 2]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        batch.clear();
+        assert!(!next_batch(&mut queue, &mut batch).await);
     }
 }
