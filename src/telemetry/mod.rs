@@ -6,6 +6,7 @@
 mod call;
 mod context;
 mod export;
+mod otlp;
 mod trace_id;
 
 use std::io::IsTerminal;
