@@ -30,6 +30,10 @@ pub(super) fn export_with(tracer: SdkTracer) {
 /// The gRPC service every call's span names (`rpc.service`).
 const RPC_SERVICE: &str = "points.v1.PointsService";
 
+/// The attributes of a call's span: `rpc.system`, `rpc.service` and
+/// `method` from the start, `client` and `user` once known, and `code`.
+const CALL_ATTRIBUTES: usize = 6;
+
 /// The trace of one call in progress: see the module documentation.
 #[derive(Debug)]
 pub struct CallTrace {
@@ -48,14 +52,18 @@ impl CallTrace {
             return Self { context: incoming };
         };
         let parent = incoming.unwrap_or_default();
+        // Room for those recorded later (`client`, `user`, `code`), so that
+        // recording them does not reallocate.
+        let mut attributes = Vec::with_capacity(CALL_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", RPC_SERVICE),
+            KeyValue::new("method", method),
+        ]);
         let span = tracer
             .span_builder(method)
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", RPC_SERVICE),
-                KeyValue::new("method", method),
-            ])
+            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         Self { context: Some(parent.with_span(span)) }
     }

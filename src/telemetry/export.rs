@@ -55,10 +55,9 @@ struct Collector {
 
 impl Collector {
     /// Sends `spans` in one request, giving up after [`EXPORT_TIMEOUT`].
-    async fn export(&mut self, spans: Vec<SpanData>) -> Result<(), String> {
+    async fn export(&mut self, spans: &[SpanData]) -> Result<(), String> {
         let mut request = Vec::with_capacity(self.last_request_bytes);
-        super::otlp::encode_request(&spans, &self.resource, &mut request);
-        drop(spans);
+        super::otlp::encode_request(spans, &self.resource, &mut request);
         self.last_request_bytes = request.len();
         let client = &mut self.client;
         let send = async move {
@@ -209,8 +208,9 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
             batch.clear();
             continue;
         }
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_SPANS_PER_EXPORT));
-        match collector.export(sent).await {
+        let exported = collector.export(&batch).await;
+        batch.clear();
+        match exported {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("exporting spans again");
