@@ -222,6 +222,17 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
     u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The trace id, span id and trace state of `context`: fields 1 to 3 of a
+/// `Span` and of a `Span.Link` alike.
+fn identity_fields<O: Output>(out: &mut O, context: &opentelemetry::trace::SpanContext) {
+    out.bytes_field(1, &context.trace_id().to_bytes());
+    out.bytes_field(2, &context.span_id().to_bytes());
+    let trace_state = context.trace_state().header();
+    if !trace_state.is_empty() {
+        out.bytes_field(3, trace_state.as_bytes());
+    }
+}
+
 /// `Span`.
 struct SpanMessage<'a>(&'a SpanData);
 
@@ -229,12 +240,7 @@ impl Encode for SpanMessage<'_> {
     fn encode<O: Output>(&self, out: &mut O) {
         let span = self.0;
         let context = &span.span_context;
-        out.bytes_field(1, &context.trace_id().to_bytes());
-        out.bytes_field(2, &context.span_id().to_bytes());
-        let trace_state = context.trace_state().header();
-        if !trace_state.is_empty() {
-            out.bytes_field(3, trace_state.as_bytes());
-        }
+        identity_fields(out, context);
         if span.parent_span_id != SpanId::INVALID {
             out.bytes_field(4, &span.parent_span_id.to_bytes());
         }
@@ -334,12 +340,7 @@ impl Encode for LinkMessage<'_> {
     fn encode<O: Output>(&self, out: &mut O) {
         let link = self.0;
         let context = &link.span_context;
-        out.bytes_field(1, &context.trace_id().to_bytes());
-        out.bytes_field(2, &context.span_id().to_bytes());
-        let trace_state = context.trace_state().header();
-        if !trace_state.is_empty() {
-            out.bytes_field(3, trace_state.as_bytes());
-        }
+        identity_fields(out, context);
         for attribute in &link.attributes {
             out.message(4, &KeyValueMessage(attribute));
         }
