@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -35,6 +35,9 @@ type Received = (Vec<KeyValue>, Span);
 #[derive(Debug, Clone, Default)]
 struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
+    /// How many spans of each request it answers that it rejected (OTLP's
+    /// partial success), if any.
+    rejects: Option<i64>,
 }
 
 #[tonic::async_trait]
@@ -52,7 +55,11 @@ impl TraceService for Collector {
                 }
             }
         }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        let partial_success = self.rejects.map(|rejected_spans| ExportTracePartialSuccess {
+            rejected_spans,
+            error_message: "over this tenant's quota".to_owned(),
+        });
+        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
     }
 }
 
@@ -312,6 +319,33 @@ async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
         dropped.filter(|&dropped| dropped >= 1.0)
     })
     .await;
+}
+
+/// Spans the collector answers that it rejected are counted as dropped,
+/// though their export succeeded; a collector cannot make the count
+/// larger than what it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_the_collector_rejects_are_counted_as_dropped() {
+    let collector = Collector { rejects: Some(i64::MAX), ..Collector::default() };
+    let (url, _serving) = collector.start().await;
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = ServerProcess::start(&["--otlp-endpoint", &url, "--metrics-listen", &metrics]);
+    let mut client = server.client().await;
+    let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
+    client.add_transaction(traced(earn)).await.expect("accepted");
+    let sent = collector.wait_for("AddTransaction").await.len();
+    let dropped = crate::common::wait::eventually(
+        "every rejected span counted",
+        Duration::from_secs(20),
+        || async {
+            let scraped = scrape_async(port).await;
+            crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total")
+                .filter(|&dropped| dropped >= sent as f64)
+        },
+    )
+    .await;
+    assert_eq!(dropped, sent as f64, "every span sent was rejected, and no more");
 }
 
 /// The standard OpenTelemetry variables work without the flag, at the
