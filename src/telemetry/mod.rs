@@ -268,7 +268,7 @@ pub fn install_metrics(address: SocketAddr) -> Result<(), MetricsError> {
     );
     describe_counter!(
         "points_trace_spans_dropped_total",
-        "Finished spans not exported: the export queue was full or the collector failed."
+        "Finished spans not exported: the export queue was full, or the collector failed or rejected them."
     );
     describe_histogram!(
         "points_snapshot_duration_seconds",
