@@ -83,9 +83,10 @@ impl Collector {
         (url, Stop { stop, serving })
     }
 
-    /// The spans of the trace [`TRACE_ID`] once one named `name` arrived
-    /// (failing the test after 20 s).
-    async fn wait_for(&self, name: &str) -> Vec<Received> {
+    /// The spans of the trace [`TRACE_ID`] once one of each of `names`
+    /// arrived (failing the test after 20 s). Spans are sent in batches,
+    /// several at once, so a child may arrive after its parent.
+    async fn wait_for(&self, names: &[&str]) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let spans: Vec<Received> = self
@@ -96,10 +97,10 @@ impl Collector {
                 .filter(|(_, span)| hex::encode(&span.trace_id) == TRACE_ID)
                 .cloned()
                 .collect();
-            if spans.iter().any(|(_, span)| span.name == name) {
+            if names.iter().all(|name| spans.iter().any(|(_, span)| span.name == *name)) {
                 return spans;
             }
-            assert!(Instant::now() < deadline, "no span {name:?} of the trace; got {spans:#?}");
+            assert!(Instant::now() < deadline, "not all of {names:?} in the trace: {spans:#?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -170,7 +171,7 @@ async fn a_traced_call_is_exported_as_a_child_of_the_callers_span() {
     let earn = add_request("alice", "", "DANNON", 300, "2024-01-01T00:00:00Z");
     client.add_transaction(traced(earn)).await.expect("accepted");
 
-    let spans = collector.wait_for("AddTransaction").await;
+    let spans = collector.wait_for(&["AddTransaction", "journal_wait"]).await;
     let (resource, call) =
         spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
     assert_eq!(
@@ -189,9 +190,8 @@ async fn a_traced_call_is_exported_as_a_child_of_the_callers_span() {
     let spans_debug = format!("{spans:?}");
     assert!(!spans_debug.contains("checkout-token"), "a token was exported: {spans_debug}");
     // The storage work inside the call: the wait for the journal.
-    let journal = collector.wait_for("journal_wait").await;
     let (_, journal_wait) =
-        journal.iter().find(|(_, span)| span.name == "journal_wait").expect("the journal wait");
+        spans.iter().find(|(_, span)| span.name == "journal_wait").expect("the journal wait");
     assert_eq!(journal_wait.parent_span_id, call.span_id, "a child of the call's span");
     assert!(journal_wait.end_time_unix_nano >= journal_wait.start_time_unix_nano);
     assert!(journal_wait.start_time_unix_nano >= call.start_time_unix_nano);
@@ -226,8 +226,7 @@ async fn a_replicas_call_has_its_statements_and_commit_as_child_spans() {
     let request = with_traceparent(Request::new(earn), TRACE_ID, true);
     client.add_transaction(request).await.expect("accepted");
 
-    // Children end, and so are exported, before their parent.
-    let spans = collector.wait_for("AddTransaction").await;
+    let spans = collector.wait_for(&["AddTransaction", "database_commit", "postgres_query"]).await;
     let (_, call) =
         spans.iter().find(|(_, span)| span.name == "AddTransaction").expect("the call's span");
     let children: Vec<&Span> = spans
@@ -275,7 +274,7 @@ async fn a_call_given_up_on_is_exported_as_cancelled() {
     // The lock is held until the call's span arrives: its write cannot end
     // meanwhile, so the call can only have been given up on (the client's
     // copy of the deadline may pass first; the server's is the one tested).
-    let spans = collector.wait_for("AddTransaction").await;
+    let spans = collector.wait_for(&["AddTransaction"]).await;
     drop(locker);
     let _ = connection.await;
     let (_, call) =
@@ -284,19 +283,32 @@ async fn a_call_given_up_on_is_exported_as_cancelled() {
     assert_eq!(hex::encode(&call.parent_span_id), PARENT_SPAN_ID);
 }
 
+/// A server in memory exporting its spans to `url`, with its metrics on
+/// the port returned.
+fn exporting_with_metrics(url: &str) -> (ServerProcess, u16) {
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    (ServerProcess::start(&["--otlp-endpoint", url, "--metrics-listen", &metrics]), port)
+}
+
+/// `points_trace_spans_dropped_total` of the server with its metrics on
+/// `port`, once it has one.
+async fn dropped_spans(port: u16) -> Option<f64> {
+    let scraped = scrape_async(port).await;
+    crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total")
+}
+
 /// With the collector gone, calls do not wait for it, and the spans that
 /// cannot be exported are counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
     let collector = Collector::default();
     let (url, serving) = collector.start().await;
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let server = ServerProcess::start(&["--otlp-endpoint", &url, "--metrics-listen", &metrics]);
+    let (server, port) = exporting_with_metrics(&url);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
     client.add_transaction(traced(earn.clone())).await.expect("accepted");
-    collector.wait_for("AddTransaction").await;
+    collector.wait_for(&["AddTransaction"]).await;
     serving.stop().await;
 
     let mut slowest = Duration::ZERO;
@@ -314,9 +326,7 @@ async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
     )
     .await;
     crate::common::wait::eventually("dropped spans counted", Duration::from_secs(20), || async {
-        let scraped = scrape_async(port).await;
-        let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
-        dropped.filter(|&dropped| dropped >= 1.0)
+        dropped_spans(port).await.filter(|&dropped| dropped >= 1.0)
     })
     .await;
 }
@@ -328,21 +338,15 @@ async fn a_stopped_collector_slows_no_call_and_dropped_spans_are_counted() {
 async fn spans_the_collector_rejects_are_counted_as_dropped() {
     let collector = Collector { rejects: Some(i64::MAX), ..Collector::default() };
     let (url, _serving) = collector.start().await;
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let server = ServerProcess::start(&["--otlp-endpoint", &url, "--metrics-listen", &metrics]);
+    let (server, port) = exporting_with_metrics(&url);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
     client.add_transaction(traced(earn)).await.expect("accepted");
-    let sent = collector.wait_for("AddTransaction").await.len();
+    let sent = collector.wait_for(&["AddTransaction"]).await.len();
     let dropped = crate::common::wait::eventually(
         "every rejected span counted",
         Duration::from_secs(20),
-        || async {
-            let scraped = scrape_async(port).await;
-            crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total")
-                .filter(|&dropped| dropped >= sent as f64)
-        },
+        || async { dropped_spans(port).await.filter(|&dropped| dropped >= sent as f64) },
     )
     .await;
     assert_eq!(dropped, sent as f64, "every span sent was rejected, and no more");
@@ -362,19 +366,22 @@ async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
     let mut command =
         ServerProcess::durable(&dir.path().join("data"), &["--metrics-listen", &metrics]);
     command.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url).env("RUST_LOG", "info");
-    let server = ServerProcess::spawn(command);
+    let mut server = ServerProcess::spawn(command);
     let mut client = server.client().await;
     let earn = add_request("alice", "", "DANNON", 1, "2024-01-01T00:00:00Z");
     let unsampled = with_traceparent(Request::new(earn.clone()), UNSAMPLED_TRACE_ID, false);
     client.add_transaction(unsampled).await.expect("accepted");
     let sampled = with_traceparent(Request::new(earn), TRACE_ID, true);
     client.add_transaction(sampled).await.expect("accepted");
-    // Spans are exported in the order they end: once the sampled call's
-    // span is in, its storage span and the unsampled call's would be too.
-    let spans = collector.wait_for("AddTransaction").await;
-    assert!(spans.iter().any(|(_, span)| span.name == "journal_wait"), "{spans:#?}");
-    // Nothing else was exported (not the unsampled call as a trace of its
-    // own either), and nothing was dropped that could have hidden it.
+    let spans = collector.wait_for(&["AddTransaction", "journal_wait"]).await;
+    let scraped = scrape_async(port).await;
+    let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
+    assert_eq!(dropped.unwrap_or(0.0), 0.0, "spans were dropped");
+    // Shutting down sends whatever is left: after it, nothing else was
+    // exported (not the unsampled call as a trace of its own either), and
+    // nothing was dropped that could have hidden it.
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(20)).success(), "a clean shutdown");
     let others: Vec<Received> = collector
         .received
         .lock()
@@ -386,9 +393,6 @@ async fn the_standard_traces_endpoint_exports_sampled_calls_only() {
     assert!(others.is_empty(), "an unsampled call was exported: {others:#?}");
     let calls = spans.iter().filter(|(_, span)| span.name == "AddTransaction").count();
     assert_eq!(calls, 1, "{spans:#?}");
-    let scraped = scrape_async(port).await;
-    let dropped = crate::common::metrics::sample(&scraped, "points_trace_spans_dropped_total");
-    assert_eq!(dropped.unwrap_or(0.0), 0.0, "spans were dropped");
 }
 
 /// An OTLP protocol other than gRPC (an OTLP/HTTP collector's) stops
@@ -429,6 +433,6 @@ async fn spans_queued_at_shutdown_are_sent() {
     client.add_transaction(request).await.expect("accepted");
     // At once: the span is still in the queue, waiting for its batch.
     server.terminate();
-    let spans = collector.wait_for("AddTransaction").await;
+    let spans = collector.wait_for(&["AddTransaction"]).await;
     assert!(spans.iter().any(|(_, span)| hex::encode(&span.parent_span_id) == PARENT_SPAN_ID));
 }
