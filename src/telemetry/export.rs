@@ -82,12 +82,12 @@ impl Collector {
                 .unary(tonic::Request::new(request), path, super::otlp::ExportCodec)
                 .await
                 .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
-            // The collector says how many it refused; it cannot refuse more
-            // than were sent.
-            let rejected = response.into_inner().partial_success.map_or(0, |partial| {
-                usize::try_from(partial.rejected_spans).unwrap_or(0).min(spans)
-            });
-            Ok(rejected)
+            // The collector says how many it refused, and why; it cannot
+            // refuse more than were sent.
+            Ok(response.into_inner().partial_success.map_or((0, String::new()), |partial| {
+                let rejected = usize::try_from(partial.rejected_spans).unwrap_or(0).min(spans);
+                (rejected, partial.error_message)
+            }))
         };
         async move {
             let outcome = match tokio::time::timeout(EXPORT_TIMEOUT, send).await {
@@ -104,8 +104,8 @@ impl Collector {
 struct Exported {
     /// The spans it held.
     spans: usize,
-    /// How many the collector rejected, or why the export failed.
-    outcome: Result<usize, String>,
+    /// How many the collector rejected and why, or why the export failed.
+    outcome: Result<(usize, String), String>,
 }
 
 /// Whether exports are failing: see [`export_all`].
@@ -115,6 +115,9 @@ struct Exports {
     /// exports start failing, and a recovery when they work again, not
     /// each time.
     failing: bool,
+    /// Whether the last export to finish had spans rejected: logged, like
+    /// failures, when it starts.
+    rejecting: bool,
     /// While failing: when the next export is tried. Batches before then
     /// are dropped unencoded, so that an absent collector costs no CPU
     /// beyond making the spans.
@@ -137,8 +140,18 @@ impl Exports {
     /// failing.
     fn finished(&mut self, export: Exported) {
         match export.outcome {
-            Ok(rejected) => {
+            Ok((rejected, reason)) => {
                 dropped(rejected);
+                if rejected > 0 && !self.rejecting {
+                    tracing::warn!(
+                        rejected,
+                        spans = export.spans,
+                        reason,
+                        "the collector rejected spans (counted in \
+                         points_trace_spans_dropped_total)"
+                    );
+                }
+                self.rejecting = rejected > 0;
                 if self.failing {
                     self.failing = false;
                     tracing::info!("exporting spans again");
@@ -282,8 +295,11 @@ fn dropped(spans: usize) {
 /// Each export counts what it lost as soon as it finishes.
 async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData>) {
     let mut batch = Vec::with_capacity(MAX_SPANS_PER_EXPORT);
-    let exports =
-        Arc::new(Mutex::new(Exports { failing: false, retry_at: tokio::time::Instant::now() }));
+    let exports = Arc::new(Mutex::new(Exports {
+        failing: false,
+        rejecting: false,
+        retry_at: tokio::time::Instant::now(),
+    }));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS_IN_FLIGHT));
     while next_batch(&mut queue, &mut batch).await {
         let spans = batch.len();

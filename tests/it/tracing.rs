@@ -350,6 +350,17 @@ async fn spans_the_collector_rejects_are_counted_as_dropped() {
     )
     .await;
     assert_eq!(dropped, sent as f64, "every span sent was rejected, and no more");
+    crate::common::wait::eventually(
+        "a warning with the collector's reason",
+        Duration::from_secs(20),
+        || {
+            let log = server.log();
+            let warned = log.contains("the collector rejected spans")
+                && log.contains("over this tenant's quota");
+            std::future::ready(warned.then_some(()))
+        },
+    )
+    .await;
 }
 
 /// The standard OpenTelemetry variables work without the flag, at the
