@@ -303,13 +303,14 @@ async fn export_all(mut collector: Collector, mut queue: mpsc::Receiver<SpanData
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS_IN_FLIGHT));
     while next_batch(&mut queue, &mut batch).await {
         let spans = batch.len();
-        if Exports::locked(&exports).waiting_to_retry() {
-            dropped(spans);
-            batch.clear();
-            continue;
-        }
-        // Waits while MAX_EXPORTS_IN_FLIGHT are in flight; never closed.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        // Waits while MAX_EXPORTS_IN_FLIGHT are in flight (the semaphore is
+        // never closed); none is taken for a batch dropped after a failure.
+        let slot = if Exports::locked(&exports).waiting_to_retry() {
+            None
+        } else {
+            Arc::clone(&slots).acquire_owned().await.ok()
+        };
+        let Some(slot) = slot else {
             dropped(spans);
             batch.clear();
             continue;

@@ -1,7 +1,8 @@
 //! Log and trace set-up, in one function so the binary and tests configure it
 //! the same way: log lines to stderr; each call's trace (`call`), a child of
-//! the caller's trace context (`context`); spans to an OTLP collector when
-//! one is given (`export`); and the Prometheus metrics.
+//! the caller's trace context (`context`); spans encoded (`otlp`) and sent
+//! to an OTLP collector when one is given (`export`); and the Prometheus
+//! metrics.
 
 mod call;
 mod context;
