@@ -312,13 +312,14 @@ async fn in_memory_mode_writes_no_files_and_forgets_on_restart() {
 }
 
 /// A real write error (the file size limit is reached): that call fails with
-/// UNAVAILABLE, health turns NOT_SERVING, every later call is refused, and a
+/// UNAVAILABLE, health turns NOT_SERVING, every later call is refused, SIGTERM
+/// then stops it with a failure exit code (not the 0 of a clean stop), and a
 /// restart holds exactly the acknowledged writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_error_fails_stop_with_unavailable_and_not_serving() {
     let data_dir = tempfile::tempdir().expect("temporary directory");
     let command = ServerProcess::durable(data_dir.path(), &[]);
-    let server = ServerProcess::spawn(ServerProcess::under_ulimit("-f 8", &command));
+    let mut server = ServerProcess::spawn(ServerProcess::under_ulimit("-f 8", &command));
     let mut client = server.client().await;
     let mut acknowledged = 0i64;
     let mut failure = None;
@@ -353,6 +354,10 @@ async fn write_error_fails_stop_with_unavailable_and_not_serving() {
     let read = client.get_balances(GetBalancesRequest::default()).await;
     assert_eq!(read.unwrap_err().code(), Code::Unavailable);
     assert!(server.log().contains("journal failed"), "{}", server.log());
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "log:\n{}", server.log());
+    assert!(server.log().contains("stopped after the store failed"), "{}", server.log());
     drop(server);
 
     let server = ServerProcess::start_durable(data_dir.path(), &[]);
