@@ -350,13 +350,21 @@ impl Store {
             let store = Arc::clone(self);
             running.spawn(async move {
                 let advanced = store.advance_clock(UserId::new(&user_id)).await;
-                let user = store.users.get(&*user_id).map(|user| Arc::clone(user.value()));
                 let backend = &store.backend;
                 let listed = match (&advanced, listed_due_ms) {
                     (_, None) => Ok(()),
-                    (Ok(()), Some(listed_due_ms)) => {
-                        backend.due_user_advanced(&user_id, listed_due_ms, user.as_ref()).await
-                    }
+                    // The ledger as brought forward, held while the listing
+                    // is corrected: loaded again if it was dropped from
+                    // memory meanwhile, so that a user evicted between the
+                    // two is not taken for one with nothing kept (whose
+                    // listing is deleted).
+                    (Ok(()), Some(listed_due_ms)) => match store.user(UserId::new(&user_id)).await {
+                        Ok(user) => {
+                            let user = user.map(|cached| cached.user);
+                            backend.due_user_advanced(&user_id, listed_due_ms, user.as_ref()).await
+                        }
+                        Err(error) => Err(error),
+                    },
                     (Err(_), Some(listed_due_ms)) => {
                         let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
                         backend.postpone_due_user(&user_id, listed_due_ms, retry_at_ms).await

@@ -4,7 +4,7 @@
 //! that expire on the real binary.
 
 use crate::common::ServerProcess;
-use crate::common::client::{Client, add, balances, spend};
+use crate::common::client::{Client, add, add_request, balances, spend};
 use crate::common::history::entries;
 use crate::common::postgres::{TestDatabase, query};
 use crate::common::refusal::assert_refusal;
@@ -437,6 +437,42 @@ async fn a_replica_stops_listing_a_user_that_is_not_due_under_its_settings() {
     assert_eq!(stored_user(&database.url), (chunks, None), "nothing was kept");
     let mut client = second.client().await;
     assert_eq!(balances(&mut client).await, map(&[("DANNON", 100)]));
+}
+
+/// Forty users the database lists as due at once (as the migration that
+/// listed every stored user as due leaves them), brought forward by a
+/// replica that keeps one user in memory: each is listed again at its
+/// points' expiry, none is dropped from the listing (its points would then
+/// never expire), whichever users are evicted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_evicted_while_brought_forward_stay_listed_at_their_next_deadline() {
+    const USERS: usize = 40;
+    let database = TestDatabase::create();
+    let first = ServerProcess::start_on_database(&database.url, &["--points-validity", "30d"]);
+    let mut client = first.client().await;
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    for user in 0..USERS {
+        let earn = add_request(&format!("user-{user}"), "", "DANNON", 100, &now);
+        client.add_transaction(earn).await.expect("added");
+    }
+    let listing = "SELECT user_id, due_at_ms FROM points_user_deadlines ORDER BY user_id";
+    let listed = query(&database.url, listing);
+    assert_eq!(listed.len(), USERS, "each user's expiry is listed");
+    first.signal("KILL");
+    drop(first);
+    query(&database.url, "UPDATE points_user_deadlines SET due_at_ms = 0");
+
+    let _second = ServerProcess::start_on_database(
+        &database.url,
+        &["--points-validity", "30d", "--database-cache-users", "1"],
+    );
+    eventually("every user brought forward", Duration::from_secs(20), || async {
+        let due =
+            query(&database.url, "SELECT user_id FROM points_user_deadlines WHERE due_at_ms = 0");
+        due.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(query(&database.url, listing), listed, "every user listed again at their expiry");
 }
 
 /// RefundSpend needs the refund role; holds need spend; GetExpiringPoints
