@@ -4,6 +4,9 @@
 //! In the same run it measures the *ceiling*: the same load on
 //! grpc.health.v1 Check, an RPC that does no work, so every result is also a
 //! ratio to what this client, this machine and the gRPC stack allow at all.
+//! With `--spawn` it also reports the CPU time the servers spent per call
+//! (on Linux, from `/proc`): a cost the machine's noise moves less than
+//! throughput, and one that the load generator's own CPU does not blur.
 //!
 //! ```text
 //! cargo run --release --bin points-bench -- --spawn --duration-secs 5
@@ -100,6 +103,9 @@ struct Measurement {
     first_error: Option<String>,
     elapsed: Duration,
     latency_us: Histogram<u64>,
+    /// CPU time the spawned servers spent while the calls were measured;
+    /// `None` without `--spawn` or where it cannot be read.
+    server_cpu: Option<Duration>,
 }
 
 impl Measurement {
@@ -110,6 +116,33 @@ impl Measurement {
 
 /// The server started by --spawn; killed when dropped.
 struct SpawnedServer(Child);
+
+impl SpawnedServer {
+    /// The CPU time (user and system, every thread) the server has used so
+    /// far, from `/proc/<pid>/stat`; `None` where there is no such file.
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).ok()?;
+        // After the command name, which is in parentheses and may hold
+        // spaces: the state is field 3, utime and stime fields 14 and 15.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let mut ticks = || fields.next()?.parse::<u64>().ok();
+        let (user, system) = (ticks()?, ticks()?);
+        // SAFETY: sysconf only reads a system constant.
+        let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .ok()
+            .filter(|&ticks| ticks > 0)?;
+        Some(Duration::from_nanos((user + system).saturating_mul(1_000_000_000) / ticks_per_second))
+    }
+}
+
+/// The CPU time all `servers` have used so far; `None` without any, or if
+/// one cannot be read.
+fn servers_cpu_time(servers: &[SpawnedServer]) -> Option<Duration> {
+    if servers.is_empty() {
+        return None;
+    }
+    servers.iter().map(SpawnedServer::cpu_time).sum()
+}
 
 impl Drop for SpawnedServer {
     fn drop(&mut self) {
@@ -246,7 +279,12 @@ fn latency_histogram() -> Histogram<u64> {
 }
 
 /// Runs `workload` with `concurrency` workers over `channels`.
-async fn measure(options: &Options, workload: Workload, channels: &[Channel]) -> Measurement {
+async fn measure(
+    options: &Options,
+    workload: Workload,
+    channels: &[Channel],
+    servers: &[SpawnedServer],
+) -> Measurement {
     let warmup = Duration::from_secs_f64(options.warmup_secs);
     let duration = Duration::from_secs_f64(options.duration_secs);
     let calls_per_worker =
@@ -291,12 +329,19 @@ async fn measure(options: &Options, workload: Workload, channels: &[Channel]) ->
             })
         })
         .collect();
+    // The servers' CPU over the measured calls: from the end of the
+    // warm-up (with --calls, every call is measured).
+    if options.calls.is_none() {
+        tokio::time::sleep_until(measure_from.into()).await;
+    }
+    let cpu_from = servers_cpu_time(servers);
     let mut measurement = Measurement {
         calls: 0,
         errors: 0,
         first_error: None,
         elapsed: Duration::ZERO,
         latency_us: latency_histogram(),
+        server_cpu: None,
     };
     for worker in workers {
         let Ok((calls, errors, first_error, latency_us)) = worker.await else { continue };
@@ -306,6 +351,8 @@ async fn measure(options: &Options, workload: Workload, channels: &[Channel]) ->
         measurement.latency_us.add(&latency_us).expect("same precision");
     }
     measurement.elapsed = if options.calls.is_some() { start.elapsed() } else { duration };
+    measurement.server_cpu =
+        servers_cpu_time(servers).zip(cpu_from).map(|(to, from)| to.saturating_sub(from));
     measurement
 }
 
@@ -372,7 +419,7 @@ async fn main() -> ExitCode {
         }
     );
     println!(
-        "{:<10} {:>12} {:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:<10} {:>12} {:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}",
         "workload",
         "calls/s",
         "transactions/s",
@@ -381,12 +428,13 @@ async fn main() -> ExitCode {
         "p90 µs",
         "p99 µs",
         "max µs",
+        "server µs",
         "errors"
     );
     let mut ceiling = None;
     let mut failed = false;
     for &workload in &options.workloads {
-        let measurement = measure(&options, workload, &channels).await;
+        let measurement = measure(&options, workload, &channels, &servers).await;
         let rate = measurement.calls_per_second();
         if workload == Workload::Check {
             ceiling = Some(rate);
@@ -395,8 +443,15 @@ async fn main() -> ExitCode {
             if workload == Workload::Batch { f64::from(options.batch_size) } else { 1.0 };
         let ratio = ceiling.map_or("-".to_owned(), |ceiling| format!("{:.2}x", rate / ceiling));
         let histogram = &measurement.latency_us;
+        // The servers' CPU time per measured call.
+        let server_us = match measurement.server_cpu {
+            Some(cpu) if measurement.calls > 0 => {
+                format!("{:.1}", cpu.as_secs_f64() * 1e6 / measurement.calls as f64)
+            }
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<10} {:>12.0} {:>14.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "{:<10} {:>12.0} {:>14.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}",
             format!("{workload:?}").to_lowercase(),
             rate,
             rate * per_call,
@@ -405,6 +460,7 @@ async fn main() -> ExitCode {
             histogram.value_at_quantile(0.90),
             histogram.value_at_quantile(0.99),
             histogram.max(),
+            server_us,
             measurement.errors,
         );
         if let Some(error) = &measurement.first_error {
