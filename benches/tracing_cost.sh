@@ -7,8 +7,9 @@
 # two points-bench runs of the same calls: both see the same noise of a
 # shared machine, which alternating runs do not (run to run, this 2-core VM
 # moves by 10-15 %, as much as the cost being measured). Each round prints
-# both servers' CPU microseconds per call, by thread, and their ratio, and
-# checks that no span was dropped.
+# both servers' CPU microseconds per call, by thread and in all (exited
+# threads included), their ratio, and how many spans the exporting one
+# dropped: a round that dropped any measured less work than it claims.
 #
 #   benches/tracing_cost.sh [ROUNDS]
 #
@@ -39,27 +40,39 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin/examples/otlp_sink" "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
-pids+=($!)
+sink=$!
+pids=("$sink")
 
-# CPU ticks each thread name of process $1 has used: "name ticks" lines.
+# utime + stime, the 14th and 15th fields of a stat file (counted after
+# the command name, which may hold spaces).
+stat_ticks() {
+    sed 's/.*) //' "$1" | awk '{print $12 + $13}'
+}
+
+# CPU ticks process $1 has used, by thread name ("name ticks" lines, for
+# the threads alive now) and in all (the line "~all", exited threads
+# included).
 thread_ticks() {
-    for task in /proc/"$1"/task/*; do
-        name=$(tr -d '0123456789' <"$task/comm")
-        # utime and stime, the 14th and 15th fields (after the command).
-        ticks=$(sed 's/.*) //' "$task/stat" | awk '{print $12 + $13}')
-        echo "$name $ticks"
-    done | awk '{sum[$1] += $2} END {for (name in sum) print name, sum[name]}' | sort
+    {
+        for task in /proc/"$1"/task/*; do
+            echo "$(tr -d '0123456789' <"$task/comm") $(stat_ticks "$task/stat")"
+        done | awk '{sum[$1] += $2} END {for (name in sum) print name, sum[name]}'
+        echo "~all $(stat_ticks "/proc/$1/stat")"
+    } | sort
 }
 
 # Microseconds of CPU per call by thread, between two thread_ticks outputs.
 per_call() {
     join -a 2 -e 0 -o 0,1.2,2.2 "$1" "$2" | awk -v hz="$ticks_per_second" -v calls="$calls" \
-        '{us = ($3 - $2) * 1e6 / hz / calls; total += us; if (us > 0) printf "%s %.1f, ", $1, us}
+        '{us = ($3 - $2) * 1e6 / hz / calls}
+         $1 == "~all" {total = us; next}
+         us > 0 {printf "%s %.1f, ", $1, us}
          END {printf "total %.1f", total}'
 }
 
+# Bounded, so that a wedged server cannot hold the script forever.
 load() {
-    "$bin/points-bench" --addr "http://127.0.0.1:$1" --workloads "$workload" --calls "$2" \
+    timeout 600 "$bin/points-bench" --addr "http://127.0.0.1:$1" --workloads "$workload" --calls "$2" \
         --warmup-secs 0 >/dev/null
 }
 
@@ -83,10 +96,11 @@ for round in $(seq 1 "$rounds"); do
     load $((port_base + 1)) "$calls" & loading=$!
     load $((port_base + 3)) "$calls"; wait "$loading"
     thread_ticks "$off" >"$work/off.1"; thread_ticks "$exported" >"$work/exported.1"
-    dropped=$(curl -s "127.0.0.1:$((port_base + 4))/metrics" \
+    dropped=$(curl -s --max-time 5 "127.0.0.1:$((port_base + 4))/metrics" \
         | awk '/^points_trace_spans_dropped_total/ {print $2}')
     kill "$off" "$exported"
     wait "$off" "$exported" 2>/dev/null || true
+    pids=("$sink")
     off_line=$(per_call "$work/off.0" "$work/off.1")
     exported_line=$(per_call "$work/exported.0" "$work/exported.1")
     ratio=$(awk -v a="${off_line##*total }" -v b="${exported_line##*total }" \

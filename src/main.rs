@@ -157,10 +157,6 @@ async fn main() -> ExitCode {
         shutdown,
     )
     .await;
-    // Whether the store had failed (a journal write error): asked before it
-    // is closed, after which a stopped journal would read as failed too.
-    // Polled once: a healthy store never answers.
-    let store_failure = tokio::time::timeout(std::time::Duration::ZERO, store.failed()).await.ok();
     // In-flight calls are done: write out what is buffered and stop the
     // threads, within a bound of its own so that a stalled disk cannot hang
     // shutdown (everything acknowledged is durable already).
@@ -172,14 +168,17 @@ async fn main() -> ExitCode {
         tracing::error!("the store did not stop cleanly within the shutdown grace period");
     }
     match result {
-        // A server that stopped writing must not look like one that stopped
-        // cleanly: supervisors restart on a failure exit, and operators look.
-        Ok(()) if let Some(reason) = store_failure => {
-            tracing::error!(%reason, "stopped after the store failed");
-            eprintln!("points-server: stopped after the store failed: {reason}");
-            ExitCode::FAILURE
-        }
-        Ok(()) => ExitCode::SUCCESS,
+        // A server whose journal failed (while it served, or writing out at
+        // close) must not look like one that stopped cleanly: supervisors
+        // restart on a failure exit, and operators look.
+        Ok(()) => match store.failure() {
+            None => ExitCode::SUCCESS,
+            Some(reason) => {
+                tracing::error!(%reason, "stopped after the store failed");
+                eprintln!("points-server: stopped after the store failed: {reason}");
+                ExitCode::FAILURE
+            }
+        },
         Err(error) => {
             tracing::error!(%error, "server failed");
             eprintln!("points-server: {error}");

@@ -122,17 +122,24 @@ impl SpawnedServer {
     /// far, from `/proc/<pid>/stat`; `None` where there is no such file.
     fn cpu_time(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).ok()?;
-        // After the command name, which is in parentheses and may hold
-        // spaces: the state is field 3, utime and stime fields 14 and 15.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let mut ticks = || fields.next()?.parse::<u64>().ok();
-        let (user, system) = (ticks()?, ticks()?);
+        let ticks = cpu_ticks(&stat)?;
         // SAFETY: sysconf only reads a system constant.
         let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
             .ok()
             .filter(|&ticks| ticks > 0)?;
-        Some(Duration::from_nanos((user + system).saturating_mul(1_000_000_000) / ticks_per_second))
+        Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second))
     }
+}
+
+/// The clock ticks of CPU (user and system) in a `/proc/<pid>/stat` line.
+/// The command name, field 2, is in parentheses and may hold spaces and
+/// parentheses itself: fields are counted from the last `)`, after which
+/// the state is field 3, and utime and stime fields 14 and 15.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    let (user, system) = (ticks()?, ticks()?);
+    user.checked_add(system)
 }
 
 /// The CPU time all `servers` have used so far; `None` without any, or if
@@ -469,4 +476,20 @@ async fn main() -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    /// utime and stime are found whatever the command name holds, and a
+    /// line cut short gives nothing rather than another field.
+    #[test]
+    fn cpu_ticks_are_read_past_any_command_name() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 1234 567 13 14 15";
+        assert_eq!(cpu_ticks(&format!("42 (points-server) {tail}")), Some(1801));
+        assert_eq!(cpu_ticks(&format!("42 (a ) (b) c) {tail}")), Some(1801));
+        assert_eq!(cpu_ticks("42 (points-server) S 1 2 3 4 5 6 7 8 9 10 1234"), None);
+        assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
 }

@@ -363,7 +363,15 @@ impl Store {
                             let user = user.map(|cached| cached.user);
                             backend.due_user_advanced(&user_id, listed_due_ms, user.as_ref()).await
                         }
-                        Err(error) => Err(error),
+                        // Listed later, as when it could not be brought
+                        // forward: not looked at again every second.
+                        Err(error) => {
+                            let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
+                            backend
+                                .postpone_due_user(&user_id, listed_due_ms, retry_at_ms)
+                                .await
+                                .and(Err(error))
+                        }
                     },
                     (Err(_), Some(listed_due_ms)) => {
                         let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
@@ -454,6 +462,14 @@ impl Store {
     /// failed, with why; never, for a healthy or in-memory store.
     pub async fn failed(&self) -> String {
         self.backend.failed().await
+    }
+
+    /// Why the store failed, if it did: a journal write or fsync error, while
+    /// serving or while writing out at close. `None` for a healthy or
+    /// normally closed store, and for backends that do not fail this way
+    /// (a database that cannot be reached is retried, not failed).
+    pub fn failure(&self) -> Option<String> {
+        self.backend.check_healthy().err().map(|error| error.to_string())
     }
 
     /// Takes a snapshot now and returns once it is written (or why not);
