@@ -351,31 +351,35 @@ impl Store {
             running.spawn(async move {
                 let advanced = store.advance_clock(UserId::new(&user_id)).await;
                 let backend = &store.backend;
-                let listed = match (&advanced, listed_due_ms) {
-                    (_, None) => Ok(()),
-                    // The ledger as brought forward, held while the listing
-                    // is corrected: loaded again if it was dropped from
-                    // memory meanwhile, so that a user evicted between the
-                    // two is not taken for one with nothing kept (whose
-                    // listing is deleted).
-                    (Ok(()), Some(listed_due_ms)) => match store.user(UserId::new(&user_id)).await {
-                        Ok(user) => {
-                            let user = user.map(|cached| cached.user);
-                            backend.due_user_advanced(&user_id, listed_due_ms, user.as_ref()).await
+                let listed = match listed_due_ms {
+                    None => Ok(()),
+                    Some(listed_due_ms) => {
+                        // The ledger as brought forward, held while the
+                        // listing is corrected: loaded again if it was
+                        // dropped from memory meanwhile, so that a user
+                        // evicted between the two is not taken for one with
+                        // nothing kept (whose listing is deleted).
+                        let reloaded = match &advanced {
+                            Ok(()) => store.user(UserId::new(&user_id)).await.map_err(Some),
+                            Err(_) => Err(None),
+                        };
+                        match reloaded {
+                            Ok(user) => {
+                                let user = user.map(|cached| cached.user);
+                                backend
+                                    .due_user_advanced(&user_id, listed_due_ms, user.as_ref())
+                                    .await
+                            }
+                            // Not brought forward, or not loaded again:
+                            // listed later, not looked at every second.
+                            Err(load_error) => {
+                                let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
+                                backend
+                                    .postpone_due_user(&user_id, listed_due_ms, retry_at_ms)
+                                    .await
+                                    .and(load_error.map_or(Ok(()), Err))
+                            }
                         }
-                        // Listed later, as when it could not be brought
-                        // forward: not looked at again every second.
-                        Err(error) => {
-                            let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
-                            backend
-                                .postpone_due_user(&user_id, listed_due_ms, retry_at_ms)
-                                .await
-                                .and(Err(error))
-                        }
-                    },
-                    (Err(_), Some(listed_due_ms)) => {
-                        let retry_at_ms = now_ms.saturating_add(DUE_USER_RETRY_MS);
-                        backend.postpone_due_user(&user_id, listed_due_ms, retry_at_ms).await
                     }
                 };
                 if let Err(error) = advanced.and(listed) {
